@@ -1,0 +1,217 @@
+"""The linear bridge: ridge regression in closed form, in normalized space, with fit diagnostics.
+
+Both models' states are standardized per dimension with statistics of the training split. One SVD of
+the standardized sender states gives the ridge solution for every lambda; lambda is chosen by error on
+a held-out part of the training split, then the map is refitted on the whole split. The output is
+de-normalized into the receiver's scale, ready for injection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from mi_bridge.config import UserError
+
+LAMBDA_RATIOS = torch.logspace(-6, 2, 17, dtype=torch.float64)
+"""Ridge strengths tried, as multiples of the number of training rows (X^T X scales with n)."""
+EPS = 1e-12
+TENSOR_NAMES = ("weight", "x_mean", "x_std", "y_mean", "y_std")
+
+
+@dataclass
+class Standardizer:
+    mean: Float[Tensor, d]
+    std: Float[Tensor, d]
+
+    @classmethod
+    def fit(cls, x: Float[Tensor, "n d"]) -> Standardizer:
+        return cls(mean=x.mean(0), std=x.std(0).clamp_min(1e-6))
+
+    def __call__(self, x: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
+        return (x - self.mean) / self.std
+
+    def invert(self, z: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
+        return z * self.std + self.mean
+
+
+def ridge_path(
+    x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], lambdas: Float[Tensor, n_lambdas]
+) -> Float[Tensor, "n_lambdas d_in d_out"]:
+    """Ridge solutions (X^T X + lambda I)^-1 X^T Y for every lambda from one thin SVD of X."""
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    uty = u.T @ y
+    shrink = s[None, :] / (s[None, :] ** 2 + lambdas[:, None])
+    return torch.einsum("ir,lr,ro->lio", vh.T, shrink, uty)
+
+
+def select_lambda(
+    x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], *, validation_fraction: float, seed: int
+) -> float:
+    """The lambda with the least mean squared error on a held-out part of (x, y)."""
+    n = x.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(n * validation_fraction))
+    val, fit = order[:n_val], order[n_val:]
+    lambdas = LAMBDA_RATIOS * len(fit)
+    weights = ridge_path(x[fit], y[fit], lambdas)
+    errors = ((torch.einsum("ni,lio->lno", x[val], weights) - y[val]) ** 2).mean((1, 2))
+    return float(lambdas[int(errors.argmin())])
+
+
+@dataclass
+class LinearBridge:
+    """Affine map from sender states to receiver states (ridge in normalized space)."""
+
+    weight: Float[Tensor, "d_sender d_receiver"]
+    x_norm: Standardizer
+    y_norm: Standardizer
+    ridge_lambda: float
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        x: Float[Tensor, "n d_sender"],
+        y: Float[Tensor, "n d_receiver"],
+        *,
+        validation_fraction: float = 0.2,
+        seed: int = 0,
+        metadata: dict | None = None,
+    ) -> LinearBridge:
+        x, y = x.double(), y.double()
+        x_norm, y_norm = Standardizer.fit(x), Standardizer.fit(y)
+        xs, ys = x_norm(x), y_norm(y)
+        ridge_lambda = select_lambda(xs, ys, validation_fraction=validation_fraction, seed=seed)
+        weight = ridge_path(xs, ys, torch.tensor([ridge_lambda], dtype=torch.float64))[0]
+        as_float = lambda t: t.float()
+        return cls(
+            weight=as_float(weight),
+            x_norm=Standardizer(as_float(x_norm.mean), as_float(x_norm.std)),
+            y_norm=Standardizer(as_float(y_norm.mean), as_float(y_norm.std)),
+            ridge_lambda=ridge_lambda,
+            metadata=dict(metadata or {}),
+        )
+
+    def __call__(self, x: Float[Tensor, "n d_sender"]) -> Float[Tensor, "n d_receiver"]:
+        return self.y_norm.invert(self.x_norm(x.to(self.weight)) @ self.weight)
+
+    @property
+    def d_sender(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def d_receiver(self) -> int:
+        return self.weight.shape[1]
+
+    def save(self, folder: Path) -> None:
+        """``bridge.safetensors`` + ``bridge.json`` in ``folder``, each written atomically."""
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = dict(zip(TENSOR_NAMES, self._tensors(), strict=True))
+        meta = {"ridge_lambda": self.ridge_lambda, "d_sender": self.d_sender, "d_receiver": self.d_receiver}
+        meta |= {"metadata": self.metadata}
+        _write_atomic(folder / "bridge.safetensors", lambda p: save_file(tensors, p))
+        _write_atomic(folder / "bridge.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+
+    @classmethod
+    def load(cls, folder: Path) -> LinearBridge:
+        try:
+            meta = json.loads((folder / "bridge.json").read_text())
+            tensors = load_file(folder / "bridge.safetensors")
+            d_in, d_out = int(meta["d_sender"]), int(meta["d_receiver"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"cannot read bridge in {folder}: {err}") from None
+        expected = {
+            "weight": (d_in, d_out),
+            "x_mean": (d_in,),
+            "x_std": (d_in,),
+            "y_mean": (d_out,),
+            "y_std": (d_out,),
+        }
+        for name, shape in expected.items():
+            if name not in tensors or tuple(tensors[name].shape) != shape:
+                raise UserError(f"bridge in {folder}: tensor {name!r} missing or not of shape {shape}")
+            if not torch.isfinite(tensors[name]).all():
+                raise UserError(f"bridge in {folder}: tensor {name!r} holds NaN or infinite values")
+        return cls(
+            weight=tensors["weight"],
+            x_norm=Standardizer(tensors["x_mean"], tensors["x_std"]),
+            y_norm=Standardizer(tensors["y_mean"], tensors["y_std"]),
+            ridge_lambda=float(meta["ridge_lambda"]),
+            metadata=meta.get("metadata", {}),
+        )
+
+    def _tensors(self) -> tuple[Tensor, ...]:
+        return (self.weight, self.x_norm.mean, self.x_norm.std, self.y_norm.mean, self.y_norm.std)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fit quality
+
+
+def mean_cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> float:
+    """Mean over rows of cos(a_i, b_i); a zero row counts as cosine 0."""
+    dot = (a * b).sum(-1)
+    return float((dot / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(EPS)).mean())
+
+
+def fit_quality(
+    predicted: Float[Tensor, "n d"], true: Float[Tensor, "n d"], reference: Standardizer
+) -> dict[str, float]:
+    """Normalized, raw and centered cosine, and R^2 (variance-weighted) of predictions on held-out rows.
+
+    ``reference`` holds the receiver's training-split statistics: normalized cosine compares
+    standardized vectors, centered cosine compares vectors minus the training mean.
+    """
+    predicted, true = predicted.double(), true.double()
+    residual = ((true - predicted) ** 2).sum()
+    total = ((true - true.mean(0)) ** 2).sum().clamp_min(EPS)
+    mean = reference.mean.double()
+    return {
+        "normalized_cosine": mean_cosine(reference(predicted), reference(true)),
+        "raw_cosine": mean_cosine(predicted, true),
+        "centered_cosine": mean_cosine(predicted - mean, true - mean),
+        "r2": float(1 - residual / total),
+    }
+
+
+PREDICTORS = ("bridge", "receiver_mean", "shuffled_pairs")
+
+
+def fit_report(
+    bridge: LinearBridge,
+    x_fit: Float[Tensor, "n_fit d_sender"],
+    y_fit: Float[Tensor, "n_fit d_receiver"],
+    x_test: Float[Tensor, "n_test d_sender"],
+    y_test: Float[Tensor, "n_test d_receiver"],
+    *,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """Held-out fit quality of the bridge and of two trivial predictors.
+
+    ``receiver_mean`` predicts the receiver's training-mean state for every item; ``shuffled_pairs`` is
+    a bridge fitted on the same states with the pairing destroyed. Both share whatever anisotropy the
+    residual stream has, so the bridge's margin over them is its item-specific content.
+    """
+    permutation = torch.randperm(x_fit.shape[0], generator=torch.Generator().manual_seed(seed + 1))
+    shuffled = LinearBridge.fit(x_fit, y_fit[permutation], seed=seed)
+    reference = bridge.y_norm
+    mean_prediction = reference.mean.expand_as(y_test)
+    return {
+        "bridge": fit_quality(bridge(x_test), y_test, reference),
+        "receiver_mean": fit_quality(mean_prediction, y_test, reference),
+        "shuffled_pairs": fit_quality(shuffled(x_test), y_test, reference),
+    }

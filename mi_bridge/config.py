@@ -1,0 +1,115 @@
+"""The experiment's configuration: one dataclass, validated without I/O, round-tripped through JSON."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+PAIRS = ("toy", "pythia")
+POSITIONS = ("slot", "final")
+TARGETS = ("relay-slot", "same-input")
+DEFAULT_MODELS = {"toy": ("toy-sender", "toy-receiver"), "pythia": ("pythia-160m", "pythia-410m")}
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line with exit code 2, never as a traceback."""
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that determines one run of the transfer experiment."""
+
+    pair: str = "toy"
+    """Model pair family: ``toy`` (embedded, trained here) or ``pythia`` (TransformerLens names)."""
+    sender: str | None = None
+    """Sender model name; default from the pair (``pythia-160m`` for pythia)."""
+    receiver: str | None = None
+    """Receiver model name; default from the pair (``pythia-410m`` for pythia)."""
+    sender_layer: int | None = None
+    """Sender layer whose ``resid_post`` at the final position is translated; default: the middle layer
+    (toy pair: the sender's last layer, where it resolves hop 1)."""
+    receiver_layer: int | None = None
+    """Receiver layer whose ``resid_post`` is injected into; default: the middle layer."""
+    position: str = "slot"
+    """Injection site: ``slot`` (the bridge entity's slot) or ``final`` (the last token, as in AC)."""
+    target: str = "relay-slot"
+    """Bridge target: the receiver's oracle-run state at the site, or states on the same input."""
+    alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    """Strengths of the additive injections (h + alpha * v), low first."""
+    k: int = 4
+    """Facts per hop in context (chance is 1/k)."""
+    n_items: int = 1000
+    """Items sampled per seed; split into bridge-fit and evaluation halves."""
+    seeds: int = 3
+    """Number of seeds; each draws fresh items and a fresh train/test split."""
+    test_fraction: float = 0.5
+    """Share of each seed's items held out for evaluation (the bridge never sees them)."""
+    batch_size: int = 64
+    """Items per forward pass."""
+    n_bootstrap: int = 2000
+    """Bootstrap resamples for the 95% confidence intervals."""
+    min_oracle_gap: float = 0.25
+    """Task validity: oracle accuracy must exceed baseline accuracy by this much (CI excluding 0)."""
+    device: str = "cpu"
+    """Torch device."""
+    out: str | None = None
+    """Run folder; default ``runs/<pair>-<sender>-<receiver>-L<ls>-L<lr>-<position>``."""
+    extra: dict = field(default_factory=dict)
+    """Free-form notes carried into the run folder's config (not used by the experiment)."""
+
+    def __post_init__(self) -> None:
+        self.alphas = tuple(float(a) for a in self.alphas)
+        if self.pair not in PAIRS:
+            raise UserError(f"unknown pair {self.pair!r}; choose one of {', '.join(PAIRS)}")
+        if self.position not in POSITIONS:
+            raise UserError(f"unknown position {self.position!r}; choose one of {', '.join(POSITIONS)}")
+        if self.target not in TARGETS:
+            raise UserError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if not self.alphas or not all(math.isfinite(a) and a > 0 for a in self.alphas):
+            raise UserError(f"alphas must be one or more finite positive numbers (got {self.alphas})")
+        if self.k < 2:
+            raise UserError(f"k must be at least 2 (got {self.k})")
+        if self.seeds < 1:
+            raise UserError(f"seeds must be at least 1 (got {self.seeds})")
+        if not 0 < self.test_fraction < 1:
+            raise UserError(f"test fraction must lie strictly between 0 and 1 (got {self.test_fraction})")
+        if self.n_fit < 8 or self.n_test < 8:
+            raise UserError(
+                f"too few items to split: n_items={self.n_items} gives {self.n_fit} fit and {self.n_test} "
+                "test items; each needs at least 8"
+            )
+        if self.batch_size < 1 or self.n_bootstrap < 100:
+            raise UserError("batch size must be >= 1 and bootstrap resamples >= 100")
+        for name in ("sender_layer", "receiver_layer"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UserError(f"{name.replace('_', ' ')} must be >= 0 (got {value})")
+
+    @property
+    def sender_name(self) -> str:
+        return self.sender or DEFAULT_MODELS[self.pair][0]
+
+    @property
+    def receiver_name(self) -> str:
+        return self.receiver or DEFAULT_MODELS[self.pair][1]
+
+    @property
+    def n_test(self) -> int:
+        return int(round(self.n_items * self.test_fraction))
+
+    @property
+    def n_fit(self) -> int:
+        return self.n_items - self.n_test
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["alphas"] = list(self.alphas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExperimentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**data)

@@ -1,0 +1,281 @@
+"""The two-hop protocol: languages (toy and Pythia English), item sampling, prompts as token tensors.
+
+Hop 1 (sender) reads k facts ``A's friend is B.`` and the query ``A's friend is`` -> B.
+Hop 2 (receiver) reads k facts ``B lives in C.`` and the query ``<slot> lives in`` -> C.
+Every entity is one token, every template has a fixed token length, so all items of one
+(language, k) have the same length and batch without padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from mi_bridge.config import UserError
+
+# A template is a sequence of pieces; these names are filled with entities, the rest is literal text.
+ENTITY_FIELDS = ("A", "B", "C", "SLOT")
+
+
+@dataclass(frozen=True)
+class Language:
+    """How prompts of one model pair are written and tokenized."""
+
+    name: str
+    bos_id: int
+    encode: Callable[[str], list[int]]
+    """Literal text -> token ids (no special tokens)."""
+    decode: Callable[[Sequence[int]], str]
+    persons: tuple[str, ...]
+    """Entities for A and B (each one token, with its leading space where the tokenizer needs it)."""
+    places: tuple[str, ...]
+    """Entities for C."""
+    placeholder: str
+    """Neutral filler for the receiver's slot in the baseline condition."""
+    sender_fact: tuple[str, ...]
+    sender_query: tuple[str, ...]
+    receiver_fact: tuple[str, ...]
+    receiver_query: tuple[str, ...]
+
+    def token_id(self, entity: str) -> int:
+        ids = self.encode(entity)
+        if len(ids) != 1:
+            raise UserError(f"entity {entity!r} is {len(ids)} tokens in language {self.name!r}; must be 1")
+        return ids[0]
+
+    def max_k(self) -> int:
+        """Largest k for which an item can draw 2k distinct persons and k distinct places."""
+        return min(len(self.persons) // 2, len(self.places))
+
+    def render(self, template: Sequence[str], fields: dict[str, int]) -> list[int]:
+        out: list[int] = []
+        for piece in template:
+            out.extend([fields[piece]] if piece in ENTITY_FIELDS else self.encode(piece))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The toy language: a closed vocabulary of words, one token each, shared by both toy models.
+
+TOY_PERSONS = tuple(f"p{i}" for i in range(48))
+TOY_PLACES = tuple(f"c{i}" for i in range(32))
+TOY_WORDS = ("<bos>", "friend", "lives", ".", "?", "_") + TOY_PERSONS + TOY_PLACES
+TOY_INDEX = {word: i for i, word in enumerate(TOY_WORDS)}
+
+
+def _toy_encode(text: str) -> list[int]:
+    try:
+        return [TOY_INDEX[word] for word in text.split()]
+    except KeyError as err:
+        raise UserError(f"word {err.args[0]!r} is not in the toy vocabulary") from None
+
+
+def toy_language() -> Language:
+    # Key right before value in both hops: small models learn this lookup fast (see DESIGN.md).
+    return Language(
+        name="toy",
+        bos_id=TOY_INDEX["<bos>"],
+        encode=_toy_encode,
+        decode=lambda ids: " ".join(TOY_WORDS[i] for i in ids),
+        persons=TOY_PERSONS,
+        places=TOY_PLACES,
+        placeholder="_",
+        sender_fact=("friend", "A", "B", "."),
+        sender_query=("?", "friend", "A"),
+        receiver_fact=("B", "lives", "C", "."),
+        receiver_query=("?", "SLOT", "lives"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Natural English for Pythia (GPT-NeoX tokenizer). Entities carry their leading space: " Bob" is one token.
+
+PYTHIA_PERSONS = tuple(
+    " " + name
+    for name in (
+        "Alice Bob Carol David Emma Frank Grace Henry Jack Kate Laura Mark Nancy Oscar Paul Rachel Sam Tom "
+        "Anna Peter Mary John James Sarah Mike Lisa Kevin Linda Steve Susan Brian Karen Eric Amy Ryan Emily "
+        "Adam Helen Chris Jane George Julia Daniel Maria Simon Ruth Victor Diana Martin Rose"
+    ).split()
+)
+PYTHIA_PLACES = tuple(
+    " " + city
+    for city in (
+        "Paris London Rome Berlin Tokyo Madrid Moscow Sydney Chicago Boston Dublin Vienna Cairo Delhi Seoul "
+        "Oslo Athens Prague Lisbon Toronto Dallas Denver Miami Seattle Houston Atlanta Phoenix Warsaw Munich "
+        "Milan Beijing Istanbul Bangkok Geneva Brussels Amsterdam Stockholm Helsinki Montreal Vancouver "
+        "Manila Singapore Mumbai"
+    ).split()
+)
+
+
+def pythia_language(tokenizer) -> Language:
+    """English templates for any tokenizer with the Hugging Face ``encode``/``decode`` interface."""
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    return Language(
+        name="pythia",
+        bos_id=tokenizer.bos_token_id,
+        encode=encode,
+        decode=lambda ids: tokenizer.decode(list(ids)),
+        persons=PYTHIA_PERSONS,
+        places=PYTHIA_PLACES,
+        placeholder=" someone",
+        sender_fact=("A", "'s friend is", "B", "."),
+        sender_query=("A", "'s friend is"),
+        receiver_fact=("B", " lives in", "C", "."),
+        receiver_query=("SLOT", " lives in"),
+    )
+
+
+def load_neox_tokenizer(path: Path):
+    """The GPT-NeoX tokenizer from a ``tokenizer.json`` file, as a Hugging Face fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(path), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Items
+
+
+@dataclass(frozen=True)
+class TaskItems:
+    """n two-hop items as token tensors. Row i of every tensor is item i."""
+
+    language: Language
+    k: int
+    sender_tokens: Int[Tensor, "n_items sender_pos"]
+    """Sender prompt: hop-1 facts + query; its next token should be B."""
+    placeholder_tokens: Int[Tensor, "n_items receiver_pos"]
+    """Receiver prompt with the neutral placeholder in the slot (baseline)."""
+    oracle_tokens: Int[Tensor, "n_items receiver_pos"]
+    """Receiver prompt with the gold B in the slot (ceiling)."""
+    bridge_ids: Int[Tensor, n_items]
+    """Gold B."""
+    bridge_candidates: Int[Tensor, "n_items k"]
+    """The k in-context B's (the sender's answer candidates)."""
+    answer_candidates: Int[Tensor, "n_items k"]
+    """The k in-context C's (the receiver's answer candidates)."""
+    gold_index: Int[Tensor, n_items]
+    """Index of the gold answer in both candidate rows (B_j and C_j share j)."""
+    slot_position: int
+
+    @property
+    def n_items(self) -> int:
+        return self.sender_tokens.shape[0]
+
+    @property
+    def answer_ids(self) -> Int[Tensor, n_items]:
+        return self.answer_candidates.gather(1, self.gold_index[:, None])[:, 0]
+
+    @property
+    def final_position(self) -> int:
+        return self.oracle_tokens.shape[1] - 1
+
+    def with_slot(self, slot_ids: Int[Tensor, n_items]) -> Int[Tensor, "n_items receiver_pos"]:
+        """Receiver prompts whose slot holds the given tokens (e.g. the sender's greedy prediction)."""
+        tokens = self.placeholder_tokens.clone()
+        tokens[:, self.slot_position] = slot_ids
+        return tokens
+
+    def subset(self, index: Int[Tensor, m]) -> TaskItems:
+        fields = {
+            name: getattr(self, name)[index]
+            for name in (
+                "sender_tokens",
+                "placeholder_tokens",
+                "oracle_tokens",
+                "bridge_ids",
+                "bridge_candidates",
+                "answer_candidates",
+                "gold_index",
+            )
+        }
+        return TaskItems(language=self.language, k=self.k, slot_position=self.slot_position, **fields)
+
+    def describe(self, i: int) -> dict[str, str]:
+        decode = self.language.decode
+        return {
+            "sender": decode(self.sender_tokens[i].tolist()),
+            "receiver_oracle": decode(self.oracle_tokens[i].tolist()),
+            "bridge": decode([int(self.bridge_ids[i])]),
+            "answer": decode([int(self.answer_ids[i])]),
+        }
+
+
+def sample_items(language: Language, *, k: int, n_items: int, seed: int) -> TaskItems:
+    """Sample n items with k facts per hop. Seeded: the same arguments give the same items."""
+    if k < 2:
+        raise UserError(f"k must be at least 2 (got {k})")
+    if k > language.max_k():
+        raise UserError(
+            f"k={k} is larger than the entity pool allows for language {language.name!r} (max k={language.max_k()})"
+        )
+    rng = np.random.default_rng(seed)
+    person_ids = np.array([language.token_id(p) for p in language.persons])
+    place_ids = np.array([language.token_id(c) for c in language.places])
+    placeholder_id = language.token_id(language.placeholder)
+
+    rows: dict[str, list] = {
+        name: [] for name in ("sender", "placeholder", "oracle", "b", "b_cand", "c_cand", "j")
+    }
+    for _ in range(n_items):
+        persons = rng.choice(person_ids, size=2 * k, replace=False)
+        a_ids, b_ids = persons[:k], persons[k:]
+        c_ids = rng.choice(place_ids, size=k, replace=False)
+        j = int(rng.integers(k))
+        sender = [language.bos_id]
+        for i in rng.permutation(k):
+            sender += language.render(language.sender_fact, {"A": a_ids[i], "B": b_ids[i]})
+        sender += language.render(language.sender_query, {"A": a_ids[j]})
+        receiver = [language.bos_id]
+        for i in rng.permutation(k):
+            receiver += language.render(language.receiver_fact, {"B": b_ids[i], "C": c_ids[i]})
+        rows["placeholder"].append(
+            receiver + language.render(language.receiver_query, {"SLOT": placeholder_id})
+        )
+        rows["oracle"].append(receiver + language.render(language.receiver_query, {"SLOT": b_ids[j]}))
+        rows["sender"].append(sender)
+        rows["b"].append(b_ids[j])
+        rows["b_cand"].append(b_ids)
+        rows["c_cand"].append(c_ids)
+        rows["j"].append(j)
+
+    query_start = len(rows["oracle"][0]) - len(
+        language.render(language.receiver_query, {"SLOT": placeholder_id})
+    )
+    slot_position = query_start + _slot_offset(language)
+    as_long = lambda values: torch.tensor(np.array(values), dtype=torch.long)
+    return TaskItems(
+        language=language,
+        k=k,
+        sender_tokens=as_long(rows["sender"]),
+        placeholder_tokens=as_long(rows["placeholder"]),
+        oracle_tokens=as_long(rows["oracle"]),
+        bridge_ids=as_long(rows["b"]),
+        bridge_candidates=as_long(rows["b_cand"]),
+        answer_candidates=as_long(rows["c_cand"]),
+        gold_index=as_long(rows["j"]),
+        slot_position=slot_position,
+    )
+
+
+def _slot_offset(language: Language) -> int:
+    """Token offset of the slot inside the receiver query."""
+    offset = 0
+    for piece in language.receiver_query:
+        if piece == "SLOT":
+            return offset
+        offset += 1 if piece in ENTITY_FIELDS else len(language.encode(piece))
+    raise ValueError(f"receiver query of {language.name!r} has no SLOT")
