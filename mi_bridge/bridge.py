@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -126,7 +127,7 @@ class LinearBridge:
             meta = json.loads((folder / "bridge.json").read_text())
             tensors = load_file(folder / "bridge.safetensors")
             d_in, d_out = int(meta["d_sender"]), int(meta["d_receiver"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
             raise UserError(f"cannot read bridge in {folder}: {err}") from None
         expected = {
             "weight": (d_in, d_out),

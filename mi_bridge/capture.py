@@ -30,7 +30,7 @@ class Capture:
     """Next-token logits at the last position (only when asked for: it needs the whole model)."""
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def capture_resid_post(
     model: HookedTransformer,
     tokens: Int[Tensor, "n_items pos"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
 PAIRS = ("toy", "pythia")
@@ -58,7 +59,7 @@ class ExperimentConfig:
     """Free-form notes carried into the run folder's config (not used by the experiment)."""
 
     def __post_init__(self) -> None:
-        self.alphas = tuple(float(a) for a in self.alphas)
+        _check_types(self)
         if self.pair not in PAIRS:
             raise UserError(f"unknown pair {self.pair!r}; choose one of {', '.join(PAIRS)}")
         if self.position not in POSITIONS:
@@ -112,4 +113,32 @@ class ExperimentConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown config keys: {', '.join(unknown)}")
+        data = dict(data)
+        if isinstance(data.get("alphas"), list):
+            data["alphas"] = tuple(data["alphas"])
         return cls(**data)
+
+
+def _check_types(config: ExperimentConfig) -> None:
+    """Field types, checked by hand: a config may come from a JSON file written by anyone."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == "alphas":
+            ok = isinstance(value, tuple | list) and all(_is_number(a) for a in value)
+            if ok:
+                config.alphas = tuple(float(a) for a in value)
+        elif hints[f.name] is float:
+            ok = _is_number(value)
+            if ok:
+                setattr(config, f.name, float(value))
+        else:
+            ok = isinstance(value, hints[f.name]) and not (
+                isinstance(value, bool) and hints[f.name] is not bool
+            )
+        if not ok:
+            raise UserError(f"config field {f.name!r} has the wrong type: {value!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

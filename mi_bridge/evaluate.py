@@ -90,7 +90,7 @@ def score(
     )
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def evaluate_conditions(
     model: HookedTransformer,
     prompts: dict[str, Int[Tensor, "n_items pos"]],

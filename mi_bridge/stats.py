@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -36,7 +37,7 @@ def paired_bootstrap_ci(
     return (float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
-def excludes_zero(interval: tuple[float, float]) -> bool:
+def excludes_zero(interval: Sequence[float]) -> bool:
     low, high = interval
     return bool(low > 0 or high < 0)
 

@@ -231,9 +231,9 @@ def sample_items(language: Language, *, k: int, n_items: int, seed: int) -> Task
         name: [] for name in ("sender", "placeholder", "oracle", "b", "b_cand", "c_cand", "j")
     }
     for _ in range(n_items):
-        persons = rng.choice(person_ids, size=2 * k, replace=False)
+        persons = rng.choice(person_ids, size=2 * k, replace=False).tolist()
         a_ids, b_ids = persons[:k], persons[k:]
-        c_ids = rng.choice(place_ids, size=k, replace=False)
+        c_ids = rng.choice(place_ids, size=k, replace=False).tolist()
         j = int(rng.integers(k))
         sender = [language.bos_id]
         for i in rng.permutation(k):

@@ -98,10 +98,10 @@ def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
         except Exception as err:  # a corrupt cache file is retrained, never used
             report.warn(f"cached toy model {weights} is unreadable ({type(err).__name__}); retraining")
         else:
-            return model.to(device).eval()
+            return model.to(device, print_details=False).eval()
     train_toy_model(model, recipe, description=f"training {name}")
     _save_atomic(model, recipe, folder)
-    return model.to(device).eval()
+    return model.to(device, print_details=False).eval()
 
 
 def _save_atomic(model: HookedTransformer, recipe: ToyRecipe, folder: Path) -> None:

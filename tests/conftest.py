@@ -1,0 +1,68 @@
+"""Shared fixtures. Tests never touch a real Hugging Face cache or the network: HF_HOME points at a
+session-private folder (set before any Hugging Face module is imported, since they read it at import)."""
+
+import os
+import tempfile
+
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mi_bridge-test-hf-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+
+from mi_bridge.task import TOY_WORDS  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TOKENIZER_FILE = SHARED / "data" / "gpt-neox-20b-tokenizer.json"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def make_cfg(**overrides) -> HookedTransformerConfig:
+    """A tiny Pythia-architecture config (rotary, parallel attention+MLP, LayerNorm, GELU)."""
+    settings = dict(
+        n_layers=3,
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        d_mlp=64,
+        d_vocab=len(TOY_WORDS),
+        n_ctx=64,
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        parallel_attn_mlp=True,
+        seed=0,
+    )
+    unknown = set(overrides) - set(settings)
+    assert not unknown, f"misspelt config keys: {unknown}"  # a typo must not silently build another model
+    settings.update(overrides)
+    return HookedTransformerConfig(**settings)
+
+
+@pytest.fixture
+def tiny_model() -> HookedTransformer:
+    model = HookedTransformer(make_cfg()).eval()
+    assert (model.cfg.n_layers, model.cfg.d_model) == (3, 32)
+    return model
+
+
+@pytest.fixture(scope="session")
+def neox_tokenizer():
+    from mi_bridge.task import load_neox_tokenizer
+
+    if not TOKENIZER_FILE.exists():
+        pytest.fail(f"the GPT-NeoX tokenizer is expected at {TOKENIZER_FILE} (shared/ beside the checkout)")
+    return load_neox_tokenizer(TOKENIZER_FILE)

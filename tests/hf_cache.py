@@ -1,0 +1,53 @@
+"""Build a Hugging Face hub cache holding a randomly initialised Pythia-architecture checkpoint.
+
+The config is EleutherAI/pythia-14m's (GPT-NeoX: 6 layers, d_model 128, 4 heads, rotary_pct 0.25,
+parallel residual, untied embeddings); the tokenizer is the real GPT-NeoX tokenizer file from shared/.
+TransformerLens then loads it offline through exactly the code path a user's real download takes.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+PYTHIA_14M_CONFIG = dict(
+    architectures=["GPTNeoXForCausalLM"],
+    bos_token_id=0,
+    eos_token_id=0,
+    hidden_act="gelu",
+    hidden_size=128,
+    initializer_range=0.02,
+    intermediate_size=512,
+    layer_norm_eps=1e-5,
+    max_position_embeddings=2048,
+    model_type="gpt_neox",
+    num_attention_heads=4,
+    num_hidden_layers=6,
+    rotary_emb_base=10000,
+    rotary_pct=0.25,
+    tie_word_embeddings=False,
+    use_cache=True,
+    use_parallel_residual=True,
+    vocab_size=50304,
+)
+
+
+def build_pythia_cache(hf_home: Path, tokenizer_file: Path, repo_id: str = "EleutherAI/pythia-14m") -> Path:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(**PYTHIA_14M_CONFIG))
+    model.save_pretrained(snapshot, safe_serialization=True)
+    shutil.copy(tokenizer_file, snapshot / "tokenizer.json")
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    (snapshot / "special_tokens_map.json").write_text(json.dumps(special))
+    config = {"tokenizer_class": "GPTNeoXTokenizerFast", "add_bos_token": False, "model_max_length": 2048}
+    (snapshot / "tokenizer_config.json").write_text(json.dumps(config | special))
+    return snapshot

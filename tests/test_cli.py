@@ -1,0 +1,132 @@
+"""The CLI end to end on a tiny configuration, the results.json schema, and every bad input."""
+
+import json
+
+import pytest
+
+from mi_bridge.run import main
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--n-items", "60", "--seeds", "2", "--alphas", "0.5,1", "--n-bootstrap", "200"]
+CONDITION_KEYS = {
+    "name",
+    "mode",
+    "alpha",
+    "n",
+    "accuracy",
+    "delta_accuracy",
+    "delta_accuracy_ci",
+    "gold_logprob",
+    "delta_logprob",
+    "delta_logprob_ci",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main([*TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_the_run_folder_and_results_schema(tiny_run):
+    assert {p.name for p in tiny_run.iterdir()} == {
+        "results.json",
+        "report.md",
+        "config.json",
+        "conditions.png",
+        "bridge",
+    }
+    assert {p.name for p in (tiny_run / "bridge" / "seed0").iterdir()} == {
+        "bridge.json",
+        "bridge.safetensors",
+    }
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert {"config", "validity", "bridge", "conditions", "verdict"} <= set(results)
+    for metric in ("normalized_cosine", "raw_cosine", "centered_cosine", "r2"):
+        assert set(results["bridge"][metric]) == {"mean", "per_seed"}
+        assert len(results["bridge"][metric]["per_seed"]) == 2
+    names = [c["name"] for c in results["conditions"]]
+    assert names[:3] == ["baseline", "text relay", "oracle"]
+    for kind in ("translated", "random", "shuffled", "mean", "self-patch"):
+        assert {f"{kind} add a=0.5", f"{kind} add a=1", f"{kind} replace", f"{kind} rescale"} <= set(names)
+    for condition in results["conditions"]:
+        assert CONDITION_KEYS <= set(condition)
+        assert condition["n"] == 60  # 30 held-out items x 2 seeds
+        low, high = condition["delta_accuracy_ci"]
+        assert low <= condition["delta_accuracy"] <= high
+    baseline = results["conditions"][0]
+    assert baseline["delta_accuracy"] == 0 and baseline["delta_accuracy_ci"] == [0.0, 0.0]
+    # alpha = 0 is not in the sweep, but every additive condition with alpha -> 0 must approach baseline:
+    # checked exactly in test_inject; here, self-patch replace must reach the oracle's accuracy
+    by_name = {c["name"]: c for c in results["conditions"]}
+    assert by_name["self-patch replace"]["accuracy"] >= by_name["oracle"]["accuracy"] - 0.05
+    assert "## Verdict" in (tiny_run / "report.md").read_text()
+
+
+def test_the_config_file_repeats_the_run_exactly(tiny_run, tmp_path):
+    again = tmp_path / "again"
+    assert main(["--config", str(tiny_run / "config.json"), "--out", str(again)]) == 0
+    first, second = (json.loads((p / "results.json").read_text()) for p in (tiny_run, again))
+    for key in ("validity", "bridge", "conditions", "verdict"):
+        assert first[key] == second[key]
+
+
+def _bad_inputs(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    return {
+        "unknown pair": (["--pair", "gpt"], "invalid choice"),
+        "unknown model": (["--sender", "toy-giant"], "unknown toy model"),
+        "layer out of range": (["--receiver-layer", "9"], "out of range"),
+        "negative layer": (["--sender-layer", "-1"], "must be >= 0"),
+        "k beyond the pool": (["--k", "30"], "entity pool"),
+        "too few items": (["--n-items", "10"], "too few items"),
+        "unwritable out": (["--out", str(a_file / "run")], "not writable"),
+        "bad alphas": (["--alphas", "one,two"], "comma-separated"),
+        "negative alpha": (["--alphas", "-1"], "alphas"),
+        "bad integer": (["--k", "four"], "invalid int"),
+        "missing config": (["--config", str(tmp_path / "nope.json")], "cannot read config"),
+        "unknown config key": (
+            ["--config", str(_write(tmp_path / "c.json", {"layers": 3}))],
+            "unknown config keys",
+        ),
+    }
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown pair",
+        "unknown model",
+        "layer out of range",
+        "negative layer",
+        "k beyond the pool",
+        "too few items",
+        "unwritable out",
+        "bad alphas",
+        "negative alpha",
+        "bad integer",
+        "missing config",
+        "unknown config key",
+    ],
+)
+def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv, expected = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    if "--out" not in argv:
+        argv = [*argv, "--out", str(out)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error:") and expected in lines[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not out.exists() and not (tmp_path / "runs").exists()

@@ -1,0 +1,145 @@
+"""Exactness invariants of injection: each would catch a hook at the wrong place or time."""
+
+import pytest
+import torch
+from jaxtyping import TypeCheckError
+
+from mi_bridge.capture import answer_logits, capture_resid_post
+from mi_bridge.evaluate import Condition, evaluate_conditions, score
+from mi_bridge.hooks import resid_post_name
+from mi_bridge.inject import MODES, apply_injection, inject_residual, rescale_to, run_with_injection
+
+N, POS = 5, 12
+
+
+@pytest.fixture
+def tokens(tiny_model):
+    return torch.randint(0, tiny_model.cfg.d_vocab, (N, POS))
+
+
+def own_state(model, tokens, layer, position):
+    return capture_resid_post(model, tokens, layers=[layer], positions=[position]).states[layer][:, 0]
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+@pytest.mark.parametrize("position", [3, POS - 1])
+def test_replacing_a_state_by_itself_changes_nothing(tiny_model, tokens, layer, position):
+    clean = tiny_model(tokens)
+    vector = own_state(tiny_model, tokens, layer, position)
+    patched = run_with_injection(
+        tiny_model, tokens, layer=layer, position=position, vector=vector, mode="replace"
+    )
+    torch.testing.assert_close(patched, clean, rtol=0, atol=1e-5)
+    rescaled = run_with_injection(
+        tiny_model, tokens, layer=layer, position=position, vector=vector, mode="rescale"
+    )
+    torch.testing.assert_close(rescaled, clean, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["add", "rescale-add"])
+def test_alpha_zero_is_the_baseline(tiny_model, tokens, mode):
+    vector = torch.randn(N, tiny_model.cfg.d_model) * 10
+    patched = run_with_injection(tiny_model, tokens, layer=1, position=4, vector=vector, mode=mode, alpha=0.0)
+    torch.testing.assert_close(patched, tiny_model(tokens), rtol=0, atol=0)
+
+
+def test_a_hook_at_layer_L_leaves_earlier_activations_untouched(tiny_model, tokens):
+    layer, position = 1, 6
+    names = [resid_post_name(layer) for layer in range(tiny_model.cfg.n_layers)]
+    _, clean = tiny_model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    vector = torch.randn(tiny_model.cfg.d_model) * 5
+    hook = (resid_post_name(layer), lambda act, hook: inject_residual(act, position, vector, "add"))
+    with tiny_model.hooks(fwd_hooks=[hook]):
+        _, patched = tiny_model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    for other, name in enumerate(names):
+        if other < layer:  # every position of earlier layers
+            torch.testing.assert_close(patched[name], clean[name], rtol=0, atol=0)
+        if other <= layer:  # other positions of the hooked layer
+            others = [p for p in range(POS) if p != position]
+            torch.testing.assert_close(patched[name][:, others], clean[name][:, others], rtol=0, atol=0)
+        # causality: positions before the site never change, at any layer
+        torch.testing.assert_close(patched[name][:, :position], clean[name][:, :position], rtol=0, atol=0)
+    assert not torch.allclose(patched[names[-1]][:, position:], clean[names[-1]][:, position:])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prefix_reuse_gives_the_same_logits_as_a_full_hooked_run(tiny_model, tokens, mode):
+    layer, position = 1, 7
+    vector = torch.randn(N, tiny_model.cfg.d_model)
+    full = run_with_injection(
+        tiny_model, tokens, layer=layer, position=position, vector=vector, mode=mode, alpha=0.5
+    )
+    prefix = tiny_model(tokens, stop_at_layer=layer + 1)
+    fast = answer_logits(
+        tiny_model, inject_residual(prefix, position, vector, mode, 0.5), start_at_layer=layer + 1
+    )
+    torch.testing.assert_close(fast, full[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_evaluator_equals_the_slow_path_for_every_condition(tiny_model, tokens):
+    layer, position, k = 1, 5, 3
+    candidates = torch.randint(0, tiny_model.cfg.d_vocab, (N, k))
+    gold = torch.randint(0, k, (N,))
+    vectors = {"v": torch.randn(N, tiny_model.cfg.d_model)}
+    conditions = [Condition("baseline")] + [
+        Condition(f"v {mode}", vector="v", mode=mode, alpha=0.7) for mode in MODES
+    ]
+    fast = evaluate_conditions(
+        tiny_model,
+        {"placeholder": tokens},
+        candidates,
+        gold,
+        layer=layer,
+        position=position,
+        vectors=vectors,
+        conditions=conditions,
+        batch_size=2,
+    )
+    for condition in conditions:
+        if condition.is_injection:
+            logits = run_with_injection(
+                tiny_model,
+                tokens,
+                layer=layer,
+                position=position,
+                vector=vectors["v"],
+                mode=condition.mode,
+                alpha=condition.alpha,
+            )[:, -1]
+        else:
+            logits = tiny_model(tokens)[:, -1]
+        slow = score(logits, candidates, gold)
+        torch.testing.assert_close(fast[condition.name].gold_logprob, slow.gold_logprob, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast[condition.name].correct, slow.correct)
+
+
+def test_hooks_are_removed_even_when_the_forward_pass_raises(tiny_model, tokens):
+    wrong_shape = torch.randn(N, tiny_model.cfg.d_model + 1)
+    # torch's RuntimeError, or jaxtyping's shape check first when runtime checks are on (they are under pytest)
+    with pytest.raises((RuntimeError, TypeCheckError)):
+        run_with_injection(tiny_model, tokens, layer=1, position=2, vector=wrong_shape, mode="add")
+    assert all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
+    torch.testing.assert_close(tiny_model(tokens), tiny_model(tokens))
+
+
+def test_injection_math():
+    h, v = torch.randn(4, 8), torch.randn(4, 8)
+    torch.testing.assert_close(rescale_to(v, h).norm(dim=-1), h.norm(dim=-1))
+    cos = torch.nn.functional.cosine_similarity(rescale_to(v, h), v)
+    torch.testing.assert_close(cos, torch.ones(4))
+    torch.testing.assert_close(apply_injection(h, v, "add", 2.0), h + 2 * v)
+    torch.testing.assert_close(apply_injection(h, v, "replace"), v)
+    torch.testing.assert_close(apply_injection(h, v, "rescale-add", 1.0), h + rescale_to(v, h))
+    with pytest.raises(ValueError):
+        apply_injection(h, v, "multiply")
+
+
+def test_one_vector_and_one_position_broadcast_to_every_item(tiny_model, tokens):
+    vector = torch.randn(tiny_model.cfg.d_model)
+    one = run_with_injection(tiny_model, tokens, layer=0, position=3, vector=vector, mode="add")
+    many = run_with_injection(
+        tiny_model, tokens, layer=0, position=torch.full((N,), 3), vector=vector.expand(N, -1), mode="add"
+    )
+    torch.testing.assert_close(one, many, rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        run_with_injection(tiny_model, tokens, layer=9, position=3, vector=vector, mode="add")

@@ -1,0 +1,98 @@
+"""The Pythia path, for real and offline: a locally built HF cache, loaded through the user's code."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mi_bridge.capture import capture_resid_post
+from mi_bridge.config import UserError
+from mi_bridge.models import load_pretrained
+from mi_bridge.run import main
+from mi_bridge.task import pythia_language, sample_items
+
+from .conftest import TOKENIZER_FILE
+from .hf_cache import PYTHIA_14M_CONFIG, build_pythia_cache
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def pythia_cache() -> Path:
+    return build_pythia_cache(Path(os.environ["HF_HOME"]), TOKENIZER_FILE)
+
+
+@pytest.fixture(scope="session")
+def pythia(pythia_cache):
+    return load_pretrained("pythia-14m", "cpu")
+
+
+def test_hook_shapes_of_the_loaded_model(pythia):
+    cfg = PYTHIA_14M_CONFIG
+    assert (pythia.cfg.n_layers, pythia.cfg.d_model, pythia.cfg.d_vocab) == (
+        cfg["num_hidden_layers"],
+        cfg["hidden_size"],
+        cfg["vocab_size"],
+    )
+    items = sample_items(pythia_language(pythia.tokenizer), k=3, n_items=6, seed=0)
+    capture = capture_resid_post(
+        pythia,
+        items.oracle_tokens,
+        layers=[0, 3, 5],
+        positions=[items.slot_position, -1],
+        with_answer_logits=True,
+    )
+    for layer in (0, 3, 5):
+        assert capture.states[layer].shape == (6, 2, 128)
+    assert capture.answer_logits.shape == (6, 50304)
+
+
+def test_transformer_lens_logits_match_hugging_face(pythia, pythia_cache):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(pythia_cache).eval()
+    items = sample_items(pythia_language(pythia.tokenizer), k=4, n_items=4, seed=1)
+    with torch.no_grad():
+        ours = pythia(items.sender_tokens).log_softmax(-1)
+        theirs = hf(items.sender_tokens).logits.log_softmax(-1)
+    # TransformerLens folds LayerNorm and centers the unembedding: equal up to float error as log-probs
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+
+def test_missing_weights_are_one_clear_error(pythia_cache):
+    with pytest.raises(UserError, match="pythia-70m.*HF_HOME"):
+        load_pretrained("pythia-70m", "cpu")
+    with pytest.raises(UserError, match="unknown model"):
+        load_pretrained("no-such-model-xyz", "cpu")
+
+
+def test_the_cli_runs_the_pythia_pair_end_to_end(pythia_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "--pair",
+        "pythia",
+        "--sender",
+        "pythia-14m",
+        "--receiver",
+        "pythia-14m",
+        "--n-items",
+        "40",
+        "--seeds",
+        "1",
+        "--alphas",
+        "1",
+        "--n-bootstrap",
+        "200",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["layers"] == {"sender": 2, "receiver": 2}
+    assert results["models"]["receiver"]["d_model"] == 128
+    # random weights cannot use the bridge entity: the report must say there is no conclusion
+    assert results["validity"]["valid"] is False
+    assert results["verdict"].startswith("Task not valid")
+    assert "Task not valid" in capsys.readouterr().out

@@ -1,0 +1,76 @@
+"""Prompts: right shapes and positions, seeded sampling, single-token entities in the real tokenizer."""
+
+import pytest
+import torch
+
+from mi_bridge.config import UserError
+from mi_bridge.task import (
+    PYTHIA_PERSONS,
+    PYTHIA_PLACES,
+    TOY_INDEX,
+    pythia_language,
+    sample_items,
+    toy_language,
+)
+
+
+def test_toy_items_hold_the_protocol():
+    items = sample_items(toy_language(), k=4, n_items=50, seed=3)
+    language = items.language
+    slot, final = items.slot_position, items.final_position
+    assert items.sender_tokens.shape == (50, 1 + 4 * 4 + 3)
+    assert items.oracle_tokens.shape == items.placeholder_tokens.shape == (50, 1 + 4 * 4 + 3)
+    assert final == slot + 1  # "? <slot> lives": the slot is not the final position
+    assert (items.placeholder_tokens[:, slot] == TOY_INDEX["_"]).all()
+    assert (items.oracle_tokens[:, slot] == items.bridge_ids).all()
+    others = [p for p in range(items.oracle_tokens.shape[1]) if p != slot]
+    assert torch.equal(items.oracle_tokens[:, others], items.placeholder_tokens[:, others])
+    for i in range(50):
+        sender = items.describe(i)["sender"].split()
+        receiver = items.describe(i)["receiver_oracle"].split()
+        b, c = language.decode([int(items.bridge_ids[i])]), language.decode([int(items.answer_ids[i])])
+        a = sender[-1]
+        assert f"friend {a} {b} ." in " ".join(sender)  # the sender's context states A -> B
+        assert f"{b} lives {c} ." in " ".join(receiver)  # the receiver's context states B -> C
+        assert set(items.bridge_candidates[i].tolist()) == {TOY_INDEX[w] for w in sender[3:-3:4]}
+        assert int(items.bridge_candidates[i, items.gold_index[i]]) == int(items.bridge_ids[i])
+
+
+def test_sampling_is_seeded():
+    a = sample_items(toy_language(), k=3, n_items=20, seed=7)
+    b = sample_items(toy_language(), k=3, n_items=20, seed=7)
+    c = sample_items(toy_language(), k=3, n_items=20, seed=8)
+    assert torch.equal(a.sender_tokens, b.sender_tokens) and torch.equal(a.oracle_tokens, b.oracle_tokens)
+    assert not torch.equal(a.sender_tokens, c.sender_tokens)
+
+
+def test_relay_writes_the_given_tokens_into_the_slot():
+    items = sample_items(toy_language(), k=2, n_items=10, seed=0)
+    relay = items.with_slot(items.bridge_ids)
+    assert torch.equal(relay, items.oracle_tokens)
+
+
+@pytest.mark.parametrize("k", [1, 25])
+def test_k_outside_the_pool_is_a_user_error(k):
+    with pytest.raises(UserError, match="k"):
+        sample_items(toy_language(), k=k, n_items=10, seed=0)
+
+
+def test_every_pythia_entity_is_one_token_in_the_gpt_neox_tokenizer(neox_tokenizer):
+    for entity in PYTHIA_PERSONS + PYTHIA_PLACES + (" someone",):
+        ids = neox_tokenizer.encode(entity, add_special_tokens=False)
+        assert len(ids) == 1, f"{entity!r} is {len(ids)} tokens"
+    assert len(set(PYTHIA_PERSONS)) == len(PYTHIA_PERSONS) and len(set(PYTHIA_PLACES)) == len(PYTHIA_PLACES)
+
+
+def test_pythia_prompts_tokenize_as_the_tokenizer_would_tokenize_their_text(neox_tokenizer):
+    language = pythia_language(neox_tokenizer)
+    items = sample_items(language, k=4, n_items=20, seed=0)
+    for tokens in (items.sender_tokens, items.oracle_tokens, items.placeholder_tokens):
+        for row in tokens:
+            text = neox_tokenizer.decode(row[1:].tolist())
+            assert neox_tokenizer.encode(text, add_special_tokens=False) == row[1:].tolist()
+    sample = items.describe(0)
+    assert sample["sender"].endswith("'s friend is")
+    assert sample["receiver_oracle"].endswith(sample["bridge"] + " lives in")
+    assert items.final_position == items.slot_position + 2  # " Bob", " lives", " in"
