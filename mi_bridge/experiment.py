@@ -10,16 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_bridge.bridge import PREDICTORS, LinearBridge, fit_report
-from mi_bridge.capture import capture_resid_post
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions, standard_conditions
 from mi_bridge.models import ModelPair
+from mi_bridge.prepare import ActivationStore, SeedContext, check_finite, seed_contexts
 from mi_bridge.stats import excludes_zero, mean_and_seeds, paired_bootstrap_ci
-from mi_bridge.task import TaskItems, sample_items
 
 METRICS = {"accuracy": "correct", "logprob": "gold_logprob", "logit_diff": "logit_diff"}
 
@@ -35,116 +34,35 @@ class SeedData:
     bridge: LinearBridge
 
 
-def split(n_items: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
-    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(10_000 + seed))
-    return order[n_test:], order[:n_test]
-
-
-def site_position(items: TaskItems, position: str) -> int:
-    return items.slot_position if position == "slot" else items.final_position
-
-
-def run_seed(
-    config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int, seed: int
-) -> SeedData:
-    items = sample_items(pair.language, k=config.k, n_items=config.n_items, seed=seed)
-    fit_idx, test_idx = split(items.n_items, config.n_test, seed)
-    site = site_position(items, config.position)
-    batch = config.batch_size
-    tag = f"seed {seed}"
-
-    sender_run = capture_resid_post(
-        pair.sender,
-        items.sender_tokens,
-        layers=[sender_layer],
-        positions=[-1],
-        with_answer_logits=True,
-        batch_size=batch,
-        description=f"{tag}: sender",
-    )
-    sender_states = sender_run.states[sender_layer][:, 0]
-    greedy_b = sender_run.answer_logits.argmax(-1)
-    sender_choice = sender_run.answer_logits.gather(1, items.bridge_candidates).argmax(-1)
-
-    # The receiver's own state at the site when the slot holds B: the relay-slot target and self-patch.
-    oracle_states = capture_resid_post(
-        pair.receiver,
-        items.oracle_tokens,
-        layers=[receiver_layer],
-        positions=[site],
-        batch_size=batch,
-        description=f"{tag}: receiver oracle states",
-    ).states[receiver_layer][:, 0]
-
-    if config.target == "relay-slot":
-        x_fit, y_fit = sender_states[fit_idx], oracle_states[fit_idx]
-        x_test, y_test = sender_states[test_idx], oracle_states[test_idx]
-    else:
-        x_fit, y_fit = same_input_pairs(
-            config, pair, items.subset(fit_idx), sender_layer, receiver_layer, tag
-        )
-        x_test, y_test = same_input_pairs(
-            config, pair, items.subset(test_idx), sender_layer, receiver_layer, tag
-        )
-    check_finite(x_fit, y_fit, what="captured activations")
-    bridge = LinearBridge.fit(
-        x_fit, y_fit, seed=seed, metadata=bridge_metadata(config, pair, sender_layer, receiver_layer)
-    )
-    fit = fit_report(bridge, x_fit, y_fit, x_test, y_test, seed=seed)
-
-    test = items.subset(test_idx)
-    translated = bridge(sender_states[test_idx])
+def run_seed(ctx: SeedContext, sender_layer: int, receiver_layer: int) -> SeedData:
+    config, pair = ctx.config, ctx.pair
+    test = ctx.test
+    sender_logits = ctx.sender_logits()[ctx.test_idx]
+    bridge = ctx.fit_bridge(sender_layer, receiver_layer)
+    fit = fit_report(bridge, *ctx.bridge_data(sender_layer, receiver_layer), seed=ctx.seed)
+    translated = bridge(ctx.sender_states([sender_layer])[sender_layer][ctx.test_idx])
     check_finite(translated, what="bridge outputs")
-    vectors = control_vectors(translated, oracle_states[test_idx], seed)
-    prompts = {
-        "placeholder": test.placeholder_tokens,
-        "relay": test.with_slot(greedy_b[test_idx]),
-        "oracle": test.oracle_tokens,
-    }
+    self_patch = ctx.receiver_states([receiver_layer])[receiver_layer][ctx.test_idx]
     scores = evaluate_conditions(
         pair.receiver,
-        prompts,
+        ctx.test_prompts(),
         test.answer_candidates,
         test.gold_index,
         layer=receiver_layer,
-        position=site,
-        vectors=vectors,
+        position=ctx.position(),
+        vectors=control_vectors(translated, self_patch, ctx.seed),
         conditions=standard_conditions(config.alphas),
-        batch_size=batch,
-        description=f"{tag}: conditions",
+        batch_size=config.batch_size,
+        description=f"seed {ctx.seed}: conditions",
     )
+    sender_choice = sender_logits.gather(1, test.bridge_candidates).argmax(-1)
     return SeedData(
         scores=scores,
-        sender_accuracy=float((sender_choice[test_idx] == test.gold_index).double().mean()),
-        sender_greedy_match=float((greedy_b[test_idx] == test.bridge_ids).double().mean()),
+        sender_accuracy=float((sender_choice == test.gold_index).double().mean()),
+        sender_greedy_match=float((sender_logits.argmax(-1) == test.bridge_ids).double().mean()),
         fit=fit,
         bridge=bridge,
     )
-
-
-def same_input_pairs(
-    config: ExperimentConfig,
-    pair: ModelPair,
-    items: TaskItems,
-    sender_layer: int,
-    receiver_layer: int,
-    tag: str,
-) -> tuple[Float[Tensor, "m d_sender"], Float[Tensor, "m d_receiver"]]:
-    """Both models read the same texts (sender prompt; receiver oracle prompt); states paired by token.
-
-    Positions: the sender prompt's last token, and the receiver prompt's slot and last token.
-    """
-    xs, ys = [], []
-    for tokens, positions in (
-        (items.sender_tokens, [-1]),
-        (items.oracle_tokens, [items.slot_position, items.final_position]),
-    ):
-        for model, layer, out in ((pair.sender, sender_layer, xs), (pair.receiver, receiver_layer, ys)):
-            states = capture_resid_post(
-                model, tokens, layers=[layer], positions=positions, batch_size=config.batch_size
-            ).states[layer]
-            out.append(states.reshape(-1, states.shape[-1]))
-    return torch.cat(xs), torch.cat(ys)
 
 
 def control_vectors(
@@ -153,37 +71,27 @@ def control_vectors(
     """The translated vectors and their controls (norm-matched random, shuffled, mean, self-patch)."""
     n = translated.shape[0]
     generator = torch.Generator().manual_seed(20_000 + seed)
-    direction = torch.randn(translated.shape, generator=generator)
-    random = direction / direction.norm(dim=-1, keepdim=True) * translated.norm(dim=-1, keepdim=True)
-    # A derangement (every item gets another item's vector): a random cyclic shift of a permutation.
-    order = torch.randperm(n, generator=generator)
-    shuffled = torch.empty_like(translated)
-    shuffled[order] = translated[order.roll(1)]
     return {
         "translated": translated,
-        "random": random,
-        "shuffled": shuffled,
+        "random": random_like(translated, generator),
+        "shuffled": translated[derangement(n, generator)],
         "mean": translated.mean(0, keepdim=True).expand(n, -1),
         "self-patch": self_patch,
     }
 
 
-def check_finite(*tensors: Tensor, what: str) -> None:
-    if not all(torch.isfinite(t).all() for t in tensors):
-        raise UserError(f"NaN or infinite values in {what}; the result would be meaningless, stopping")
+def random_like(vectors: Float[Tensor, "n d"], generator: torch.Generator) -> Float[Tensor, "n d"]:
+    """Random directions with each row's norm."""
+    direction = torch.randn(vectors.shape, generator=generator)
+    return direction / direction.norm(dim=-1, keepdim=True) * vectors.norm(dim=-1, keepdim=True)
 
 
-def bridge_metadata(
-    config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int
-) -> dict:
-    return {
-        "sender": pair.sender_name,
-        "receiver": pair.receiver_name,
-        "sender_hook": f"blocks.{sender_layer}.hook_resid_post",
-        "receiver_hook": f"blocks.{receiver_layer}.hook_resid_post",
-        "target": config.target,
-        "position": config.position,
-    }
+def derangement(n: int, generator: torch.Generator) -> Int[Tensor, "n"]:
+    """An index permutation in which no item keeps its own position (a cyclic shift of a permutation)."""
+    order = torch.randperm(n, generator=generator)
+    index = torch.empty_like(order)
+    index[order] = order.roll(1)
+    return index
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,7 +100,7 @@ def bridge_metadata(
 
 def summarize(config: ExperimentConfig, seeds: list[SeedData], conditions: list[Condition]) -> dict:
     """results.json's ``validity``, ``bridge`` and ``conditions`` sections, and the verdict."""
-    conditions_out = [summarize_condition(config, seeds, c) for c in conditions]
+    conditions_out = [summarize_condition(config, [s.scores for s in seeds], c) for c in conditions]
     by_name = {c["name"]: c for c in conditions_out}
     oracle = by_name["oracle"]
     gap, gap_ci = oracle["delta_accuracy"], oracle["delta_accuracy_ci"]
@@ -222,20 +130,26 @@ def summarize(config: ExperimentConfig, seeds: list[SeedData], conditions: list[
     return results
 
 
-def summarize_condition(config: ExperimentConfig, seeds: list[SeedData], condition: Condition) -> dict:
+def summarize_condition(
+    config: ExperimentConfig,
+    seed_scores: list[dict[str, ItemScores]],
+    condition: Condition,
+    baseline: str = BASELINE.name,
+) -> dict:
+    """Means, per-seed values and paired deltas vs ``baseline`` with bootstrap CIs (items pooled over seeds)."""
     out = {
         "name": condition.name,
         "prompt": condition.prompt,
         "vector": condition.vector,
         "mode": condition.mode,
         "alpha": condition.alpha,
-        "n": sum(len(s.scores[condition.name].correct) for s in seeds),
-        "n_per_seed": [len(s.scores[condition.name].correct) for s in seeds],
+        "n": sum(len(s[condition.name].correct) for s in seed_scores),
+        "n_per_seed": [len(s[condition.name].correct) for s in seed_scores],
     }
-    for metric, field in METRICS.items():
-        values = [getattr(s.scores[condition.name], field).numpy() for s in seeds]
-        baseline = [getattr(s.scores[BASELINE.name], field).numpy() for s in seeds]
-        differences = np.concatenate([v - b for v, b in zip(values, baseline, strict=True)])
+    for metric, attribute in METRICS.items():
+        values = [getattr(s[condition.name], attribute).numpy() for s in seed_scores]
+        reference = [getattr(s[baseline], attribute).numpy() for s in seed_scores]
+        differences = np.concatenate([v - b for v, b in zip(values, reference, strict=True)])
         ci = paired_bootstrap_ci(
             differences, n_resamples=config.n_bootstrap, seed=zlib.crc32(condition.name.encode())
         )
@@ -243,9 +157,7 @@ def summarize_condition(config: ExperimentConfig, seeds: list[SeedData], conditi
         out[key] = float(np.mean(np.concatenate(values)))
         out[f"{key}_per_seed"] = [float(v.mean()) for v in values]
         out[f"delta_{metric}"] = float(differences.mean())
-        out[f"delta_{metric}_per_seed"] = [
-            float((v - b).mean()) for v, b in zip(values, baseline, strict=True)
-        ]
+        out[f"delta_{metric}_per_seed"] = [float((v - b).mean()) for v, b in zip(values, reference, strict=True)]
         out[f"delta_{metric}_ci"] = list(ci)
     return out
 
@@ -311,7 +223,7 @@ def verdict(results: dict) -> str:
 
 
 def run_experiment(
-    config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int
+    config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int, store: ActivationStore
 ) -> tuple[dict, list[SeedData]]:
-    seeds = [run_seed(config, pair, sender_layer, receiver_layer, seed) for seed in range(config.seeds)]
+    seeds = [run_seed(ctx, sender_layer, receiver_layer) for ctx in seed_contexts(config, pair, store)]
     return summarize(config, seeds, standard_conditions(config.alphas)), seeds

@@ -149,6 +149,7 @@ def run(config: ExperimentConfig) -> int:
     # Heavy imports after argument checks, so that bad flags fail fast.
     from mi_bridge.experiment import run_experiment
     from mi_bridge.models import load_pair, resolve_layers
+    from mi_bridge.prepare import default_store
 
     pair = load_pair(config)
     sender_layer, receiver_layer = resolve_layers(config, pair)
@@ -156,7 +157,7 @@ def run(config: ExperimentConfig) -> int:
         raise UserError(f"k={config.k} is larger than the entity pool allows (max k={pair.language.max_k()})")
     folder = Path(config.out) if config.out else default_out(config, sender_layer, receiver_layer)
     check_writable(folder)
-    results, seeds = run_experiment(config, pair, sender_layer, receiver_layer)
+    results, seeds = run_experiment(config, pair, sender_layer, receiver_layer, default_store())
     results = {
         "config": config.to_dict(),
         "layers": {"sender": sender_layer, "receiver": receiver_layer},

@@ -1,0 +1,232 @@
+"""Per-seed preparation shared by the experiment and every analysis: items, split, cached states, bridges.
+
+States are (n, d) per (model, prompt, layer, position). An ``ActivationStore`` computes every missing
+layer of one request in a single forward pass and keeps the result in memory and, optionally, on disk
+as safetensors under a key that hashes everything that determines it, so a later run or analysis with
+the same configuration reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from mi_bridge import report
+from mi_bridge.bridge import LinearBridge
+from mi_bridge.capture import capture_resid_post
+from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.models import ModelPair
+from mi_bridge.task import TaskItems, sample_items
+from mi_bridge.toy import TOY_MODELS, cache_root
+
+CACHE_VERSION = 1  # bump when what a cached state means changes
+PROMPTS = ("sender", "placeholder", "oracle")
+
+
+def model_identity(name: str) -> str:
+    """A toy model is identified by its recipe hash, a pretrained one by its name."""
+    return f"{name}@{TOY_MODELS[name].digest()}" if name in TOY_MODELS else name
+
+
+class ActivationStore:
+    """Residual states computed once per key; ``folder=None`` keeps them in memory only."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.memory: dict[tuple, Tensor] = {}
+
+    def states(
+        self,
+        key: str,
+        model,
+        tokens: Int[Tensor, "n pos"],
+        layers: Sequence[int],
+        position: int,
+        batch_size: int,
+    ) -> dict[int, Float[Tensor, "n d_model"]]:
+        found = {layer: self._load(key, layer, position) for layer in layers}
+        missing = [layer for layer, value in found.items() if value is None]
+        if missing:
+            capture = capture_resid_post(
+                model, tokens, layers=missing, positions=[position], batch_size=batch_size
+            )
+            for layer in missing:
+                found[layer] = capture.states[layer][:, 0]
+                self._save(key, layer, position, found[layer])
+        return found
+
+    def tensor(self, key: str, name: str, compute) -> Tensor:
+        """Any other per-item tensor (e.g. the sender's greedy answers), cached under the same key."""
+        cached = self._load(key, name, None)
+        if cached is None:
+            cached = compute()
+            self._save(key, name, None, cached)
+        return cached
+
+    def _path(self, key: str, layer, position) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / key / (f"L{layer}-P{position}.safetensors" if position is not None else f"{layer}.safetensors")
+
+    def _load(self, key: str, layer, position) -> Tensor | None:
+        if (key, layer, position) in self.memory:
+            return self.memory[(key, layer, position)]
+        path = self._path(key, layer, position)
+        if path is None or not path.exists():
+            return None
+        try:
+            value = load_file(path)["value"]
+        except Exception as err:  # corrupt or truncated: recompute, never use
+            report.warn(f"discarding unreadable cached activations {path} ({type(err).__name__})")
+            path.unlink(missing_ok=True)
+            return None
+        self.memory[(key, layer, position)] = value
+        return value
+
+    def _save(self, key: str, layer, position, value: Tensor) -> None:
+        self.memory[(key, layer, position)] = value
+        path = self._path(key, layer, position)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file({"value": value.contiguous()}, tmp)
+        os.replace(tmp, path)
+
+
+def default_store() -> ActivationStore:
+    return ActivationStore(cache_root() / "activations")
+
+
+def split(n_items: int, n_test: int, seed: int) -> tuple[Int[Tensor, "n_fit"], Int[Tensor, "n_test"]]:
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(10_000 + seed))
+    return order[n_test:], order[:n_test]
+
+
+@dataclass
+class SeedContext:
+    """One seed's items, train/test split and cached states for one model pair."""
+
+    config: ExperimentConfig
+    pair: ModelPair
+    seed: int
+    store: ActivationStore
+    items: TaskItems = field(init=False)
+    fit_idx: Tensor = field(init=False)
+    test_idx: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.items = sample_items(self.pair.language, k=self.config.k, n_items=self.config.n_items, seed=self.seed)
+        self.fit_idx, self.test_idx = split(self.items.n_items, self.config.n_test, self.seed)
+
+    @property
+    def test(self) -> TaskItems:
+        return self.items.subset(self.test_idx)
+
+    def position(self, site: str | None = None) -> int:
+        site = site or self.config.position
+        if site not in ("slot", "final"):
+            raise UserError(f"unknown position {site!r}; choose slot or final")
+        return self.items.slot_position if site == "slot" else self.items.final_position
+
+    def _key(self, role: str, prompt: str) -> str:
+        name = self.pair.sender_name if role == "sender" else self.pair.receiver_name
+        blob = json.dumps(
+            [CACHE_VERSION, model_identity(name), self.pair.language.name, prompt, self.config.k,
+             self.config.n_items, self.seed],
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def _tokens(self, prompt: str) -> Tensor:
+        return {"sender": self.items.sender_tokens, "placeholder": self.items.placeholder_tokens,
+                "oracle": self.items.oracle_tokens}[prompt]
+
+    def states(
+        self, role: str, layers: Sequence[int], prompt: str, position: int
+    ) -> dict[int, Float[Tensor, "n_items d_model"]]:
+        """States of ``role``'s model on ``prompt`` at ``position`` for several layers (one pass)."""
+        model = self.pair.sender if role == "sender" else self.pair.receiver
+        position = position % self._tokens(prompt).shape[1]
+        return self.store.states(
+            self._key(role, prompt), model, self._tokens(prompt), layers, position, self.config.batch_size
+        )
+
+    def sender_states(self, layers: Sequence[int]) -> dict[int, Float[Tensor, "n_items d_sender"]]:
+        return self.states("sender", layers, "sender", -1)
+
+    def receiver_states(
+        self, layers: Sequence[int], prompt: str = "oracle", site: str | None = None
+    ) -> dict[int, Float[Tensor, "n_items d_receiver"]]:
+        return self.states("receiver", layers, prompt, self.position(site))
+
+    def sender_logits(self) -> Float[Tensor, "n_items d_vocab"]:
+        """The sender's next-token logits restricted to nothing: full vocabulary, last position."""
+
+        def compute() -> Tensor:
+            return capture_resid_post(
+                self.pair.sender, self.items.sender_tokens, layers=[0], positions=[-1],
+                with_answer_logits=True, batch_size=self.config.batch_size,
+            ).answer_logits
+
+        return self.store.tensor(self._key("sender", "sender"), "answer_logits", compute)
+
+    def greedy_b(self) -> Int[Tensor, "n_items"]:
+        return self.sender_logits().argmax(-1)
+
+    def bridge_data(
+        self, sender_layer: int, receiver_layer: int, target: str | None = None, site: str | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(x_fit, y_fit, x_test, y_test) for a bridge fitted to ``target`` at ``site``."""
+        target = target or self.config.target
+        x = self.sender_states([sender_layer])[sender_layer]
+        if target == "relay-slot":
+            y = self.receiver_states([receiver_layer], "oracle", site)[receiver_layer]
+            return x[self.fit_idx], y[self.fit_idx], x[self.test_idx], y[self.test_idx]
+        # same-input: both models read the same texts; states paired by token
+        reads = [("sender", -1), ("oracle", self.items.slot_position), ("oracle", self.items.final_position)]
+        xs = [self.states("sender", [sender_layer], prompt, p)[sender_layer] for prompt, p in reads]
+        ys = [self.states("receiver", [receiver_layer], prompt, p)[receiver_layer] for prompt, p in reads]
+        stack = lambda parts, idx: torch.cat([part[idx] for part in parts])
+        return stack(xs, self.fit_idx), stack(ys, self.fit_idx), stack(xs, self.test_idx), stack(ys, self.test_idx)
+
+    def fit_bridge(
+        self, sender_layer: int, receiver_layer: int, target: str | None = None, site: str | None = None
+    ) -> LinearBridge:
+        x_fit, y_fit, _, _ = self.bridge_data(sender_layer, receiver_layer, target, site)
+        check_finite(x_fit, y_fit, what="captured activations")
+        metadata = {
+            "sender": self.pair.sender_name,
+            "receiver": self.pair.receiver_name,
+            "sender_hook": f"blocks.{sender_layer}.hook_resid_post",
+            "receiver_hook": f"blocks.{receiver_layer}.hook_resid_post",
+            "target": target or self.config.target,
+            "position": site or self.config.position,
+            "seed": self.seed,
+        }
+        return LinearBridge.fit(x_fit, y_fit, seed=self.seed, metadata=metadata)
+
+    def test_prompts(self) -> dict[str, Int[Tensor, "n_test pos"]]:
+        test = self.test
+        return {
+            "placeholder": test.placeholder_tokens,
+            "relay": test.with_slot(self.greedy_b()[self.test_idx]),
+            "oracle": test.oracle_tokens,
+        }
+
+
+def check_finite(*tensors: Tensor, what: str) -> None:
+    if not all(torch.isfinite(t).all() for t in tensors):
+        raise UserError(f"NaN or infinite values in {what}; the result would be meaningless, stopping")
+
+
+def seed_contexts(config: ExperimentConfig, pair: ModelPair, store: ActivationStore) -> list[SeedContext]:
+    return [SeedContext(config, pair, seed, store) for seed in range(config.seeds)]
