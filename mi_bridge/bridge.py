@@ -9,7 +9,6 @@ de-normalized into the receiver's scale, ready for injection.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mi_bridge.config import UserError
+from mi_bridge.files import write_atomic
 
 LAMBDA_RATIOS = torch.logspace(-6, 2, 17, dtype=torch.float64)
 """Ridge strengths tried, as multiples of the number of training rows (X^T X scales with n)."""
@@ -29,8 +29,8 @@ TENSOR_NAMES = ("weight", "x_mean", "x_std", "y_mean", "y_std")
 
 @dataclass
 class Standardizer:
-    mean: Float[Tensor, d]
-    std: Float[Tensor, d]
+    mean: Float[Tensor, " d"]
+    std: Float[Tensor, " d"]
 
     @classmethod
     def fit(cls, x: Float[Tensor, "n d"]) -> Standardizer:
@@ -44,7 +44,7 @@ class Standardizer:
 
 
 def ridge_path(
-    x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], lambdas: Float[Tensor, n_lambdas]
+    x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], lambdas: Float[Tensor, " n_lambdas"]
 ) -> Float[Tensor, "n_lambdas d_in d_out"]:
     """Ridge solutions (X^T X + lambda I)^-1 X^T Y for every lambda from one thin SVD of X."""
     u, s, vh = torch.linalg.svd(x, full_matrices=False)
@@ -118,8 +118,8 @@ class LinearBridge:
         tensors = dict(zip(TENSOR_NAMES, self._tensors(), strict=True))
         meta = {"ridge_lambda": self.ridge_lambda, "d_sender": self.d_sender, "d_receiver": self.d_receiver}
         meta |= {"metadata": self.metadata}
-        _write_atomic(folder / "bridge.safetensors", lambda p: save_file(tensors, p))
-        _write_atomic(folder / "bridge.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+        write_atomic(folder / "bridge.safetensors", lambda p: save_file(tensors, p))
+        write_atomic(folder / "bridge.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
 
     @classmethod
     def load(cls, folder: Path) -> LinearBridge:
@@ -151,12 +151,6 @@ class LinearBridge:
 
     def _tensors(self) -> tuple[Tensor, ...]:
         return (self.weight, self.x_norm.mean, self.x_norm.std, self.y_norm.mean, self.y_norm.std)
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------

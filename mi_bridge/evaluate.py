@@ -61,11 +61,11 @@ def standard_conditions(
 class ItemScores:
     """Per-item metrics of one condition."""
 
-    correct: Float[Tensor, n_items]
+    correct: Float[Tensor, " n_items"]
     """1 if the gold answer has the highest logit among the k in-context answers."""
-    gold_logprob: Float[Tensor, n_items]
+    gold_logprob: Float[Tensor, " n_items"]
     """log p(gold answer) over the full vocabulary."""
-    logit_diff: Float[Tensor, n_items]
+    logit_diff: Float[Tensor, " n_items"]
     """Gold logit minus the mean logit of the k-1 in-context distractors."""
 
     @classmethod
@@ -76,7 +76,7 @@ class ItemScores:
 
 
 def score(
-    logits: Float[Tensor, "n d_vocab"], candidates: Int[Tensor, "n k"], gold_index: Int[Tensor, n]
+    logits: Float[Tensor, "n d_vocab"], candidates: Int[Tensor, "n k"], gold_index: Int[Tensor, " n"]
 ) -> ItemScores:
     logits = logits.double()
     candidate_logits = logits.gather(1, candidates)
@@ -95,7 +95,7 @@ def evaluate_conditions(
     model: HookedTransformer,
     prompts: dict[str, Int[Tensor, "n_items pos"]],
     candidates: Int[Tensor, "n_items k"],
-    gold_index: Int[Tensor, n_items],
+    gold_index: Int[Tensor, " n_items"],
     *,
     layer: int,
     position: int,

@@ -86,7 +86,7 @@ def random_like(vectors: Float[Tensor, "n d"], generator: torch.Generator) -> Fl
     return direction / direction.norm(dim=-1, keepdim=True) * vectors.norm(dim=-1, keepdim=True)
 
 
-def derangement(n: int, generator: torch.Generator) -> Int[Tensor, "n"]:
+def derangement(n: int, generator: torch.Generator) -> Int[Tensor, " n"]:
     """An index permutation in which no item keeps its own position (a cyclic shift of a permutation)."""
     order = torch.randperm(n, generator=generator)
     index = torch.empty_like(order)
@@ -157,7 +157,9 @@ def summarize_condition(
         out[key] = float(np.mean(np.concatenate(values)))
         out[f"{key}_per_seed"] = [float(v.mean()) for v in values]
         out[f"delta_{metric}"] = float(differences.mean())
-        out[f"delta_{metric}_per_seed"] = [float((v - b).mean()) for v, b in zip(values, reference, strict=True)]
+        out[f"delta_{metric}_per_seed"] = [
+            float((v - b).mean()) for v, b in zip(values, reference, strict=True)
+        ]
         out[f"delta_{metric}_ci"] = list(ci)
     return out
 

@@ -40,8 +40,10 @@ def apply_injection(
 
 
 def per_item(
-    positions: int | Int[Tensor, n], vectors: Float[Tensor, d_model] | Float[Tensor, "n d_model"], n: int
-) -> tuple[Int[Tensor, n], Float[Tensor, "n d_model"]]:
+    positions: int | Int[Tensor, " n"],
+    vectors: Float[Tensor, " d_model"] | Float[Tensor, "n d_model"],
+    n: int,
+) -> tuple[Int[Tensor, " n"], Float[Tensor, "n d_model"]]:
     """Broadcast one position / one vector to every item."""
     positions = torch.as_tensor(positions).long()
     positions = positions.expand(n) if positions.ndim == 0 else positions
@@ -53,8 +55,8 @@ def per_item(
 
 def inject_residual(
     residual: Float[Tensor, "n pos d_model"],
-    positions: int | Int[Tensor, n],
-    vectors: Float[Tensor, d_model] | Float[Tensor, "n d_model"],
+    positions: int | Int[Tensor, " n"],
+    vectors: Float[Tensor, " d_model"] | Float[Tensor, "n d_model"],
     mode: str,
     alpha: float = 1.0,
 ) -> Float[Tensor, "n pos d_model"]:
@@ -83,8 +85,8 @@ def run_with_injection(
     tokens: Int[Tensor, "n pos"],
     *,
     layer: int,
-    position: int | Int[Tensor, n],
-    vector: Float[Tensor, d_model] | Float[Tensor, "n d_model"],
+    position: int | Int[Tensor, " n"],
+    vector: Float[Tensor, " d_model"] | Float[Tensor, "n d_model"],
     mode: str,
     alpha: float = 1.0,
 ) -> Float[Tensor, "n pos d_vocab"]:

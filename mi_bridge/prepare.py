@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from mi_bridge import report
 from mi_bridge.bridge import LinearBridge
 from mi_bridge.capture import capture_resid_post
 from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.files import write_atomic
 from mi_bridge.models import ModelPair
 from mi_bridge.task import TaskItems, sample_items
 from mi_bridge.toy import TOY_MODELS, cache_root
@@ -75,7 +75,11 @@ class ActivationStore:
     def _path(self, key: str, layer, position) -> Path | None:
         if self.folder is None:
             return None
-        return self.folder / key / (f"L{layer}-P{position}.safetensors" if position is not None else f"{layer}.safetensors")
+        return (
+            self.folder
+            / key
+            / (f"L{layer}-P{position}.safetensors" if position is not None else f"{layer}.safetensors")
+        )
 
     def _load(self, key: str, layer, position) -> Tensor | None:
         if (key, layer, position) in self.memory:
@@ -97,17 +101,14 @@ class ActivationStore:
         path = self._path(key, layer, position)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({"value": value.contiguous()}, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: save_file({"value": value.contiguous()}, tmp))
 
 
 def default_store() -> ActivationStore:
     return ActivationStore(cache_root() / "activations")
 
 
-def split(n_items: int, n_test: int, seed: int) -> tuple[Int[Tensor, "n_fit"], Int[Tensor, "n_test"]]:
+def split(n_items: int, n_test: int, seed: int) -> tuple[Int[Tensor, " n_fit"], Int[Tensor, " n_test"]]:
     order = torch.randperm(n_items, generator=torch.Generator().manual_seed(10_000 + seed))
     return order[n_test:], order[:n_test]
 
@@ -125,7 +126,9 @@ class SeedContext:
     test_idx: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.items = sample_items(self.pair.language, k=self.config.k, n_items=self.config.n_items, seed=self.seed)
+        self.items = sample_items(
+            self.pair.language, k=self.config.k, n_items=self.config.n_items, seed=self.seed
+        )
         self.fit_idx, self.test_idx = split(self.items.n_items, self.config.n_test, self.seed)
 
     @property
@@ -141,14 +144,24 @@ class SeedContext:
     def _key(self, role: str, prompt: str) -> str:
         name = self.pair.sender_name if role == "sender" else self.pair.receiver_name
         blob = json.dumps(
-            [CACHE_VERSION, model_identity(name), self.pair.language.name, prompt, self.config.k,
-             self.config.n_items, self.seed],
+            [
+                CACHE_VERSION,
+                model_identity(name),
+                self.pair.language.name,
+                prompt,
+                self.config.k,
+                self.config.n_items,
+                self.seed,
+            ],
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def _tokens(self, prompt: str) -> Tensor:
-        return {"sender": self.items.sender_tokens, "placeholder": self.items.placeholder_tokens,
-                "oracle": self.items.oracle_tokens}[prompt]
+        return {
+            "sender": self.items.sender_tokens,
+            "placeholder": self.items.placeholder_tokens,
+            "oracle": self.items.oracle_tokens,
+        }[prompt]
 
     def states(
         self, role: str, layers: Sequence[int], prompt: str, position: int
@@ -173,13 +186,17 @@ class SeedContext:
 
         def compute() -> Tensor:
             return capture_resid_post(
-                self.pair.sender, self.items.sender_tokens, layers=[0], positions=[-1],
-                with_answer_logits=True, batch_size=self.config.batch_size,
+                self.pair.sender,
+                self.items.sender_tokens,
+                layers=[0],
+                positions=[-1],
+                with_answer_logits=True,
+                batch_size=self.config.batch_size,
             ).answer_logits
 
         return self.store.tensor(self._key("sender", "sender"), "answer_logits", compute)
 
-    def greedy_b(self) -> Int[Tensor, "n_items"]:
+    def greedy_b(self) -> Int[Tensor, " n_items"]:
         return self.sender_logits().argmax(-1)
 
     def bridge_data(
@@ -196,7 +213,12 @@ class SeedContext:
         xs = [self.states("sender", [sender_layer], prompt, p)[sender_layer] for prompt, p in reads]
         ys = [self.states("receiver", [receiver_layer], prompt, p)[receiver_layer] for prompt, p in reads]
         stack = lambda parts, idx: torch.cat([part[idx] for part in parts])
-        return stack(xs, self.fit_idx), stack(ys, self.fit_idx), stack(xs, self.test_idx), stack(ys, self.test_idx)
+        return (
+            stack(xs, self.fit_idx),
+            stack(ys, self.fit_idx),
+            stack(xs, self.test_idx),
+            stack(ys, self.test_idx),
+        )
 
     def fit_bridge(
         self, sender_layer: int, receiver_layer: int, target: str | None = None, site: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -197,40 +198,88 @@ def markdown(results: dict, figure: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def conditions_figure(results: dict, path: Path) -> None:
-    """Forest plot: Δ accuracy with 95% CI for every condition, grouped by what is injected."""
+@contextlib.contextmanager
+def saved_figure(path: Path, nrows: int = 1, ncols: int = 1, **subplots):
+    """``(fig, axes)`` from matplotlib (headless Agg backend), laid out and saved to ``path`` on exit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(nrows, ncols, **subplots)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def conditions_figure(results: dict, path: Path) -> None:
+    """Forest plot: Δ accuracy with 95% CI for every condition, grouped by what is injected."""
     conditions = [c for c in results["conditions"] if c["name"] != "baseline"]
-    fig, ax = plt.subplots(figsize=(7, 0.22 * len(conditions) + 1.2))
-    colors = {
-        None: "black",
-        "translated": "tab:blue",
-        "random": "tab:gray",
-        "shuffled": "tab:orange",
-        "mean": "tab:purple",
-        "self-patch": "tab:green",
-    }
-    for row, c in enumerate(reversed(conditions)):
-        low, high = c["delta_accuracy_ci"]
-        ax.errorbar(
-            c["delta_accuracy"],
-            row,
-            xerr=[[c["delta_accuracy"] - low], [high - c["delta_accuracy"]]],
-            fmt="o",
-            color=colors[c["vector"]],
-            markersize=3,
-            capsize=2,
+    with saved_figure(path, figsize=(7, 0.22 * len(conditions) + 1.2)) as (fig, ax):
+        colors = {
+            None: "black",
+            "translated": "tab:blue",
+            "random": "tab:gray",
+            "shuffled": "tab:orange",
+            "mean": "tab:purple",
+            "self-patch": "tab:green",
+        }
+        for row, c in enumerate(reversed(conditions)):
+            low, high = c["delta_accuracy_ci"]
+            ax.errorbar(
+                c["delta_accuracy"],
+                row,
+                xerr=[[c["delta_accuracy"] - low], [high - c["delta_accuracy"]]],
+                fmt="o",
+                color=colors[c["vector"]],
+                markersize=3,
+                capsize=2,
+            )
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(conditions)), [c["name"] for c in reversed(conditions)], fontsize=7)
+        ax.set_xlabel("Δ accuracy vs baseline (95% CI)")
+        ax.set_title(
+            f"{results['models']['sender']['name']} → {results['models']['receiver']['name']}", fontsize=9
         )
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(conditions)), [c["name"] for c in reversed(conditions)], fontsize=7)
-    ax.set_xlabel("Δ accuracy vs baseline (95% CI)")
-    ax.set_title(
-        f"{results['models']['sender']['name']} → {results['models']['receiver']['name']}", fontsize=9
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Analyses (analyses/*.py)
+
+VERDICT_STYLE = {"supported": "bold green", "not supported": "bold red", "inconclusive": "bold yellow"}
+
+
+def render_analysis(result) -> None:
+    out = Console(width=None if console.is_terminal else 132)
+    out.print(Panel(result.hypothesis, title=f"{result.name}: hypothesis", expand=True))
+    for spec in result.tables:
+        table = Table(title=spec.title, box=box.SIMPLE)
+        for i, column in enumerate(spec.header):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in spec.rows:
+            table.add_row(*row)
+        out.print(table)
+    style = VERDICT_STYLE[result.verdict]
+    out.print(
+        Panel(f"[{style}]{result.verdict.upper()}[/]: {result.explanation}", title="Verdict", expand=True)
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def analysis_markdown(result, figure: str | None = None, heading: str = "#") -> str:
+    lines = [f"{heading} {result.name}", "", f"**Hypothesis.** {result.hypothesis}", ""]
+    for spec in result.tables:
+        lines += [
+            f"**{spec.title}**",
+            "",
+            "| " + " | ".join(spec.header) + " |",
+            "|" + "---|" * len(spec.header),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in spec.rows]
+        lines.append("")
+    if figure:
+        lines += [f"![{result.name}]({figure})", ""]
+    lines += [f"**Verdict: {result.verdict}.** {result.explanation}", ""]
+    return "\n".join(lines)

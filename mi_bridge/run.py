@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import shutil
 import sys
 import tempfile
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
 from mi_bridge import report
 from mi_bridge.config import PAIRS, POSITIONS, TARGETS, ExperimentConfig, UserError
+from mi_bridge.files import publish_folder
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -29,8 +29,8 @@ class OneLineParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def build_parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m mi_bridge.run", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m mi_bridge.run", description: str | None = None) -> OneLineParser:
+    p = OneLineParser(prog=prog, description=description or __doc__.split("\n\n")[0])
     defaults = ExperimentConfig()
     p.add_argument("--config", type=Path, help="repeat a run from its config.json (other flags override it)")
     p.add_argument("--pair", choices=PAIRS, help=f"model pair (default {defaults.pair})")
@@ -73,8 +73,9 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
             raise UserError(f"cannot read config {args.config}: {err}") from None
         if not isinstance(data, dict):
             raise UserError(f"config {args.config} is not a JSON object")
+    known = {f.name for f in fields(ExperimentConfig)}
     for key, value in vars(args).items():
-        if key != "config" and value is not None:
+        if key in known and value is not None:  # analysis scripts add flags of their own
             data[key] = value
     return ExperimentConfig.from_dict(data)
 
@@ -106,25 +107,15 @@ def versions() -> dict:
 
 
 def write_run_folder(folder: Path, results: dict, seeds, config: ExperimentConfig) -> None:
-    """Everything is written into a hidden sibling folder, then renamed into place: never half-written."""
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
-    try:
+    def write(staging: Path) -> None:
         (staging / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         (staging / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         report.conditions_figure(results, staging / "conditions.png")
         (staging / "report.md").write_text(report.markdown(results, figure="conditions.png"))
         for i, seed in enumerate(seeds):
             seed.bridge.save(staging / "bridge" / f"seed{i}")
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old)
-        else:
-            staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    publish_folder(folder, write)
 
 
 def default_out(config: ExperimentConfig, sender_layer: int, receiver_layer: int) -> Path:

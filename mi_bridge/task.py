@@ -161,13 +161,13 @@ class TaskItems:
     """Receiver prompt with the neutral placeholder in the slot (baseline)."""
     oracle_tokens: Int[Tensor, "n_items receiver_pos"]
     """Receiver prompt with the gold B in the slot (ceiling)."""
-    bridge_ids: Int[Tensor, n_items]
+    bridge_ids: Int[Tensor, " n_items"]
     """Gold B."""
     bridge_candidates: Int[Tensor, "n_items k"]
     """The k in-context B's (the sender's answer candidates)."""
     answer_candidates: Int[Tensor, "n_items k"]
     """The k in-context C's (the receiver's answer candidates)."""
-    gold_index: Int[Tensor, n_items]
+    gold_index: Int[Tensor, " n_items"]
     """Index of the gold answer in both candidate rows (B_j and C_j share j)."""
     slot_position: int
 
@@ -176,20 +176,20 @@ class TaskItems:
         return self.sender_tokens.shape[0]
 
     @property
-    def answer_ids(self) -> Int[Tensor, n_items]:
+    def answer_ids(self) -> Int[Tensor, " n_items"]:
         return self.answer_candidates.gather(1, self.gold_index[:, None])[:, 0]
 
     @property
     def final_position(self) -> int:
         return self.oracle_tokens.shape[1] - 1
 
-    def with_slot(self, slot_ids: Int[Tensor, n_items]) -> Int[Tensor, "n_items receiver_pos"]:
+    def with_slot(self, slot_ids: Int[Tensor, " n_items"]) -> Int[Tensor, "n_items receiver_pos"]:
         """Receiver prompts whose slot holds the given tokens (e.g. the sender's greedy prediction)."""
         tokens = self.placeholder_tokens.clone()
         tokens[:, self.slot_position] = slot_ids
         return tokens
 
-    def subset(self, index: Int[Tensor, m]) -> TaskItems:
+    def subset(self, index: Int[Tensor, " m"]) -> TaskItems:
         fields = {
             name: getattr(self, name)[index]
             for name in (

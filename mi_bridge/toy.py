@@ -127,7 +127,7 @@ def _save_atomic(model: HookedTransformer, recipe: ToyRecipe, folder: Path) -> N
 
 def training_batch(
     generator: torch.Generator, batch_size: int, k: int
-) -> tuple[Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"], Bool[Tensor, batch]]:
+) -> tuple[Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"], Bool[Tensor, " batch"]]:
     """Token sequences, a mask of positions whose next token is an answer, and which rows are hop 1.
 
     Each row: ``<bos>``, k facts of one hop in random order, then k queries of that hop, each

@@ -1,0 +1,153 @@
+"""layer_sweep: "No sender/receiver layer pair makes the bridge useful."
+
+    python analyses/layer_sweep.py --pair toy
+
+For every sender layer x receiver layer (a strided grid on deep models), fits the bridge to the
+receiver's oracle state at the site, and measures its held-out normalized cosine and the Δ accuracy of
+injecting the translated vector; self-patch per receiver layer is the ceiling.
+"""
+
+import sys
+
+import numpy as np
+
+from mi_bridge.analysis import (
+    AnalysisContext,
+    AnalysisResult,
+    Table,
+    evaluate_on_test,
+    fmt_delta,
+    helps,
+    run_script,
+    summarize_all,
+)
+from mi_bridge.bridge import fit_quality
+from mi_bridge.evaluate import BASELINE, Condition
+from mi_bridge.report import saved_figure
+
+NAME = "layer_sweep"
+HYPOTHESIS = "No sender/receiver layer pair makes the bridge useful."
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--sweep-stride",
+        type=int,
+        default=None,
+        help="layer stride of the grid (default: 1 up to 8 layers, else n_layers // 6)",
+    )
+    parser.add_argument(
+        "--sweep-mode",
+        choices=("add", "replace", "rescale", "rescale-add"),
+        default="replace",
+        help="injection mode of the grid (default replace)",
+    )
+
+
+def grid(n_layers: int, stride: int | None) -> list[int]:
+    stride = stride or (1 if n_layers <= 8 else max(1, n_layers // 6))
+    layers = list(range(0, n_layers, stride))
+    return layers if layers[-1] == n_layers - 1 else layers + [n_layers - 1]
+
+
+def analyze(ctx: AnalysisContext) -> AnalysisResult:
+    stride = getattr(ctx.options, "sweep_stride", None)
+    mode = getattr(ctx.options, "sweep_mode", "replace")
+    sender_layers = grid(ctx.pair.sender.cfg.n_layers, stride)
+    receiver_layers = grid(ctx.pair.receiver.cfg.n_layers, stride)
+    cells = {(ls, lr): {"scores": [], "cosine": []} for ls in sender_layers for lr in receiver_layers}
+    ceiling_scores = {lr: [] for lr in receiver_layers}
+    for seed in ctx.seeds:
+        sender_states = seed.sender_states(sender_layers)  # one pass for every layer
+        receiver_states = seed.receiver_states(receiver_layers)
+        for lr in receiver_layers:
+            vectors = {"self-patch": receiver_states[lr][seed.test_idx]}
+            conditions = [Condition("self-patch", vector="self-patch", mode=mode, alpha=1.0)]
+            for ls in sender_layers:
+                bridge = seed.fit_bridge(ls, lr)
+                translated = bridge(sender_states[ls][seed.test_idx])
+                vectors[f"L{ls}"] = translated
+                conditions.append(Condition(f"L{ls}", vector=f"L{ls}", mode=mode, alpha=1.0))
+                quality = fit_quality(translated, receiver_states[lr][seed.test_idx], bridge.y_norm)
+                cells[(ls, lr)]["cosine"].append(quality["normalized_cosine"])
+            scores = evaluate_on_test(ctx, seed, vectors, conditions, layer=lr)
+            for ls in sender_layers:
+                cells[(ls, lr)]["scores"].append(
+                    {"baseline": scores[BASELINE.name], "cell": scores[f"L{ls}"]}
+                )
+            ceiling_scores[lr].append({"baseline": scores[BASELINE.name], "cell": scores["self-patch"]})
+    cell = Condition("cell", vector="cell", mode=mode, alpha=1.0)
+    summary = {
+        key: summarize_all(ctx, value["scores"], [cell])[0]
+        | {"normalized_cosine": float(np.mean(value["cosine"]))}
+        for key, value in cells.items()
+    }
+    ceiling = {lr: summarize_all(ctx, value, [cell])[0] for lr, value in ceiling_scores.items()}
+    best_key = max(summary, key=lambda key: summary[key]["delta_accuracy"])
+    best = summary[best_key]
+    useful = [key for key, s in summary.items() if helps(s)]
+    numbers = (
+        f"{len(useful)} of {len(summary)} layer pairs raise accuracy with a CI above 0 ({mode}). Best: sender layer "
+        f"{best_key[0]} -> receiver layer {best_key[1]}, Δacc {fmt_delta(best)}, normalized cosine "
+        f"{best['normalized_cosine']:.3f}; self-patch there: {fmt_delta(ceiling[best_key[1]])} (n={best['n']} per cell)."
+    )
+    verdict = "not supported" if useful else "supported"
+    rows = [
+        (f"L{ls}", f"L{lr}", f"{s['normalized_cosine']:.3f}", fmt_delta(s), fmt_delta(ceiling[lr]))
+        for (ls, lr), s in summary.items()
+    ]
+    table = Table(
+        f"Layer grid ({mode}; Δacc vs baseline, 95% CI)",
+        ("sender", "receiver", "norm. cos", "Δacc", "self-patch Δacc"),
+        rows,
+    )
+    data = {
+        "sender_layers": sender_layers,
+        "receiver_layers": receiver_layers,
+        "mode": mode,
+        "delta_accuracy": [
+            [summary[(ls, lr)]["delta_accuracy"] for lr in receiver_layers] for ls in sender_layers
+        ],
+        "delta_accuracy_ci": [
+            [summary[(ls, lr)]["delta_accuracy_ci"] for lr in receiver_layers] for ls in sender_layers
+        ],
+        "normalized_cosine": [
+            [summary[(ls, lr)]["normalized_cosine"] for lr in receiver_layers] for ls in sender_layers
+        ],
+        "self_patch_delta_accuracy": [ceiling[lr]["delta_accuracy"] for lr in receiver_layers],
+        "n_per_cell": best["n"],
+    }
+    tail = (
+        " A useful pair exists; the bridge can communicate at the right depth."
+        if useful
+        else " No cell of the grid helps."
+    )
+    return AnalysisResult(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
+
+
+def plot(result: AnalysisResult, path) -> None:
+    data = result.data
+    with saved_figure(path, 1, 2, figsize=(10, 4)) as (fig, axes):
+        panels = (
+            ("delta_accuracy", "Δ accuracy vs baseline", "RdBu", (-1, 1)),
+            ("normalized_cosine", "held-out normalized cosine", "viridis", (0, 1)),
+        )
+        for ax, (key, title, cmap, limits) in zip(axes, panels, strict=True):
+            values = np.array(data[key])
+            image = ax.imshow(
+                values, cmap=cmap, vmin=limits[0], vmax=limits[1], origin="lower", aspect="auto"
+            )
+            for i in range(values.shape[0]):
+                for j in range(values.shape[1]):
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(data["receiver_layers"])), data["receiver_layers"])
+            ax.set_yticks(range(len(data["sender_layers"])), data["sender_layers"])
+            ax.set_xlabel("receiver layer (injection)")
+            ax.set_ylabel("sender layer")
+            ax.set_title(title, fontsize=9)
+            fig.colorbar(image, ax=ax)
+        fig.suptitle(f"layer sweep ({data['mode']})", fontsize=10)
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(sys.modules[__name__]))

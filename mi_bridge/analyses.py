@@ -1,0 +1,86 @@
+"""``python -m mi_bridge.analyses all`` (or one script's name): every hypothesis script in ``analyses/``
+on one set of loaded models and one shared cache of activations, with a combined ``report.md``.
+
+    python -m mi_bridge.analyses all --pair toy
+    python -m mi_bridge.analyses logit_lens norm_ablation --pair toy --seeds 2
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from mi_bridge import report
+from mi_bridge.config import UserError
+
+SCRIPTS_FOLDER = Path(__file__).resolve().parents[1] / "analyses"
+ORDER = (
+    "alignment_inflation",
+    "logit_lens",
+    "norm_ablation",
+    "direction_ablation",
+    "layer_sweep",
+    "alignment_vs_usability",
+    "usability_bridge",
+    "injection_site",
+)
+
+
+def load_script(name: str) -> ModuleType:
+    path = SCRIPTS_FOLDER / f"{name}.py"
+    if not path.exists():
+        raise UserError(f"no analysis script {path} (known: {', '.join(ORDER)})")
+    spec = importlib.util.spec_from_file_location(f"mi_bridge_analysis_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mi_bridge.analysis import analyze_and_publish, prepare_context
+    from mi_bridge.files import write_text_atomic
+    from mi_bridge.run import build_parser, check_writable, config_from_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        names = []
+        while argv and not argv[0].startswith("-"):
+            names.append(argv.pop(0))
+        if not names:
+            raise UserError(f"name the analyses to run, or 'all' ({', '.join(ORDER)})")
+        names = list(ORDER) if names == ["all"] else names
+        modules = [load_script(name) for name in names]
+        parser = build_parser(prog="python -m mi_bridge.analyses", description=__doc__.split("\n\n")[0])
+        for module in modules:
+            if hasattr(module, "add_arguments"):
+                module.add_arguments(parser)
+        options = parser.parse_args(argv)
+        config = config_from_args(options)
+        root = Path(config.out) if config.out else Path("runs") / "analyses" / f"all-{config.pair}"
+        check_writable(root)
+        ctx = prepare_context(config, options)  # models loaded once, activations shared by every script
+        config.out = None
+        root.mkdir(parents=True, exist_ok=True)
+        results = []
+        for module in modules:
+            results.append(analyze_and_publish(module, ctx, root / module.NAME))
+        combined = ["# mi_bridge analyses", ""]
+        combined += [f"- **{r.name}**: {r.verdict}" for r in results] + [""]
+        for r in results:
+            combined.append(report.analysis_markdown(r, figure=f"{r.name}/figure.png", heading="##"))
+
+        write_text_atomic(root / "report.md", "\n".join(combined))
+        report.console.print(f"combined report: {root / 'report.md'}")
+        return 0
+    except UserError as err:
+        report.error(str(err))
+        return 2
+    except KeyboardInterrupt:
+        report.error("interrupted; finished analyses are kept, cached activations too")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
