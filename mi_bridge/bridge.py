@@ -1,8 +1,9 @@
 """The linear bridge: ridge regression in closed form, in normalized space, with fit diagnostics.
 
-Both models' states are standardized per dimension with statistics of the training split. One SVD of
-the standardized sender states gives the ridge solution for every lambda; lambda is chosen by error on
-a held-out part of the training split, then the map is refitted on the whole split. The output is
+Both models' states are standardized per dimension with statistics of the training split. One
+eigendecomposition of the standardized sender states' Gram matrix (the SVD's V and s^2) gives the
+held-out error of every lambda in closed form; the lambda with the least error on a held-out part of the
+training split wins, and the map is then refitted on the whole split. The output is
 de-normalized into the receiver's scale, ready for injection.
 """
 
@@ -46,24 +47,55 @@ class Standardizer:
 def ridge_path(
     x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], lambdas: Float[Tensor, " n_lambdas"]
 ) -> Float[Tensor, "n_lambdas d_in d_out"]:
-    """Ridge solutions (X^T X + lambda I)^-1 X^T Y for every lambda from one thin SVD of X."""
+    """Ridge solutions (X^T X + lambda I)^-1 X^T Y for every lambda from one thin SVD of X (reference form)."""
     u, s, vh = torch.linalg.svd(x, full_matrices=False)
     uty = u.T @ y
     shrink = s[None, :] / (s[None, :] ** 2 + lambdas[:, None])
     return torch.einsum("ir,lr,ro->lio", vh.T, shrink, uty)
 
 
+def heldout_errors(
+    x_fit: Float[Tensor, "n d_in"],
+    y_fit: Float[Tensor, "n d_out"],
+    x_val: Float[Tensor, "m d_in"],
+    y_val: Float[Tensor, "m d_out"],
+    lambdas: Float[Tensor, " n_lambdas"],
+) -> Float[Tensor, " n_lambdas"]:
+    """Sum of squared held-out errors of the ridge fit for every lambda, in closed form.
+
+    With X_fit^T X_fit = V diag(e) V^T (one eigendecomposition: the SVD's V and s^2), the prediction
+    for x_val is A diag(1 / (e + lambda)) P with A = x_val V and P = V^T X_fit^T Y_fit, so every
+    lambda's error needs only r x r products: ||Y||^2 - 2 g.c + g^T (G * H) g.
+    """
+    big = lambda a, b: (a.float() @ b.float()).double()  # the large products in float32, the rest in float64
+    eigenvalues, v = torch.linalg.eigh(big(x_fit.T, x_fit))
+    a = big(x_val, v)
+    p = v.T @ big(x_fit.T, y_fit)
+    gram_a, gram_p = a.T @ a, p @ p.T
+    c = ((a.T @ y_val.double()) * p).sum(1)
+    g = 1.0 / (eigenvalues.clamp_min(0)[None, :] + lambdas[:, None])
+    quadratic = torch.einsum("lr,rs,ls->l", g, gram_a * gram_p, g)
+    return (y_val.double() ** 2).sum() - 2 * g @ c + quadratic
+
+
+def ridge_solve(
+    x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], ridge_lambda: float
+) -> Float[Tensor, "d_in d_out"]:
+    """(X^T X + lambda I)^-1 X^T Y by a Cholesky solve (lambda > 0)."""
+    gram = (x.T.float() @ x.float()).double() + ridge_lambda * torch.eye(x.shape[1], dtype=torch.float64)
+    return torch.cholesky_solve((x.T.float() @ y.float()).double(), torch.linalg.cholesky(gram))
+
+
 def select_lambda(
     x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], *, validation_fraction: float, seed: int
 ) -> float:
-    """The lambda with the least mean squared error on a held-out part of (x, y)."""
+    """The lambda with the least squared error on a held-out part of (x, y)."""
     n = x.shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(n * validation_fraction))
     val, fit = order[:n_val], order[n_val:]
     lambdas = LAMBDA_RATIOS * len(fit)
-    weights = ridge_path(x[fit], y[fit], lambdas)
-    errors = ((torch.einsum("ni,lio->lno", x[val], weights) - y[val]) ** 2).mean((1, 2))
+    errors = heldout_errors(x[fit], y[fit], x[val], y[val], lambdas)
     return float(lambdas[int(errors.argmin())])
 
 
@@ -91,7 +123,7 @@ class LinearBridge:
         x_norm, y_norm = Standardizer.fit(x), Standardizer.fit(y)
         xs, ys = x_norm(x), y_norm(y)
         ridge_lambda = select_lambda(xs, ys, validation_fraction=validation_fraction, seed=seed)
-        weight = ridge_path(xs, ys, torch.tensor([ridge_lambda], dtype=torch.float64))[0]
+        weight = ridge_solve(xs, ys, ridge_lambda)
         as_float = lambda t: t.float()
         return cls(
             weight=as_float(weight),
@@ -115,7 +147,7 @@ class LinearBridge:
     def save(self, folder: Path) -> None:
         """``bridge.safetensors`` + ``bridge.json`` in ``folder``, each written atomically."""
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = dict(zip(TENSOR_NAMES, self._tensors(), strict=True))
+        tensors = {name: t.contiguous() for name, t in zip(TENSOR_NAMES, self._tensors(), strict=True)}
         meta = {"ridge_lambda": self.ridge_lambda, "d_sender": self.d_sender, "d_receiver": self.d_receiver}
         meta |= {"metadata": self.metadata}
         write_atomic(folder / "bridge.safetensors", lambda p: save_file(tensors, p))

@@ -1,22 +1,24 @@
 """One evaluator for every condition: conditions are values, not loops.
 
 The receiver's layers 0..L are identical for every injection condition of an item batch, so they run
-once (``stop_at_layer=L+1``); each condition edits that residual at the site and runs layers L+1..end
+once; positions before the site are identical at every layer, so they run once into a frozen KV cache;
+each condition edits the tail residual at the site and runs only the tail through layers L+1..end
 (``start_at_layer``), with logits at the answer position only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from mi_bridge import report
-from mi_bridge.capture import answer_logits, batches
+from mi_bridge.capture import batches
 from mi_bridge.inject import inject_residual
 
 VECTOR_KINDS = ("translated", "random", "shuffled", "mean", "self-patch")
@@ -90,6 +92,80 @@ def score(
     )
 
 
+class SharedPrefix:
+    """The work every condition of one prompt and item batch shares, done once.
+
+    Positions before the injection site are never changed by an injection (attention is causal), so
+    their keys and values at every layer go into a frozen TransformerLens KV cache; the tail (site
+    onward) runs through layers 0..L once. A condition then edits the tail at layer L and runs only
+    the tail through layers L+1.. against the cache: a few positions instead of the whole prompt.
+    """
+
+    def __init__(
+        self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"], *, layer: int, position: int
+    ):
+        self.model, self.layer = model, layer
+        self.cache = None
+        self.offset = position  # index of the site inside the tail
+        # Items are never padded: an explicit all-ones mask (with a cache TransformerLens would otherwise
+        # derive one from the tokenizer's pad token, which for Pythia is the BOS token).
+        no_padding = lambda t: torch.ones_like(t)
+        if position > 0:
+            self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, tokens.shape[0])
+            before = tokens[:, :position]
+            model(
+                before,
+                past_kv_cache=self.cache,
+                attention_mask=no_padding(before),
+                stop_at_layer=model.cfg.n_layers,
+            )
+            self.cache.freeze()
+            tokens, self.offset = tokens[:, position:], 0
+        mask = no_padding(tokens) if self.cache is not None else None
+        self.tail = model(tokens, past_kv_cache=self.cache, attention_mask=mask, stop_at_layer=layer + 1)
+
+    def logits(self, residual: Float[Tensor, "batch tail d_model"]) -> Float[Tensor, "batch d_vocab"]:
+        """Answer logits after layers L+1.. for an (edited) tail residual."""
+        final = self.model(
+            residual,
+            start_at_layer=self.layer + 1,
+            stop_at_layer=self.model.cfg.n_layers,
+            past_kv_cache=self.cache,
+        )
+        return self.model.unembed(self.model.ln_final(final[:, -1:]))[:, 0]
+
+
+@torch.no_grad()
+def condition_logits(
+    model: HookedTransformer,
+    prompts: dict[str, Int[Tensor, "n_items pos"]],
+    *,
+    layer: int,
+    position: int,
+    vectors: dict[str, Float[Tensor, "n_items d_model"]],
+    conditions: Sequence[Condition],
+    batch_size: int = 64,
+    description: str = "evaluating",
+) -> Iterator[tuple[slice, Condition, Float[Tensor, "batch d_vocab"]]]:
+    """Answer logits of every condition, batch by batch, with the shared prefix computed once."""
+    n_items = next(iter(prompts.values())).shape[0]
+    for chunk in report.track(batches(n_items, batch_size), description):
+        shared: dict[str, SharedPrefix] = {}
+        for condition in conditions:
+            if condition.prompt not in shared:
+                shared[condition.prompt] = SharedPrefix(
+                    model, prompts[condition.prompt][chunk], layer=layer, position=position
+                )
+            prefix = shared[condition.prompt]
+            residual = prefix.tail
+            if condition.is_injection:
+                vector = vectors[condition.vector][chunk]
+                residual = inject_residual(
+                    residual, prefix.offset, vector, condition.mode, condition.alpha or 1.0
+                )
+            yield chunk, condition, prefix.logits(residual)
+
+
 @torch.no_grad()
 def evaluate_conditions(
     model: HookedTransformer,
@@ -105,22 +181,16 @@ def evaluate_conditions(
     description: str = "evaluating",
 ) -> dict[str, ItemScores]:
     """Scores of every condition on every item. Injections go into ``blocks.{layer}.hook_resid_post``."""
-    n_items = candidates.shape[0]
     parts: dict[str, list[ItemScores]] = {c.name: [] for c in conditions}
-    for chunk in report.track(batches(n_items, batch_size), description):
-        prefixes: dict[str, Tensor] = {}  # residual after block `layer`, once per prompt and batch
-        for condition in conditions:
-            if condition.prompt not in prefixes:
-                prefixes[condition.prompt] = model(prompts[condition.prompt][chunk], stop_at_layer=layer + 1)
-            residual = prefixes[condition.prompt]
-            if condition.is_injection:
-                residual = inject_residual(
-                    residual,
-                    position,
-                    vectors[condition.vector][chunk],
-                    condition.mode,
-                    condition.alpha or 1.0,
-                )
-            logits = answer_logits(model, residual, start_at_layer=layer + 1)
-            parts[condition.name].append(score(logits, candidates[chunk], gold_index[chunk]))
+    for chunk, condition, logits in condition_logits(
+        model,
+        prompts,
+        layer=layer,
+        position=position,
+        vectors=vectors,
+        conditions=conditions,
+        batch_size=batch_size,
+        description=description,
+    ):
+        parts[condition.name].append(score(logits, candidates[chunk], gold_index[chunk]))
     return {name: ItemScores.concat(p) for name, p in parts.items()}

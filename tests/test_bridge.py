@@ -57,6 +57,24 @@ def test_ridge_path_at_lambda_zero_matches_least_squares():
     assert path[1].norm() < path[0].norm()  # more ridge, smaller weights
 
 
+def test_closed_form_heldout_errors_match_explicit_predictions():
+    from mi_bridge.bridge import heldout_errors
+
+    g = torch.Generator().manual_seed(3)
+    x, y = (
+        torch.randn(300, 12, generator=g, dtype=torch.float64),
+        torch.randn(300, 9, generator=g, dtype=torch.float64),
+    )
+    y = y + x @ torch.randn(12, 9, generator=g, dtype=torch.float64)
+    lambdas = torch.tensor([1e-3, 1.0, 30.0, 1e3], dtype=torch.float64)
+    explicit = (
+        (torch.einsum("ni,lio->lno", x[200:], ridge_path(x[:200], y[:200], lambdas)) - y[200:]) ** 2
+    ).sum((1, 2))
+    torch.testing.assert_close(
+        heldout_errors(x[:200], y[:200], x[200:], y[200:], lambdas), explicit, rtol=1e-4, atol=1e-3
+    )
+
+
 def test_save_and_load_round_trip(tmp_path):
     x, y, _, _ = planted(400)
     bridge = LinearBridge.fit(x, y, metadata={"sender": "s", "receiver": "r"})

@@ -76,8 +76,10 @@ def test_prefix_reuse_gives_the_same_logits_as_a_full_hooked_run(tiny_model, tok
     torch.testing.assert_close(fast, full[:, -1], rtol=1e-5, atol=1e-5)
 
 
-def test_the_evaluator_equals_the_slow_path_for_every_condition(tiny_model, tokens):
-    layer, position, k = 1, 5, 3
+@pytest.mark.parametrize("layer", [0, 1, 2])
+@pytest.mark.parametrize("position", [0, 5, POS - 1])  # 0: no cached prefix; POS - 1: a one-token tail
+def test_the_evaluator_equals_the_slow_path_for_every_condition(tiny_model, tokens, layer, position):
+    k = 3
     candidates = torch.randint(0, tiny_model.cfg.d_vocab, (N, k))
     gold = torch.randint(0, k, (N,))
     vectors = {"v": torch.randn(N, tiny_model.cfg.d_model)}
