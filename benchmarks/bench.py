@@ -48,9 +48,19 @@ console = Console()
 def pythia_architecture(name: str) -> HookedTransformer:
     n_layers, d_model, n_heads = PYTHIA[name]
     cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=64, d_mlp=4 * d_model, d_vocab=50304,
-        n_ctx=2048, act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary", rotary_dim=16,
-        parallel_attn_mlp=True, seed=0,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=64,
+        d_mlp=4 * d_model,
+        d_vocab=50304,
+        n_ctx=2048,
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        rotary_dim=16,
+        parallel_attn_mlp=True,
+        seed=0,
     )
     return HookedTransformer(cfg).eval()
 
@@ -80,9 +90,17 @@ def pythia_items(n: int):
 
 def twelve_conditions() -> list[Condition]:
     conditions = [Condition(f"add a={a:g}", vector="v", mode="add", alpha=a) for a in (0.25, 0.5, 1, 2)]
-    conditions += [Condition("replace", vector="v", mode="replace"), Condition("rescale", vector="v", mode="rescale")]
-    conditions += [Condition(f"rescale-add a={a:g}", vector="v", mode="rescale-add", alpha=a) for a in (0.25, 0.5, 1, 2)]
-    conditions += [Condition("random replace", vector="r", mode="replace"), Condition("self replace", vector="s", mode="replace")]
+    conditions += [
+        Condition("replace", vector="v", mode="replace"),
+        Condition("rescale", vector="v", mode="rescale"),
+    ]
+    conditions += [
+        Condition(f"rescale-add a={a:g}", vector="v", mode="rescale-add", alpha=a) for a in (0.25, 0.5, 1, 2)
+    ]
+    conditions += [
+        Condition("random replace", vector="r", mode="replace"),
+        Condition("self replace", vector="s", mode="replace"),
+    ]
     return conditions
 
 
@@ -98,20 +116,45 @@ def condition_sweep(receiver: HookedTransformer, items, repeats: int) -> dict:
 
     def fast():
         out = {c.name: [] for c in conditions}
-        for _, condition, logits in condition_logits(receiver, {"placeholder": tokens}, layer=layer, position=position,
-                                                      vectors=vectors, conditions=conditions, batch_size=len(tokens)):
+        for _, condition, logits in condition_logits(
+            receiver,
+            {"placeholder": tokens},
+            layer=layer,
+            position=position,
+            vectors=vectors,
+            conditions=conditions,
+            batch_size=len(tokens),
+        ):
             out[condition.name].append(logits)
         return {k: torch.cat(v) for k, v in out.items()}
 
     def naive():
-        return {c.name: run_with_injection(receiver, tokens, layer=layer, position=position, vector=vectors[c.vector],
-                                           mode=c.mode, alpha=c.alpha or 1.0)[:, -1] for c in conditions}
+        return {
+            c.name: run_with_injection(
+                receiver,
+                tokens,
+                layer=layer,
+                position=position,
+                vector=vectors[c.vector],
+                mode=c.mode,
+                alpha=c.alpha or 1.0,
+            )[:, -1]
+            for c in conditions
+        }
 
     fast_time, fast_logits = timed(fast, repeats)
     naive_time, naive_logits = timed(naive, repeats)
     max_diff = max(float((fast_logits[k] - naive_logits[k]).abs().max()) for k in fast_logits)
-    return {"n_items": len(tokens), "prompt_tokens": tokens.shape[1], "layer": layer, "conditions": len(conditions),
-            "fast_s": fast_time, "naive_s": naive_time, "ratio": naive_time / fast_time, "max_abs_logit_diff": max_diff}
+    return {
+        "n_items": len(tokens),
+        "prompt_tokens": tokens.shape[1],
+        "layer": layer,
+        "conditions": len(conditions),
+        "fast_s": fast_time,
+        "naive_s": naive_time,
+        "ratio": naive_time / fast_time,
+        "max_abs_logit_diff": max_diff,
+    }
 
 
 def matmul_flops(repeats: int = 5, size: int = 2048) -> float:
@@ -125,8 +168,12 @@ def forward_flops(model: HookedTransformer, n_tokens_per_row: int, rows: int, lo
     """Matmul FLOPs of a forward pass over ``rows`` x ``n_tokens_per_row`` tokens (dense layers and
     attention scores), plus the unembedding of ``logits_rows`` positions."""
     cfg = model.cfg
-    per_token_layer = 2 * (4 * cfg.d_model**2 + 2 * cfg.d_model * cfg.d_mlp) + 4 * n_tokens_per_row * cfg.d_model
-    return rows * n_tokens_per_row * cfg.n_layers * per_token_layer + logits_rows * 2 * cfg.d_model * cfg.d_vocab
+    per_token_layer = (
+        2 * (4 * cfg.d_model**2 + 2 * cfg.d_model * cfg.d_mlp) + 4 * n_tokens_per_row * cfg.d_model
+    )
+    return (
+        rows * n_tokens_per_row * cfg.n_layers * per_token_layer + logits_rows * 2 * cfg.d_model * cfg.d_vocab
+    )
 
 
 @torch.no_grad()
@@ -142,8 +189,13 @@ def flop_efficiency(receiver: HookedTransformer, items, peak: float, repeats: in
 
     seconds, _ = timed(forward, repeats)
     flops = forward_flops(receiver, tokens.shape[1], len(tokens), len(tokens))
-    return {"tokens": tokens.numel(), "seconds": seconds, "achieved_flops": flops / seconds,
-            "peak_matmul_flops": peak, "efficiency": flops / seconds / peak}
+    return {
+        "tokens": tokens.numel(),
+        "seconds": seconds,
+        "achieved_flops": flops / seconds,
+        "peak_matmul_flops": peak,
+        "efficiency": flops / seconds / peak,
+    }
 
 
 @torch.no_grad()
@@ -155,7 +207,9 @@ def capture_comparison(repeats: int) -> dict:
 
     def fast():
         s = capture_resid_post(sender, items.sender_tokens, layers=[layer_s], positions=[-1], batch_size=256)
-        r = capture_resid_post(receiver, items.oracle_tokens, layers=[layer_r], positions=[items.slot_position], batch_size=256)
+        r = capture_resid_post(
+            receiver, items.oracle_tokens, layers=[layer_r], positions=[items.slot_position], batch_size=256
+        )
         return [s.states[layer_s], r.states[layer_r]]
 
     def naive():
@@ -170,9 +224,17 @@ def capture_comparison(repeats: int) -> dict:
     expected = 2000 * (sender.cfg.d_model + receiver.cfg.d_model) * 4
     naive_time, caches = timed(naive, repeats)
     naive_bytes = sum(t.numel() * t.element_size() for cache in caches for t in cache.values())
-    return {"n_items": 2000, "fast_s": fast_time, "naive_s": naive_time, "ratio": naive_time / fast_time,
-            "fast_bytes": fast_bytes, "expected_bytes_n_x_d": expected, "exact_n_x_d": fast_bytes == expected,
-            "naive_bytes": naive_bytes, "bytes_ratio": naive_bytes / fast_bytes}
+    return {
+        "n_items": 2000,
+        "fast_s": fast_time,
+        "naive_s": naive_time,
+        "ratio": naive_time / fast_time,
+        "fast_bytes": fast_bytes,
+        "expected_bytes_n_x_d": expected,
+        "exact_n_x_d": fast_bytes == expected,
+        "naive_bytes": naive_bytes,
+        "bytes_ratio": naive_bytes / fast_bytes,
+    }
 
 
 def bridge_fit(repeats: int) -> dict:
@@ -184,8 +246,14 @@ def bridge_fit(repeats: int) -> dict:
     xs, ys = Standardizer.fit(x.double())(x.double()), Standardizer.fit(y.double())(y.double())
     ours = ridge_path(xs, ys, torch.tensor([0.0], dtype=torch.float64))[0]
     reference = torch.linalg.lstsq(xs, ys).solution
-    return {"n": 10_000, "d_in": 768, "d_out": 1024, "seconds": seconds, "ridge_lambda": bridge.ridge_lambda,
-            "max_abs_diff_vs_lstsq_at_lambda_0": float((ours - reference).abs().max())}
+    return {
+        "n": 10_000,
+        "d_in": 768,
+        "d_out": 1024,
+        "seconds": seconds,
+        "ridge_lambda": bridge.ridge_lambda,
+        "max_abs_diff_vs_lstsq_at_lambda_0": float((ours - reference).abs().max()),
+    }
 
 
 def whole_runs(skip_cold: bool) -> dict:
@@ -195,10 +263,15 @@ def whole_runs(skip_cold: bool) -> dict:
         env = dict(os.environ)
         if not skip_cold:
             env["MI_BRIDGE_CACHE"] = str(Path(tmp) / "cache")
-        for label in (["cold", "warm"] if not skip_cold else ["warm"]):
+        for label in ["cold", "warm"] if not skip_cold else ["warm"]:
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "mi_bridge.run", "--out", str(Path(tmp) / label)], env=env,
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "mi_bridge.run", "--out", str(Path(tmp) / label)],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             out[f"toy_{label}_s"] = time.perf_counter() - start
     return out
 
@@ -207,7 +280,10 @@ def whole_runs(skip_cold: bool) -> dict:
 def pythia_estimate(sender, receiver, items, repeats: int) -> dict:
     """Seconds per token-layer at the real widths, and the default Pythia run's cost built from them."""
     rate = {}
-    for name, model, tokens in (("sender", sender, items.sender_tokens), ("receiver", receiver, items.oracle_tokens)):
+    for name, model, tokens in (
+        ("sender", sender, items.sender_tokens),
+        ("receiver", receiver, items.oracle_tokens),
+    ):
         seconds, _ = timed(lambda m=model, t=tokens: m(t, stop_at_layer=m.cfg.n_layers), repeats)
         rate[name] = seconds / (tokens.numel() * model.cfg.n_layers)
     n_items, seeds, n_test, conditions = 1000, 3, 500, 53
@@ -217,11 +293,16 @@ def pythia_estimate(sender, receiver, items, repeats: int) -> dict:
     sender_work = n_items * t_s * (ls + 1 + sender.cfg.n_layers)  # state capture + greedy run
     receiver_work = n_items * t_r * (lr + 1)  # oracle states at the site
     # evaluation: per prompt (3) the shared prefix over all layers, then each condition's tail from L+1
-    receiver_work += n_test * (3 * t_r * receiver.cfg.n_layers + conditions * tail * (receiver.cfg.n_layers - lr - 1))
+    receiver_work += n_test * (
+        3 * t_r * receiver.cfg.n_layers + conditions * tail * (receiver.cfg.n_layers - lr - 1)
+    )
     seconds = seeds * (sender_work * rate["sender"] + receiver_work * rate["receiver"])
-    return {"seconds_per_token_layer": rate, "default_pythia_run_estimate_s": seconds,
-            "assumptions": f"{seeds} seeds x {n_items} items, {n_test} held out, {conditions} conditions, "
-                           f"sender L{ls}, receiver L{lr}, prompts {t_s}/{t_r} tokens, tail {tail}"}
+    return {
+        "seconds_per_token_layer": rate,
+        "default_pythia_run_estimate_s": seconds,
+        "assumptions": f"{seeds} seeds x {n_items} items, {n_test} held out, {conditions} conditions, "
+        f"sender L{ls}, receiver L{lr}, prompts {t_s}/{t_r} tokens, tail {tail}",
+    }
 
 
 def main() -> int:
@@ -231,8 +312,13 @@ def main() -> int:
     args = parser.parse_args()
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
     }
     console.print("[bold]building random-weight Pythia-160M and -410M architectures[/]")
     sender, receiver = pythia_architecture("pythia-160m"), pythia_architecture("pythia-410m")
@@ -258,27 +344,63 @@ def main() -> int:
 
 
 def render(r: dict) -> None:
-    table = Table(title=f"mi_bridge benchmarks ({r['machine']['cpu_count']} cores, {r['machine']['torch_threads']} torch threads)")
+    table = Table(
+        title=f"mi_bridge benchmarks ({r['machine']['cpu_count']} cores, {r['machine']['torch_threads']} torch threads)"
+    )
     for column in ("measure", "mi_bridge", "naive / reference", "ratio or check", "target"):
         table.add_column(column, justify="right")
     c = r["condition_sweep"]
-    table.add_row(f"12 conditions, {c['n_items']} items, 410M arch, L{c['layer']}", f"{c['fast_s']:.2f} s", f"{c['naive_s']:.2f} s",
-                  f"{c['ratio']:.1f}x, max |Δlogit| {c['max_abs_logit_diff']:.1e}", ">= 3x, <= 1e-4")
+    table.add_row(
+        f"12 conditions, {c['n_items']} items, 410M arch, L{c['layer']}",
+        f"{c['fast_s']:.2f} s",
+        f"{c['naive_s']:.2f} s",
+        f"{c['ratio']:.1f}x, max |Δlogit| {c['max_abs_logit_diff']:.1e}",
+        ">= 3x, <= 1e-4",
+    )
     f = r["flop_efficiency"]
-    table.add_row("410M forward FLOP/s", f"{f['achieved_flops'] / 1e9:.1f} GFLOP/s", f"{f['peak_matmul_flops'] / 1e9:.1f} GFLOP/s (matmul)",
-                  f"{f['efficiency']:.2f}", ">= 0.7")
+    table.add_row(
+        "410M forward FLOP/s",
+        f"{f['achieved_flops'] / 1e9:.1f} GFLOP/s",
+        f"{f['peak_matmul_flops'] / 1e9:.1f} GFLOP/s (matmul)",
+        f"{f['efficiency']:.2f}",
+        ">= 0.7",
+    )
     cap = r["capture"]
-    table.add_row("capture, 2,000 toy items", f"{cap['fast_s']:.2f} s, {cap['fast_bytes'] / 2**20:.1f} MiB",
-                  f"{cap['naive_s']:.2f} s, {cap['naive_bytes'] / 2**20:.0f} MiB", f"{cap['ratio']:.1f}x time, {cap['bytes_ratio']:.0f}x bytes",
-                  f"n x d exactly: {cap['exact_n_x_d']}")
+    table.add_row(
+        "capture, 2,000 toy items",
+        f"{cap['fast_s']:.2f} s, {cap['fast_bytes'] / 2**20:.1f} MiB",
+        f"{cap['naive_s']:.2f} s, {cap['naive_bytes'] / 2**20:.0f} MiB",
+        f"{cap['ratio']:.1f}x time, {cap['bytes_ratio']:.0f}x bytes",
+        f"n x d exactly: {cap['exact_n_x_d']}",
+    )
     b = r["bridge_fit"]
-    table.add_row("bridge fit 10k x 768 -> 1024", f"{b['seconds']:.2f} s", "lstsq at λ=0", f"max diff {b['max_abs_diff_vs_lstsq_at_lambda_0']:.1e}", "<= 2 s")
+    table.add_row(
+        "bridge fit 10k x 768 -> 1024",
+        f"{b['seconds']:.2f} s",
+        "lstsq at λ=0",
+        f"max diff {b['max_abs_diff_vs_lstsq_at_lambda_0']:.1e}",
+        "<= 2 s",
+    )
     w = r["whole_runs"]
     for key, value in w.items():
-        table.add_row(key.replace("_s", "").replace("_", " "), f"{value:.1f} s", "", "", "cold <= 300 s, warm <= 60 s")
+        table.add_row(
+            key.replace("_s", "").replace("_", " "), f"{value:.1f} s", "", "", "cold <= 300 s, warm <= 60 s"
+        )
     p = r["pythia_estimate"]
-    table.add_row("Pythia-160M -> 410M default run (estimate)", f"{p['default_pythia_run_estimate_s'] / 60:.0f} min", "", p["assumptions"], "")
-    table.add_row("peak RSS with both Pythia architectures", f"{r['peak_rss_gib_pythia_architectures']:.2f} GiB", "", "", "< 6 GiB")
+    table.add_row(
+        "Pythia-160M -> 410M default run (estimate)",
+        f"{p['default_pythia_run_estimate_s'] / 60:.0f} min",
+        "",
+        p["assumptions"],
+        "",
+    )
+    table.add_row(
+        "peak RSS with both Pythia architectures",
+        f"{r['peak_rss_gib_pythia_architectures']:.2f} GiB",
+        "",
+        "",
+        "< 6 GiB",
+    )
     console.print(table)
 
 

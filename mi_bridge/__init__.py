@@ -1,6 +1,8 @@
 """mi_bridge: can a small model hand a useful intermediate state to a larger one through a linear map
 between their residual streams? One controlled protocol, any model pair, with causal diagnostics."""
 
+__version__ = "0.1.0"  # before the imports: submodules read it
+
 from mi_bridge.bridge import LinearBridge, fit_quality, fit_report, ridge_path
 from mi_bridge.capture import capture_resid_post
 from mi_bridge.config import ExperimentConfig, UserError
@@ -8,7 +10,6 @@ from mi_bridge.evaluate import Condition, evaluate_conditions, standard_conditio
 from mi_bridge.inject import apply_injection, inject_residual, rescale_to, run_with_injection
 from mi_bridge.task import TaskItems, sample_items
 
-__version__ = "0.1.0"
 __all__ = [
     "Condition",
     "ExperimentConfig",

@@ -29,9 +29,11 @@ ORDER = (
 
 
 def load_script(name: str) -> ModuleType:
+    if name not in ORDER:  # a known name only: nothing from the command line becomes a path
+        raise UserError(f"no analysis script named {name!r} (known: {', '.join(ORDER)})")
     path = SCRIPTS_FOLDER / f"{name}.py"
     if not path.exists():
-        raise UserError(f"no analysis script {path} (known: {', '.join(ORDER)})")
+        raise UserError(f"analysis script {path} is missing from this checkout")
     spec = importlib.util.spec_from_file_location(f"mi_bridge_analysis_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -184,7 +184,7 @@ def prepare_context(
     sender_layer, receiver_layer = resolve_layers(config, pair)
     if config.k > pair.language.max_k():
         raise UserError(f"k={config.k} is larger than the entity pool allows (max k={pair.language.max_k()})")
-    seeds = seed_contexts(config, pair, store or default_store())
+    seeds = seed_contexts(config, pair, store or default_store(not getattr(options, "no_cache", False)))
     return AnalysisContext(config, pair, sender_layer, receiver_layer, seeds, options)
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mi_bridge.config import UserError
-from mi_bridge.files import write_atomic
+from mi_bridge.files import sha256_file, write_atomic
 
 LAMBDA_RATIOS = torch.logspace(-6, 2, 17, dtype=torch.float64)
 """Ridge strengths tried, as multiples of the number of training rows (X^T X scales with n)."""
@@ -148,15 +148,23 @@ class LinearBridge:
         """``bridge.safetensors`` + ``bridge.json`` in ``folder``, each written atomically."""
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: t.contiguous() for name, t in zip(TENSOR_NAMES, self._tensors(), strict=True)}
-        meta = {"ridge_lambda": self.ridge_lambda, "d_sender": self.d_sender, "d_receiver": self.d_receiver}
-        meta |= {"metadata": self.metadata}
         write_atomic(folder / "bridge.safetensors", lambda p: save_file(tensors, p))
+        meta = {"ridge_lambda": self.ridge_lambda, "d_sender": self.d_sender, "d_receiver": self.d_receiver}
+        meta |= {"sha256": sha256_file(folder / "bridge.safetensors"), "metadata": self.metadata}
         write_atomic(folder / "bridge.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
 
     @classmethod
-    def load(cls, folder: Path) -> LinearBridge:
+    def load(cls, folder: Path, expect: dict | None = None) -> LinearBridge:
+        """Load a saved bridge; checksum, shapes and finiteness are checked, and every ``expect`` entry
+        (e.g. sender, receiver, sender_hook, receiver_hook) must equal the bridge's own metadata."""
         try:
             meta = json.loads((folder / "bridge.json").read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("bridge.json is not a JSON object")
+            if meta.get("sha256") != sha256_file(folder / "bridge.safetensors"):
+                raise UserError(
+                    f"bridge in {folder}: checksum mismatch (the weights file is damaged or replaced)"
+                )
             tensors = load_file(folder / "bridge.safetensors")
             d_in, d_out = int(meta["d_sender"]), int(meta["d_receiver"])
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
@@ -173,6 +181,12 @@ class LinearBridge:
                 raise UserError(f"bridge in {folder}: tensor {name!r} missing or not of shape {shape}")
             if not torch.isfinite(tensors[name]).all():
                 raise UserError(f"bridge in {folder}: tensor {name!r} holds NaN or infinite values")
+        for key, value in (expect or {}).items():
+            if meta.get("metadata", {}).get(key) != value:
+                found = meta.get("metadata", {}).get(key)
+                raise UserError(
+                    f"bridge in {folder} was fitted for {key}={found!r}, not {value!r}; refusing to use it"
+                )
         return cls(
             weight=tensors["weight"],
             x_norm=Standardizer(tensors["x_mean"], tensors["x_std"]),

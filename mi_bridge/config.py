@@ -6,6 +6,8 @@ import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
+
 PAIRS = ("toy", "pythia")
 POSITIONS = ("slot", "final")
 TARGETS = ("relay-slot", "same-input")
@@ -59,7 +61,11 @@ class ExperimentConfig:
     """Free-form notes carried into the run folder's config (not used by the experiment)."""
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        for name, value in _typed({f.name: getattr(self, f.name) for f in fields(self)}).items():
+            setattr(self, name, value)
+        for name in ("sender", "receiver"):
+            if getattr(self, name) == "":
+                raise UserError(f"{name} model name must not be empty")
         if self.pair not in PAIRS:
             raise UserError(f"unknown pair {self.pair!r}; choose one of {', '.join(PAIRS)}")
         if self.position not in POSITIONS:
@@ -81,6 +87,10 @@ class ExperimentConfig:
             )
         if self.batch_size < 1 or self.n_bootstrap < 100:
             raise UserError("batch size must be >= 1 and bootstrap resamples >= 100")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise UserError(f"unknown device {self.device!r} (e.g. cpu, cuda, cuda:1, mps)") from None
         for name in ("sender_layer", "receiver_layer"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -113,31 +123,27 @@ class ExperimentConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown config keys: {', '.join(unknown)}")
-        data = dict(data)
-        if isinstance(data.get("alphas"), list):
-            data["alphas"] = tuple(data["alphas"])
-        return cls(**data)
+        return cls(**_typed(data))
 
 
-def _check_types(config: ExperimentConfig) -> None:
-    """Field types, checked by hand: a config may come from a JSON file written by anyone."""
+def _typed(values: dict) -> dict:
+    """Field values with their types checked by hand (a config may come from a JSON file written by
+    anyone): numbers coerced to float where a float is expected, alphas to a tuple; else a UserError."""
     hints = typing.get_type_hints(ExperimentConfig)
-    for f in fields(config):
-        value = getattr(config, f.name)
-        if f.name == "alphas":
+    out = dict(values)
+    for name, value in values.items():
+        if name == "alphas":
             ok = isinstance(value, tuple | list) and all(_is_number(a) for a in value)
-            if ok:
-                config.alphas = tuple(float(a) for a in value)
-        elif hints[f.name] is float:
+            value = tuple(float(a) for a in value) if ok else value
+        elif hints[name] is float:
             ok = _is_number(value)
-            if ok:
-                setattr(config, f.name, float(value))
+            value = float(value) if ok else value
         else:
-            ok = isinstance(value, hints[f.name]) and not (
-                isinstance(value, bool) and hints[f.name] is not bool
-            )
+            ok = isinstance(value, hints[name]) and not (isinstance(value, bool) and hints[name] is not bool)
         if not ok:
-            raise UserError(f"config field {f.name!r} has the wrong type: {value!r}")
+            raise UserError(f"config field {name!r} has the wrong type: {value!r}")
+        out[name] = value
+    return out
 
 
 def _is_number(value) -> bool:

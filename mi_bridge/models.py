@@ -11,6 +11,7 @@ import io
 import os
 from dataclasses import dataclass
 
+import torch
 from transformer_lens import HookedTransformer
 
 from mi_bridge.config import ExperimentConfig, UserError
@@ -72,6 +73,9 @@ def load_model(pair: str, name: str, device: str) -> HookedTransformer:
 
 
 def load_pair(config: ExperimentConfig) -> ModelPair:
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {config.device!r} is not available on this machine")
     sender = load_model(config.pair, config.sender_name, config.device)
     receiver = load_model(config.pair, config.receiver_name, config.device)
     if config.pair == "toy":

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
-from mi_bridge import report
+from mi_bridge import __version__, report
 from mi_bridge.bridge import LinearBridge
 from mi_bridge.capture import capture_resid_post
 from mi_bridge.config import ExperimentConfig, UserError
-from mi_bridge.files import write_atomic
+from mi_bridge.files import sha256_tensor, write_atomic
 from mi_bridge.models import ModelPair
 from mi_bridge.task import TaskItems, sample_items
 from mi_bridge.toy import TOY_MODELS, cache_root
@@ -88,9 +89,18 @@ class ActivationStore:
         if path is None or not path.exists():
             return None
         try:
-            value = load_file(path)["value"]
-        except Exception as err:  # corrupt or truncated: recompute, never use
-            report.warn(f"discarding unreadable cached activations {path} ({type(err).__name__})")
+            with safe_open(path, framework="pt") as handle:
+                expected = (handle.metadata() or {}).get("sha256")
+                value = handle.get_tensor("value")
+            problem = None
+            if expected is None or sha256_tensor(value) != expected:
+                problem = "checksum mismatch"
+            elif not torch.isfinite(value).all():
+                problem = "NaN or infinite values"
+        except Exception as err:  # unreadable or truncated
+            problem = f"unreadable ({type(err).__name__})"
+        if problem:  # never used: reported, discarded and recomputed
+            report.warn(f"discarding cached activations {path}: {problem}; recomputing")
             path.unlink(missing_ok=True)
             return None
         self.memory[(key, layer, position)] = value
@@ -101,11 +111,18 @@ class ActivationStore:
         path = self._path(key, layer, position)
         if path is None:
             return
-        write_atomic(path, lambda tmp: save_file({"value": value.contiguous()}, tmp))
+        value = value.contiguous()
+        metadata = {
+            "sha256": sha256_tensor(value),
+            "shape": json.dumps(list(value.shape)),
+            "dtype": str(value.dtype),
+        }
+        write_atomic(path, lambda tmp: save_file({"value": value}, tmp, metadata=metadata))
 
 
-def default_store() -> ActivationStore:
-    return ActivationStore(cache_root() / "activations")
+def default_store(use_cache: bool = True) -> ActivationStore:
+    """The on-disk activation cache, or a memory-only store with ``use_cache=False`` (``--no-cache``)."""
+    return ActivationStore(cache_root() / "activations" if use_cache else None)
 
 
 def split(n_items: int, n_test: int, seed: int) -> tuple[Int[Tensor, " n_fit"], Int[Tensor, " n_test"]]:
@@ -143,16 +160,19 @@ class SeedContext:
 
     def _key(self, role: str, prompt: str) -> str:
         name = self.pair.sender_name if role == "sender" else self.pair.receiver_name
+        model = self.pair.sender if role == "sender" else self.pair.receiver
         blob = json.dumps(
             [
                 CACHE_VERSION,
+                __version__,
                 model_identity(name),
+                str(model.cfg.dtype),
                 self.pair.language.name,
                 prompt,
                 self.config.k,
                 self.config.n_items,
                 self.seed,
-            ],
+            ]
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 from dataclasses import fields
@@ -54,6 +55,7 @@ def build_parser(prog: str = "python -m mi_bridge.run", description: str | None 
     p.add_argument(
         "--out", help="run folder (default runs/<pair>-<sender>-<receiver>-L<ls>-L<lr>-<site>-<target>)"
     )
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write cached activations")
     return p
 
 
@@ -103,7 +105,25 @@ def versions() -> dict:
     return {
         "python": platform.python_version(),
         **{name: version(name) for name in ("torch", "transformer-lens", "transformers", "mi_bridge")},
+        "git_revision": git_revision(),
     }
+
+
+def git_revision() -> str | None:
+    """The checkout's commit (with '+dirty' for uncommitted changes), or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+        )
+        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def write_run_folder(folder: Path, results: dict, seeds, config: ExperimentConfig) -> None:
@@ -125,9 +145,10 @@ def default_out(config: ExperimentConfig, sender_layer: int, receiver_layer: int
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = config_from_args(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        config = config_from_args(args)
         check_writable(Path(config.out) if config.out else Path("runs") / "probe")
-        return run(config)
+        return run(config, use_cache=not args.no_cache)
     except UserError as err:
         report.error(str(err))
         return 2
@@ -136,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run(config: ExperimentConfig) -> int:
+def run(config: ExperimentConfig, use_cache: bool = True) -> int:
     # Heavy imports after argument checks, so that bad flags fail fast.
     from mi_bridge.experiment import run_experiment
     from mi_bridge.models import load_pair, resolve_layers
@@ -148,7 +169,7 @@ def run(config: ExperimentConfig) -> int:
         raise UserError(f"k={config.k} is larger than the entity pool allows (max k={pair.language.max_k()})")
     folder = Path(config.out) if config.out else default_out(config, sender_layer, receiver_layer)
     check_writable(folder)
-    results, seeds = run_experiment(config, pair, sender_layer, receiver_layer, default_store())
+    results, seeds = run_experiment(config, pair, sender_layer, receiver_layer, default_store(use_cache))
     results = {
         "config": config.to_dict(),
         "layers": {"sender": sender_layer, "receiver": receiver_layer},

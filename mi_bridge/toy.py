@@ -22,6 +22,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mi_bridge import report
 from mi_bridge.config import UserError
+from mi_bridge.files import sha256_file, write_atomic, write_text_atomic
 from mi_bridge.task import TOY_INDEX, TOY_PERSONS, TOY_PLACES, TOY_WORDS
 
 RECIPE_VERSION = 1  # bump when the training code changes in a way the recipe fields do not capture
@@ -90,35 +91,44 @@ def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
         raise UserError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
     recipe = TOY_MODELS[name]
     folder = cache_root() / "toy" / f"{name}-{recipe.digest()}"
-    weights = folder / "model.safetensors"
     model = HookedTransformer(recipe.model_config())
-    if weights.exists():
-        try:
-            model.load_state_dict(load_file(weights))
-        except Exception as err:  # a corrupt cache file is retrained, never used
-            report.warn(f"cached toy model {weights} is unreadable ({type(err).__name__}); retraining")
-        else:
-            return model.to(device, print_details=False).eval()
+    problem = _load_cached(model, folder, recipe)
+    if problem is None:
+        return model.to(device, print_details=False).eval()
+    if problem != "absent":  # a damaged cache entry is reported and retrained, never used
+        report.warn(f"cached toy model in {folder} is {problem}; retraining")
+        model = HookedTransformer(recipe.model_config())
     train_toy_model(model, recipe, description=f"training {name}")
     _save_atomic(model, recipe, folder)
     return model.to(device, print_details=False).eval()
 
 
+def _load_cached(model: HookedTransformer, folder: Path, recipe: ToyRecipe) -> str | None:
+    """Load weights whose checksum matches the one recorded at save time; None if loaded, else why not."""
+    weights, config = folder / "model.safetensors", folder / "config.json"
+    if not weights.exists() or not config.exists():
+        return "absent"
+    try:
+        meta = json.loads(config.read_text())
+        if meta.get("digest") != recipe.digest() or meta.get("sha256") != sha256_file(weights):
+            return "damaged (checksum mismatch)"
+        model.load_state_dict(load_file(weights))
+    except Exception as err:
+        return f"unreadable ({type(err).__name__})"
+    return None
+
+
 def _save_atomic(model: HookedTransformer, recipe: ToyRecipe, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for filename, write in (
-        (
-            "config.json",
-            lambda p: p.write_text(json.dumps({"recipe": asdict(recipe), "digest": recipe.digest()})),
-        ),
-        (
-            "model.safetensors",
-            lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p),
-        ),
-    ):
-        tmp = folder / f".{filename}.tmp-{os.getpid()}"
-        write(tmp)
-        os.replace(tmp, folder / filename)
+    """Weights first, then the config that vouches for them (with their checksum): a crash in between
+    leaves weights without a matching config, which the loader treats as absent or damaged."""
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    write_atomic(folder / "model.safetensors", lambda tmp: save_file(weights, tmp))
+    meta = {
+        "recipe": asdict(recipe),
+        "digest": recipe.digest(),
+        "sha256": sha256_file(folder / "model.safetensors"),
+    }
+    write_text_atomic(folder / "config.json", json.dumps(meta, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------------------
