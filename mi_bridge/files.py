@@ -28,7 +28,12 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def publish_folder(folder: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(staging)`` on a hidden sibling folder, then rename it into place: never half-written."""
+    """Call ``write(staging)`` on a hidden sibling folder, then rename it into place: never half-written.
+
+    Staging folders that a killed earlier run left behind for the same folder are removed first.
+    """
+    for stale in [*folder.parent.glob(f".{folder.name}.partial-*"), *folder.parent.glob(f".{folder.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
     try:
         write(staging)

@@ -96,3 +96,11 @@ def test_the_cli_runs_the_pythia_pair_end_to_end(pythia_cache, tmp_path, capsys)
     assert results["validity"]["valid"] is False
     assert results["verdict"].startswith("Task not valid")
     assert "Task not valid" in capsys.readouterr().out
+
+
+def test_the_cli_names_missing_weights_in_one_line(pythia_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--pair", "pythia", "--sender", "pythia-70m", "--out", str(out)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pythia-70m" in lines[0] and "HF_HOME" in lines[0]
+    assert not out.exists()
