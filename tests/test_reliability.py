@@ -87,21 +87,35 @@ def test_sigkill_during_a_write_never_leaves_the_final_file(tmp_path):
     assert not target.exists()  # only a hidden temporary that no loader reads
 
 
+def test_publishing_a_folder_sweeps_what_a_killed_run_left_and_replaces_whole(tmp_path):
+    from mi_bridge.files import publish_folder
+
+    stale = tmp_path / ".run.partial-abc"
+    stale.mkdir()
+    (stale / "results.json").write_text("{half")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "old.txt").write_text("old")
+    publish_folder(tmp_path / "run", lambda staging: (staging / "results.json").write_text("{}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.json"]
+
+
 @pytest.mark.slow
 def test_a_run_killed_midway_reruns_to_the_same_results(private_cache, tmp_path):
     reference = tmp_path / "reference"
     assert run_cli([*TINY, "--no-cache", "--out", str(reference)], private_cache).wait() == 0
+    cache = tmp_path / "cache"
+    shutil.copytree(private_cache / "toy", cache / "toy")
     out = tmp_path / "killed"
-    for delay in (6.0, 7.5, 9.0):  # during loading, capture or evaluation, depending on the machine
-        process = run_cli([*TINY, "--out", str(out)], private_cache)
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        if not out.exists():
-            break
-        shutil.rmtree(out)
+    process = run_cli([*TINY, "--out", str(out)], cache)
+    # Kill as soon as the first activation file lands: the run is then mid-capture, before evaluation.
+    while process.poll() is None and not list((cache / "activations").rglob("*.safetensors")):
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
     assert not out.exists(), "a killed run must leave no run folder"
-    assert run_cli([*TINY, "--out", str(out)], private_cache).wait() == 0
+    assert run_cli([*TINY, "--out", str(out)], cache).wait() == 0
     assert results_of(out) == results_of(reference)
     assert not list(tmp_path.glob(".killed.partial-*"))  # a killed run's staging folder is swept away
 
