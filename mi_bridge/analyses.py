@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from mi_bridge.run import build_parser, check_writable, config_from_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def body() -> int:
         names = []
         while argv and not argv[0].startswith("-"):
             names.append(argv.pop(0))
@@ -76,12 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(root / "report.md", "\n".join(combined))
         report.console.print(f"combined report: {root / 'report.md'}")
         return 0
-    except UserError as err:
-        report.error(str(err))
-        return 2
-    except KeyboardInterrupt:
-        report.error("interrupted; finished analyses are kept, cached activations too")
-        return 130
+
+    return report.one_line_errors(body, "finished analyses are kept, cached activations too")
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def run_script(module: ModuleType, argv: list[str] | None = None) -> int:
     """``main`` of every script: one clear line and exit 2 on bad input."""
     from mi_bridge.run import check_writable, config_from_args
 
-    try:
+    def body() -> int:
         options = build_parser(module).parse_args(argv)
         config = config_from_args(options)
         if config.out:
@@ -241,9 +241,5 @@ def run_script(module: ModuleType, argv: list[str] | None = None) -> int:
         folder = Path(config.out) if config.out else default_folder(module.NAME, ctx)
         analyze_and_publish(module, ctx, folder)
         return 0
-    except UserError as err:
-        report.error(str(err))
-        return 2
-    except KeyboardInterrupt:
-        report.error("interrupted; nothing was written to the run folder (cached activations are kept)")
-        return 130
+
+    return report.one_line_errors(body, "nothing was written to the run folder (cached activations are kept)")

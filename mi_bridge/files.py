@@ -32,7 +32,10 @@ def publish_folder(folder: Path, write: Callable[[Path], None]) -> None:
 
     Staging folders that a killed earlier run left behind for the same folder are removed first.
     """
-    for stale in [*folder.parent.glob(f".{folder.name}.partial-*"), *folder.parent.glob(f".{folder.name}.old-*")]:
+    for stale in [
+        *folder.parent.glob(f".{folder.name}.partial-*"),
+        *folder.parent.glob(f".{folder.name}.old-*"),
+    ]:
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,6 +22,20 @@ def track(iterable: Iterable[T], description: str, total: int | None = None) -> 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         yield from progress.track(iterable, total=total, description=description)
+
+
+def one_line_errors(body: Callable[[], int], interrupted: str) -> int:
+    """Run a command: bad input (UserError) is one line and exit code 2, Ctrl-C one line and 130."""
+    from mi_bridge.config import UserError
+
+    try:
+        return body()
+    except UserError as err:
+        error(str(err))
+        return 2
+    except KeyboardInterrupt:
+        error(f"interrupted; {interrupted}")
+        return 130
 
 
 def warn(message: str) -> None:

@@ -144,17 +144,15 @@ def default_out(config: ExperimentConfig, sender_layer: int, receiver_layer: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def body() -> int:
         args = build_parser().parse_args(argv)
         config = config_from_args(args)
         check_writable(Path(config.out) if config.out else Path("runs") / "probe")
         return run(config, use_cache=not args.no_cache)
-    except UserError as err:
-        report.error(str(err))
-        return 2
-    except KeyboardInterrupt:
-        report.error("interrupted; nothing was written to the run folder (cached models are kept)")
-        return 130
+
+    return report.one_line_errors(
+        body, "nothing was written to the run folder (cached models and activations are kept)"
+    )
 
 
 def run(config: ExperimentConfig, use_cache: bool = True) -> int:

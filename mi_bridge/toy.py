@@ -25,7 +25,8 @@ from mi_bridge.config import UserError
 from mi_bridge.files import sha256_file, write_atomic, write_text_atomic
 from mi_bridge.task import TOY_INDEX, TOY_PERSONS, TOY_PLACES, TOY_WORDS
 
-RECIPE_VERSION = 1  # bump when the training code changes in a way the recipe fields do not capture
+RECIPE_VERSION = 2  # bump when the training code changes in a way the recipe fields do not capture
+# (2: single-threaded training, bit-reproducible)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,21 @@ def training_batch(
 
 
 def train_toy_model(model: HookedTransformer, recipe: ToyRecipe, description: str) -> list[float]:
-    """Train in place, deterministically; returns the loss curve."""
+    """Train in place, bit-reproducibly; returns the loss curve.
+
+    Training runs on one thread: with two, a multi-threaded backward reduction (the embedding's
+    index-add) sums in a varying order, and the same recipe gave different weights in every process
+    (measured; torch.use_deterministic_algorithms does not cover it). One thread costs ~1.5x time.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model, recipe, description)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: HookedTransformer, recipe: ToyRecipe, description: str) -> list[float]:
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)

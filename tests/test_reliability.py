@@ -52,6 +52,17 @@ def run_cli(args, cache: Path, **kwargs) -> subprocess.Popen:
     )
 
 
+def start_and_wait_for_capture(models_cache: Path, cache: Path, out: Path) -> subprocess.Popen:
+    """Start a tiny run on a fresh activation cache and return once it is mid-capture (its first
+    activation file has landed), before evaluation and before anything is written to ``out``."""
+    shutil.copytree(models_cache / "toy", cache / "toy")
+    process = run_cli([*TINY, "--out", str(out)], cache)
+    while process.poll() is None and not list((cache / "activations").rglob("*.safetensors")):
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    return process
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Crash safety
 
@@ -105,19 +116,26 @@ def test_a_run_killed_midway_reruns_to_the_same_results(private_cache, tmp_path)
     reference = tmp_path / "reference"
     assert run_cli([*TINY, "--no-cache", "--out", str(reference)], private_cache).wait() == 0
     cache = tmp_path / "cache"
-    shutil.copytree(private_cache / "toy", cache / "toy")
     out = tmp_path / "killed"
-    process = run_cli([*TINY, "--out", str(out)], cache)
-    # Kill as soon as the first activation file lands: the run is then mid-capture, before evaluation.
-    while process.poll() is None and not list((cache / "activations").rglob("*.safetensors")):
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed"
+    process = start_and_wait_for_capture(private_cache, cache, out)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not out.exists(), "a killed run must leave no run folder"
     assert run_cli([*TINY, "--out", str(out)], cache).wait() == 0
     assert results_of(out) == results_of(reference)
     assert not list(tmp_path.glob(".killed.partial-*"))  # a killed run's staging folder is swept away
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_one_line_and_no_run_folder(private_cache, tmp_path):
+    out = tmp_path / "interrupted"
+    process = start_and_wait_for_capture(private_cache, tmp_path / "cache", out)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: interrupted") and "Traceback" not in err
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The embedded toy pair: each model masters its own hop; the baseline is near chance."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -58,3 +61,21 @@ def test_training_batches_supervise_exactly_the_answers():
                 assert f"friend {query[2]} {answer} ." in facts
             else:
                 assert f"{query[1]} lives {answer} ." in facts
+
+
+def test_training_is_bit_reproducible_across_processes():
+    script = (
+        "import hashlib, dataclasses; from transformer_lens import HookedTransformer\n"
+        "from mi_bridge.toy import TOY_MODELS, train_toy_model\n"
+        "recipe = dataclasses.replace(TOY_MODELS['toy-receiver'], steps=30)\n"
+        "model = HookedTransformer(recipe.model_config())\n"
+        "train_toy_model(model, recipe, 'test')\n"
+        "print(hashlib.sha256(b''.join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+        for _ in range(2)
+    }
+    assert len(digests) == 1
