@@ -21,7 +21,7 @@ from scipy import stats
 from torch import Tensor
 
 from mi_bridge import report
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions
 from mi_bridge.experiment import summarize_condition
 from mi_bridge.models import ModelPair
@@ -182,8 +182,6 @@ def prepare_context(
 
     pair = load_pair(config)
     sender_layer, receiver_layer = resolve_layers(config, pair)
-    if config.k > pair.language.max_k():
-        raise UserError(f"k={config.k} is larger than the entity pool allows (max k={pair.language.max_k()})")
     seeds = seed_contexts(config, pair, store or default_store(not getattr(options, "no_cache", False)))
     return AnalysisContext(config, pair, sender_layer, receiver_layer, seeds, options)
 

@@ -84,6 +84,8 @@ def load_pair(config: ExperimentConfig) -> ModelPair:
         if sender.tokenizer is None or sender.tokenizer.get_vocab() != receiver.tokenizer.get_vocab():
             raise UserError("sender and receiver must share a tokenizer (the text relay writes token ids)")
         language = pythia_language(receiver.tokenizer)
+    if config.k > language.max_k():
+        raise UserError(f"k={config.k} is larger than the entity pool allows (max k={language.max_k()})")
     return ModelPair(sender, receiver, config.sender_name, config.receiver_name, language)
 
 

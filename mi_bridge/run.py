@@ -163,8 +163,6 @@ def run(config: ExperimentConfig, use_cache: bool = True) -> int:
 
     pair = load_pair(config)
     sender_layer, receiver_layer = resolve_layers(config, pair)
-    if config.k > pair.language.max_k():
-        raise UserError(f"k={config.k} is larger than the entity pool allows (max k={pair.language.max_k()})")
     folder = Path(config.out) if config.out else default_out(config, sender_layer, receiver_layer)
     check_writable(folder)
     results, seeds = run_experiment(config, pair, sender_layer, receiver_layer, default_store(use_cache))
