@@ -40,7 +40,14 @@ def private_cache(tmp_path_factory):
     return root
 
 
+def _interruptible() -> None:
+    # A job started in the background by a non-interactive shell (as CI may be) inherits SIGINT as
+    # ignored, and Python then installs no KeyboardInterrupt handler: restore the terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(args, cache: Path, **kwargs) -> subprocess.Popen:
+    kwargs.setdefault("preexec_fn", _interruptible)
     env = dict(os.environ, MI_BRIDGE_CACHE=str(cache))
     return subprocess.Popen(
         [sys.executable, "-m", "mi_bridge.run", *args],
