@@ -28,7 +28,7 @@ from mi_bridge.analysis import (
     summarize_all,
 )
 from mi_bridge.bridge import LinearBridge, Standardizer, fit_quality
-from mi_bridge.capture import answer_logits, batches
+from mi_bridge.capture import answer_logits, batches, capture_resid_post
 from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import summarize_condition
 from mi_bridge.inject import inject_residual
@@ -138,16 +138,6 @@ def frozen(model):
             p.requires_grad_(flag)
 
 
-def oracle_answer_logits(receiver, tokens, batch_size) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat(
-            [
-                answer_logits(receiver, receiver(tokens[c], stop_at_layer=0), start_at_layer=0)
-                for c in batches(len(tokens), batch_size)
-            ]
-        )
-
-
 def analyze(ctx: AnalysisContext) -> AnalysisResult:
     options = ctx.options
     steps, lr = getattr(options, "train_steps", 300), getattr(options, "train_lr", 3e-3)
@@ -158,7 +148,14 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         alignment = seed.fit_bridge(ctx.sender_layer, ctx.receiver_layer)
         x = seed.sender_states([ctx.sender_layer])[ctx.sender_layer]
         fit = seed.items.subset(seed.fit_idx)
-        oracle = oracle_answer_logits(ctx.pair.receiver, fit.oracle_tokens, ctx.config.batch_size)
+        oracle = capture_resid_post(
+            ctx.pair.receiver,
+            fit.oracle_tokens,
+            layers=[0],
+            positions=[-1],
+            with_answer_logits=True,
+            batch_size=ctx.config.batch_size,
+        ).answer_logits
         usability, history = train_usability_bridge(
             ctx.pair.receiver,
             fit.placeholder_tokens,

@@ -66,8 +66,15 @@ def capture_resid_post(
 
 
 def answer_logits(
-    model: HookedTransformer, residual: Float[Tensor, "batch pos d_model"], *, start_at_layer: int
+    model: HookedTransformer,
+    residual: Float[Tensor, "batch pos d_model"],
+    *,
+    start_at_layer: int,
+    past_kv_cache=None,
 ) -> Float[Tensor, "batch d_vocab"]:
-    """Run the remaining layers from ``start_at_layer``; logits at the last position only."""
-    final = model(residual, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers)
+    """Run the remaining layers from ``start_at_layer`` (against ``past_kv_cache`` when the residual
+    holds only the last positions); logits at the last position only."""
+    final = model(
+        residual, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers, past_kv_cache=past_kv_cache
+    )
     return model.unembed(model.ln_final(final[:, -1:]))[:, 0]

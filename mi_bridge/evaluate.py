@@ -18,7 +18,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from mi_bridge import report
-from mi_bridge.capture import batches
+from mi_bridge.capture import answer_logits, batches
 from mi_bridge.inject import inject_residual
 
 VECTOR_KINDS = ("translated", "random", "shuffled", "mean", "self-patch")
@@ -126,13 +126,7 @@ class SharedPrefix:
 
     def logits(self, residual: Float[Tensor, "batch tail d_model"]) -> Float[Tensor, "batch d_vocab"]:
         """Answer logits after layers L+1.. for an (edited) tail residual."""
-        final = self.model(
-            residual,
-            start_at_layer=self.layer + 1,
-            stop_at_layer=self.model.cfg.n_layers,
-            past_kv_cache=self.cache,
-        )
-        return self.model.unembed(self.model.ln_final(final[:, -1:]))[:, 0]
+        return answer_logits(self.model, residual, start_at_layer=self.layer + 1, past_kv_cache=self.cache)
 
 
 @torch.no_grad()
