@@ -37,7 +37,7 @@ from mi_bridge.task import load_neox_tokenizer, pythia_language, sample_items, t
 from mi_bridge.toy import load_toy_model
 
 HERE = Path(__file__).resolve().parent
-TOKENIZER = HERE.parents[1] / "shared" / "data" / "gpt-neox-20b-tokenizer.json"
+TOKENIZER = HERE.parent.parent / "tests" / "data" / "gpt-neox-20b-tokenizer.json"
 PYTHIA = {  # (n_layers, d_model, n_heads): the published Pythia architectures
     "pythia-160m": (12, 768, 12),
     "pythia-410m": (24, 1024, 16),

@@ -18,8 +18,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa:
 
 from mi_bridge.task import TOY_WORDS  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TOKENIZER_FILE = SHARED / "data" / "gpt-neox-20b-tokenizer.json"
+TOKENIZER_FILE = Path(__file__).resolve().parent / "data" / "gpt-neox-20b-tokenizer.json"
 
 
 @pytest.fixture(autouse=True)
@@ -64,5 +63,5 @@ def neox_tokenizer():
     from mi_bridge.task import load_neox_tokenizer
 
     if not TOKENIZER_FILE.exists():
-        pytest.fail(f"the GPT-NeoX tokenizer is expected at {TOKENIZER_FILE} (shared/ beside the checkout)")
+        pytest.fail(f"the GPT-NeoX tokenizer is expected at {TOKENIZER_FILE} (it ships with the repository)")
     return load_neox_tokenizer(TOKENIZER_FILE)

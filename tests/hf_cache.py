@@ -1,7 +1,7 @@
 """Build a Hugging Face hub cache holding a randomly initialised Pythia-architecture checkpoint.
 
 The config is EleutherAI/pythia-14m's (GPT-NeoX: 6 layers, d_model 128, 4 heads, rotary_pct 0.25,
-parallel residual, untied embeddings); the tokenizer is the real GPT-NeoX tokenizer file from shared/.
+parallel residual, untied embeddings); the tokenizer is the real GPT-NeoX tokenizer file shipped in tests/data/.
 TransformerLens then loads it offline through exactly the code path a user's real download takes.
 """
 
