@@ -14,10 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import torch
 from jaxtyping import Float
-from scipy import stats
 from torch import Tensor
 
 from mi_bridge import report
@@ -26,7 +24,7 @@ from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditi
 from mi_bridge.experiment import summarize_condition
 from mi_bridge.models import ModelPair
 from mi_bridge.prepare import ActivationStore, SeedContext, check_finite, seed_contexts
-from mi_bridge.stats import excludes_zero
+from mi_bridge.stats import bootstrap_statistic, fmt_delta, helps, hurts  # noqa: F401 (the scripts' API)
 
 VERDICTS = ("supported", "not supported", "inconclusive")
 
@@ -112,19 +110,6 @@ def summarize_all(
     return [summarize_condition(ctx.config, seed_scores, c) for c in conditions]
 
 
-def fmt_delta(summary: dict, metric: str = "accuracy") -> str:
-    low, high = summary[f"delta_{metric}_ci"]
-    return f"{summary[f'delta_{metric}']:+.3f} [{low:+.3f}, {high:+.3f}]"
-
-
-def helps(summary: dict, metric: str = "accuracy") -> bool:
-    return excludes_zero(summary[f"delta_{metric}_ci"]) and summary[f"delta_{metric}"] > 0
-
-
-def hurts(summary: dict, metric: str = "accuracy") -> bool:
-    return excludes_zero(summary[f"delta_{metric}_ci"]) and summary[f"delta_{metric}"] < 0
-
-
 def condition_table(title: str, summaries: Sequence[dict]) -> Table:
     rows = [
         (
@@ -138,22 +123,6 @@ def condition_table(title: str, summaries: Sequence[dict]) -> Table:
         for s in summaries
     ]
     return Table(title, ("condition", "acc", "Δacc [95% CI]", "log p(C)", "Δlog p [95% CI]", "n"), rows)
-
-
-def bootstrap_statistic(samples: Sequence[np.ndarray], statistic, *, n_resamples: int, seed: int = 0):
-    """Point estimate and paired percentile bootstrap 95% CI of ``statistic(*samples)`` over items."""
-    samples = [np.asarray(s, dtype=np.float64) for s in samples]
-    estimate = float(statistic(*samples))
-    result = stats.bootstrap(
-        samples,
-        statistic,
-        paired=True,
-        vectorized=False,
-        n_resamples=n_resamples,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    return estimate, [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
 def per_item_cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[Tensor, " n"]:

@@ -51,6 +51,9 @@ class ExperimentConfig:
     """Items per forward pass."""
     n_bootstrap: int = 2000
     """Bootstrap resamples for the 95% confidence intervals."""
+    site_scan: bool = True
+    """Diagnose every receiver layer (self-patch, context-free ceiling, follow rate), so that the verdict
+    can name the layers where a sender-derived vector could help."""
     min_oracle_gap: float = 0.25
     """Task validity: oracle accuracy must exceed baseline accuracy by this much (CI excluding 0)."""
     device: str = "cpu"

@@ -21,9 +21,19 @@ from mi_bridge import report
 from mi_bridge.capture import answer_logits, batches
 from mi_bridge.inject import inject_residual
 
-VECTOR_KINDS = ("translated", "random", "shuffled", "mean", "self-patch")
-"""What is injected: the bridge's output, and the controls (DESIGN.md)."""
-PROMPTS = ("placeholder", "relay", "oracle")
+VECTOR_KINDS = (
+    "translated",
+    "random",
+    "shuffled",
+    "mean",
+    "self-patch",
+    "counterfactual self-patch",
+    "context-free self-patch",
+)
+"""What is injected: the bridge's output, and the controls (docs/DESIGN.md). The last two are the
+ceilings for anything the sender could send: the receiver's own state with the answers permuted in its
+context (does the site carry the answer?), and its own state for B read against another item's facts
+(B without this item's answer)."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +79,13 @@ class ItemScores:
     """log p(gold answer) over the full vocabulary."""
     logit_diff: Float[Tensor, " n_items"]
     """Gold logit minus the mean logit of the k-1 in-context distractors."""
+    choice: Int[Tensor, " n_items"]
+    """Index of the in-context answer with the highest logit (what the receiver answered)."""
 
     @classmethod
     def concat(cls, parts: Sequence[ItemScores]) -> ItemScores:
-        return cls(
-            *(torch.cat([getattr(p, f) for p in parts]) for f in ("correct", "gold_logprob", "logit_diff"))
-        )
+        names = ("correct", "gold_logprob", "logit_diff", "choice")
+        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in names))
 
 
 def score(
@@ -85,10 +96,12 @@ def score(
     gold_logit = candidate_logits.gather(1, gold_index[:, None])[:, 0]
     k = candidates.shape[1]
     distractor_mean = (candidate_logits.sum(1) - gold_logit) / (k - 1)
+    choice = candidate_logits.argmax(1)
     return ItemScores(
-        correct=(candidate_logits.argmax(1) == gold_index).double(),
+        correct=(choice == gold_index).double(),
         gold_logprob=logits.log_softmax(-1).gather(1, candidates.gather(1, gold_index[:, None]))[:, 0],
         logit_diff=gold_logit - distractor_mean,
+        choice=choice,
     )
 
 

@@ -1,6 +1,7 @@
-"""The transfer experiment of DESIGN.md, per seed: items -> states -> bridge -> conditions -> statistics.
+"""The transfer experiment of docs/DESIGN.md, per seed: items -> states -> bridge -> conditions -> statistics.
 
-Returns plain data (dicts of numbers, the bridges); rendering lives in ``report.py``.
+Returns plain data (dicts of numbers, the bridges); the site diagnosis and verdict are in
+``diagnosis.py``, rendering in ``report.py``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mi_bridge import diagnosis
 from mi_bridge.bridge import PREDICTORS, LinearBridge, fit_report
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions, standard_conditions
 from mi_bridge.models import ModelPair
 from mi_bridge.prepare import ActivationStore, SeedContext, check_finite, seed_contexts
-from mi_bridge.stats import excludes_zero, mean_and_seeds, paired_bootstrap_ci
+from mi_bridge.stats import mean_and_seeds, mean_with_ci, paired_bootstrap_ci
+
+SHUFFLE_SEED_OFFSET = 20_000
+"""Seed offset of the random and shuffled control vectors (distinct from the split's and the items')."""
+SITE_CONDITIONS = [
+    Condition(diagnosis.site_condition_name(k), vector=k, mode=diagnosis.SITE_MODE)
+    for k in diagnosis.SITE_KINDS
+]
 
 METRICS = {"accuracy": "correct", "logprob": "gold_logprob", "logit_diff": "logit_diff"}
 
@@ -32,6 +41,12 @@ class SeedData:
     sender_greedy_match: float
     fit: dict[str, dict[str, float]]
     bridge: LinearBridge
+    follow_index: Tensor
+    """Per held-out item, the index of the C that B lives in under the counterfactual prompt."""
+    probe_correct: Tensor
+    """Per held-out item, 1 if a linear probe on the sender state picks B among the k in-context B's."""
+    site_scan: dict[int, dict[str, ItemScores]]
+    """Per receiver layer, the scores of the replace-mode site controls (empty if not scanned)."""
 
 
 def run_seed(ctx: SeedContext, sender_layer: int, receiver_layer: int) -> SeedData:
@@ -42,7 +57,6 @@ def run_seed(ctx: SeedContext, sender_layer: int, receiver_layer: int) -> SeedDa
     fit = fit_report(bridge, *ctx.bridge_data(sender_layer, receiver_layer), seed=ctx.seed)
     translated = bridge(ctx.sender_states([sender_layer])[sender_layer][ctx.test_idx])
     check_finite(translated, what="bridge outputs")
-    self_patch = ctx.receiver_states([receiver_layer])[receiver_layer][ctx.test_idx]
     scores = evaluate_conditions(
         pair.receiver,
         ctx.test_prompts(),
@@ -50,7 +64,7 @@ def run_seed(ctx: SeedContext, sender_layer: int, receiver_layer: int) -> SeedDa
         test.gold_index,
         layer=receiver_layer,
         position=ctx.position(),
-        vectors=control_vectors(translated, self_patch, ctx.seed),
+        vectors=control_vectors(translated, site_vectors(ctx, receiver_layer), ctx.seed),
         conditions=standard_conditions(config.alphas),
         batch_size=config.batch_size,
         description=f"seed {ctx.seed}: conditions",
@@ -62,21 +76,76 @@ def run_seed(ctx: SeedContext, sender_layer: int, receiver_layer: int) -> SeedDa
         sender_greedy_match=float((sender_logits.argmax(-1) == test.bridge_ids).double().mean()),
         fit=fit,
         bridge=bridge,
+        follow_index=test.follow_index,
+        probe_correct=sender_probe(ctx, sender_layer),
+        site_scan=site_scan(ctx) if config.site_scan else {},
     )
 
 
+def site_vectors(ctx: SeedContext, layer: int) -> dict[str, Float[Tensor, "n_test d_receiver"]]:
+    """The receiver's own states at the site for the held-out items: from the oracle prompt
+    (self-patch), the counterfactual prompt and the context-free prompt."""
+    prompts = {
+        "self-patch": "oracle",
+        "counterfactual self-patch": "counterfactual",
+        "context-free self-patch": "context-free",
+    }
+    return {
+        kind: ctx.receiver_states([layer], prompt)[layer][ctx.test_idx] for kind, prompt in prompts.items()
+    }
+
+
+def site_scan(ctx: SeedContext, layers: list[int] | None = None) -> dict[int, dict[str, ItemScores]]:
+    """The replace-mode site controls at every receiver layer: where could any sender vector help?"""
+    layers = list(range(ctx.pair.receiver.cfg.n_layers)) if layers is None else layers
+    test = ctx.test
+    for prompt in ("oracle", "counterfactual", "context-free"):
+        ctx.receiver_states(layers, prompt)  # one pass per prompt for every layer
+    return {
+        layer: evaluate_conditions(
+            ctx.pair.receiver,
+            {"placeholder": test.placeholder_tokens},
+            test.answer_candidates,
+            test.gold_index,
+            layer=layer,
+            position=ctx.position(),
+            vectors=site_vectors(ctx, layer),
+            conditions=[BASELINE, *SITE_CONDITIONS],
+            batch_size=ctx.config.batch_size,
+            description=f"seed {ctx.seed}: site scan, layer {layer}",
+        )
+        for layer in layers
+    }
+
+
+def sender_probe(ctx: SeedContext, sender_layer: int) -> Float[Tensor, " n_test"]:
+    """Is B linearly decodable from the sender state? A ridge probe onto one-hot person identities,
+    fitted on the bridge's fit items; per held-out item, 1 if it ranks gold B first among the k B's."""
+    language = ctx.pair.language
+    person_ids = torch.tensor([language.token_id(p) for p in language.persons])
+    column = torch.full((int(person_ids.max()) + 1,), -1, dtype=torch.long)
+    column[person_ids] = torch.arange(len(person_ids))
+    states = ctx.sender_states([sender_layer])[sender_layer]
+    targets = torch.nn.functional.one_hot(column[ctx.items.bridge_ids], len(person_ids)).double()
+    probe = LinearBridge.fit(states[ctx.fit_idx], targets[ctx.fit_idx], seed=ctx.seed)
+    test = ctx.test
+    choice = probe(states[ctx.test_idx]).gather(1, column[test.bridge_candidates]).argmax(-1)
+    return (choice == test.gold_index).double()
+
+
 def control_vectors(
-    translated: Float[Tensor, "n d"], self_patch: Float[Tensor, "n d"], seed: int
+    translated: Float[Tensor, "n d"], site: dict[str, Float[Tensor, "n d"]], seed: int
 ) -> dict[str, Float[Tensor, "n d"]]:
-    """The translated vectors and their controls (norm-matched random, shuffled, mean, self-patch)."""
+    """The translated vectors and their controls: norm-matched random, shuffled, mean, and the
+    receiver's own site states (self-patch, counterfactual, context-free)."""
     n = translated.shape[0]
-    generator = torch.Generator().manual_seed(20_000 + seed)
+    generator = torch.Generator().manual_seed(SHUFFLE_SEED_OFFSET + seed)
     return {
         "translated": translated,
         "random": random_like(translated, generator),
         "shuffled": translated[derangement(n, generator)],
         "mean": translated.mean(0, keepdim=True).expand(n, -1),
-        "self-patch": self_patch,
+        **site,
     }
 
 
@@ -98,9 +167,12 @@ def derangement(n: int, generator: torch.Generator) -> Int[Tensor, " n"]:
 # Aggregation over seeds
 
 
-def summarize(config: ExperimentConfig, seeds: list[SeedData], conditions: list[Condition]) -> dict:
-    """results.json's ``validity``, ``bridge`` and ``conditions`` sections, and the verdict."""
-    conditions_out = [summarize_condition(config, [s.scores for s in seeds], c) for c in conditions]
+def summarize(
+    config: ExperimentConfig, seeds: list[SeedData], conditions: list[Condition], receiver_layer: int
+) -> dict:
+    """results.json's ``validity``, ``site``, ``decomposition``, ``bridge`` and ``conditions`` sections."""
+    follow = [s.follow_index for s in seeds]
+    conditions_out = [summarize_condition(config, [s.scores for s in seeds], c, follow) for c in conditions]
     by_name = {c["name"]: c for c in conditions_out}
     oracle = by_name["oracle"]
     gap, gap_ci = oracle["delta_accuracy"], oracle["delta_accuracy_ci"]
@@ -125,18 +197,44 @@ def summarize(config: ExperimentConfig, seeds: list[SeedData], conditions: list[
         name: {metric: mean_and_seeds([s.fit[name][metric] for s in seeds]) for metric in seeds[0].fit[name]}
         for name in PREDICTORS[1:]
     }
-    results = {"validity": validity, "bridge": bridge, "conditions": conditions_out}
-    results["verdict"] = verdict(results)
+    probe = mean_with_ci(
+        torch.cat([s.probe_correct for s in seeds]).numpy(), n_resamples=config.n_bootstrap, seed=1
+    )
+    results = {
+        "validity": validity,
+        "site": diagnosis.site_section(by_name, receiver_layer),
+        "site_scan": summarize_site_scan(config, seeds),
+        "sender_probe": probe,
+        "decomposition": diagnosis.decomposition(validity, conditions_out, probe),
+        "bridge": bridge,
+        "conditions": conditions_out,
+    }
+    results["verdict"] = diagnosis.verdict(results)
     return results
+
+
+def summarize_site_scan(config: ExperimentConfig, seeds: list[SeedData]) -> list[dict]:
+    """The site section at every scanned receiver layer (the lookup phase of the receiver)."""
+    follow = [s.follow_index for s in seeds]
+    rows = []
+    for layer in seeds[0].site_scan:
+        scores = [s.site_scan[layer] for s in seeds]
+        summaries = {c.name: summarize_condition(config, scores, c, follow) for c in SITE_CONDITIONS}
+        rows.append(diagnosis.site_section(summaries, layer))
+    return rows
 
 
 def summarize_condition(
     config: ExperimentConfig,
     seed_scores: list[dict[str, ItemScores]],
     condition: Condition,
+    follow_index: list[Tensor] | None = None,
     baseline: str = BASELINE.name,
 ) -> dict:
-    """Means, per-seed values and paired deltas vs ``baseline`` with bootstrap CIs (items pooled over seeds)."""
+    """Means, per-seed values and paired deltas vs ``baseline`` with bootstrap CIs (items pooled over seeds).
+
+    For the counterfactual self-patch, also the follow rate: the share of items answered with the C
+    that B lives in under the counterfactual prompt (``follow_index``, one tensor per seed)."""
     out = {
         "name": condition.name,
         "prompt": condition.prompt,
@@ -161,71 +259,16 @@ def summarize_condition(
             float((v - b).mean()) for v, b in zip(values, reference, strict=True)
         ]
         out[f"delta_{metric}_ci"] = list(ci)
+    if condition.vector == "counterfactual self-patch" and follow_index is not None:
+        followed = torch.cat(
+            [(s[condition.name].choice == f).double() for s, f in zip(seed_scores, follow_index, strict=True)]
+        )
+        out["follow_rate"] = mean_with_ci(followed.numpy(), n_resamples=config.n_bootstrap, seed=2)
     return out
-
-
-def verdict(results: dict) -> str:
-    """One paragraph: what the numbers support, and what they cannot."""
-    validity, bridge = results["validity"], results["bridge"]
-    by_name = {c["name"]: c for c in results["conditions"]}
-    fmt = lambda c: (
-        f"{c['delta_accuracy']:+.3f} [{c['delta_accuracy_ci'][0]:+.3f}, {c['delta_accuracy_ci'][1]:+.3f}]"
-    )
-    if not validity["valid"]:
-        gap = validity["oracle_gap"]
-        return (
-            f"Task not valid, no conclusion: the receiver's oracle accuracy "
-            f"({validity['receiver_oracle_accuracy']['mean']:.3f}) is not clearly above its baseline "
-            f"({validity['baseline_accuracy']['mean']:.3f}; gap {gap['mean']:+.3f}, 95% CI "
-            f"[{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}], required >= {validity['min_oracle_gap']}). "
-            "The receiver cannot use the bridge entity even when it is written in the slot, so injected "
-            "states cannot be judged here."
-        )
-    translated = [c for c in results["conditions"] if c["vector"] == "translated"]
-    helps = [c for c in translated if excludes_zero(c["delta_accuracy_ci"]) and c["delta_accuracy"] > 0]
-    hurts = [c for c in translated if excludes_zero(c["delta_accuracy_ci"]) and c["delta_accuracy"] < 0]
-    best = max(translated, key=lambda c: c["delta_accuracy"])
-    trivial = bridge["trivial_predictors"]
-    parts = [
-        f"The bridge reaches normalized cosine {bridge['normalized_cosine']['mean']:.3f} on held-out items "
-        f"(centered {bridge['centered_cosine']['mean']:.3f}, R^2 {bridge['r2']['mean']:.3f}; the receiver-mean "
-        f"predictor has raw cosine {trivial['receiver_mean']['raw_cosine']['mean']:.3f} against the bridge's "
-        f"{bridge['raw_cosine']['mean']:.3f})."
-    ]
-    if helps:
-        parts.append(
-            f"{len(helps)} of {len(translated)} translated-vector conditions raise accuracy with a CI above 0; "
-            f"the best is '{best['name']}' with delta accuracy {fmt(best)}."
-        )
-    else:
-        parts.append(
-            f"No translated-vector condition raises accuracy with a CI above 0 (best: '{best['name']}', "
-            f"{fmt(best)})."
-        )
-    if hurts:
-        parts.append(f"{len(hurts)} are destructive (CI below 0), e.g. '{hurts[0]['name']}' {fmt(hurts[0])}.")
-    self_patch = [c for c in results["conditions"] if c["vector"] == "self-patch"]
-    best_self = max(self_patch, key=lambda c: c["delta_accuracy"])
-    site_works = excludes_zero(best_self["delta_accuracy_ci"]) and best_self["delta_accuracy"] > 0
-    if site_works and not helps:
-        parts.append(
-            f"Self-patch at the same site works ('{best_self['name']}' {fmt(best_self)}), so the site can carry "
-            "the bridge entity: the failure is in the translation, not in the site."
-        )
-    elif site_works:
-        parts.append(f"Self-patch ceiling at this site: '{best_self['name']}' {fmt(best_self)}.")
-    else:
-        parts.append(
-            "Even the receiver's own oracle state at this site does not help (self-patch CI includes or is "
-            "below 0), so this site and layer cannot test transfer: try an earlier receiver layer."
-        )
-    relay = by_name["text relay"]
-    parts.append(f"The text relay changes accuracy by {fmt(relay)} (n={relay['n']} items over all seeds).")
-    return " ".join(parts)
 
 
 def run_experiment(
     config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int, store: ActivationStore
 ) -> tuple[dict, list[SeedData]]:
     seeds = [run_seed(ctx, sender_layer, receiver_layer) for ctx in seed_contexts(config, pair, store)]
-    return summarize(config, seeds, standard_conditions(config.alphas)), seeds
+    return summarize(config, seeds, standard_conditions(config.alphas), receiver_layer), seeds

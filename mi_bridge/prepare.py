@@ -30,7 +30,6 @@ from mi_bridge.task import TaskItems, sample_items
 from mi_bridge.toy import TOY_MODELS, cache_root
 
 CACHE_VERSION = 1  # bump when what a cached state means changes
-PROMPTS = ("sender", "placeholder", "oracle")
 
 
 def model_identity(name: str) -> str:
@@ -181,6 +180,8 @@ class SeedContext:
             "sender": self.items.sender_tokens,
             "placeholder": self.items.placeholder_tokens,
             "oracle": self.items.oracle_tokens,
+            "counterfactual": self.items.counterfactual_tokens,
+            "context-free": self.items.context_free_tokens,
         }[prompt]
 
     def states(

@@ -129,86 +129,204 @@ def bridge_rows(results: dict) -> list[tuple[str, ...]]:
     return rows
 
 
-def condition_rows(results: dict) -> list[tuple[tuple[str, ...], int]]:
-    """Rows and a sign: +1 / -1 where the accuracy or log-prob CI excludes 0, else 0."""
-    rows = []
-    for c in results["conditions"]:
-        sign = 0
-        for key in ("delta_accuracy", "delta_logprob"):
-            low, high = c[f"{key}_ci"]
-            if low > 0 or high < 0:
-                sign = sign or (1 if low > 0 else -1)
-        cells = (
-            c["name"],
-            f"{c['accuracy']:.3f}",
-            f"{c['delta_accuracy']:+.3f}",
-            _ci(c["delta_accuracy_ci"]),
-            f"{c['gold_logprob']:.2f}",
-            f"{c['delta_logprob']:+.2f}",
-            _ci(c["delta_logprob_ci"]),
-            str(c["n"]),
+def condition_cells(c: dict) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """One condition's cells, and per cell a sign: +1 / -1 where that cell's CI excludes 0, else 0."""
+    signs = {
+        m: (1 if c[f"delta_{m}_ci"][0] > 0 else -1 if c[f"delta_{m}_ci"][1] < 0 else 0)
+        for m in ("accuracy", "logprob")
+    }
+    cells = (
+        c["name"],
+        f"{c['accuracy']:.3f}",
+        f"{c['delta_accuracy']:+.3f} {_ci(c['delta_accuracy_ci'])}",
+        f"{c['gold_logprob']:.2f}",
+        f"{c['delta_logprob']:+.2f} {_ci(c['delta_logprob_ci'])}",
+        str(c["n"]),
+    )
+    return cells, (0, 0, signs["accuracy"], 0, signs["logprob"], 0)
+
+
+CONDITION_HEADER = ("condition", "acc", "Δacc [95% CI]", "log p(C)", "Δlog p [95% CI]", "n")
+
+
+def best_per_kind(results: dict) -> list[dict]:
+    """The prompt conditions, then the best condition (by Δ accuracy) of every injected vector kind."""
+    from mi_bridge.diagnosis import best
+
+    conditions = results["conditions"]
+    prompts = [c for c in conditions if c["vector"] is None and c["name"] != "baseline"]
+    kinds = list(dict.fromkeys(c["vector"] for c in conditions if c["vector"] is not None))
+    return prompts + [best(conditions, kind) for kind in kinds]
+
+
+def site_rows(results: dict) -> list[tuple[str, str, str]]:
+    site = results["site"]
+    delta = lambda d: f"{d['mean']:+.3f} {_ci(d['ci'])}"
+    return [
+        ("class", site["class"], f"receiver layer {site['layer']}, {results['config']['position']}"),
+        ("self-patch (own oracle state)", delta(site["self_patch"]), f"Δacc, {site['mode']}"),
+        (
+            "context-free self-patch (B alone)",
+            delta(site["context_free"]),
+            f"Δacc, {site['mode']}: the ceiling for a sender",
+        ),
+        ("counterfactual self-patch", delta(site["counterfactual"]), f"Δacc, {site['mode']}"),
+        (
+            "follow rate (answers the permuted C)",
+            f"{site['follow_rate']['mean']:.3f} {_ci(site['follow_rate']['ci'])}",
+            f"n={site['follow_rate']['n']}",
+        ),
+    ]
+
+
+def scan_rows(results: dict) -> list[tuple[str, ...]]:
+    delta = lambda d: f"{d['mean']:+.3f} {_ci(d['ci'])}"
+    return [
+        (
+            str(r["layer"]),
+            r["class"],
+            delta(r["self_patch"]),
+            delta(r["context_free"]),
+            f"{r['follow_rate']['mean']:.3f} {_ci(r['follow_rate']['ci'])}",
         )
-        rows.append((cells, sign))
+        for r in results.get("site_scan", [])
+    ]
+
+
+SCAN_HEADER = ("receiver layer", "class", "self-patch Δacc", "context-free Δacc", "follow rate")
+
+
+def decomposition_rows(results: dict) -> list[tuple[str, ...]]:
+    rows = []
+    lost = results["decomposition"]["first_lost"]
+    for s in results["decomposition"]["stages"]:
+        if s["passed"] is None:
+            rows.append((s["stage"], "not run", "", "", s["measures"]))
+            continue
+        value = f"{s['value']:+.3f}" if s["stage"] != "sender" else f"{s['value']:.3f}"
+        status = "LOST here" if s["stage"] == lost else ("passes" if s["passed"] else "fails")
+        note = f"{s['measures']} (vs {s['reference']:.3f})" if s["stage"] == "sender" else s["measures"]
+        rows.append((s["stage"], f"{value} {_ci(s['ci'])}", str(s["n"]), status, note))
     return rows
 
 
-CONDITION_HEADER = ("condition", "acc", "Δacc", "95% CI", "log p(C)", "Δlog p", "95% CI", "n")
+DECOMPOSITION_HEADER = ("stage", "value [95% CI]", "n", "status", "what it measures")
 
 
-def render(results: dict) -> None:
-    """The rich terminal report: configuration, validity, bridge fit, conditions, verdict."""
+def _rich_table(out: Console, title: str, header: tuple[str, ...], rows, styles=None) -> None:
+    table = Table(title=title, box=box.SIMPLE)
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for i, row in enumerate(rows):
+        table.add_row(*row, style=styles[i] if styles else None)
+    out.print(table)
+
+
+def render(results: dict, full: bool = False) -> None:
+    """The rich terminal report: decomposition and site first, then validity, fit, best conditions, verdict.
+
+    The full condition table is printed with ``full`` (it is always in report.md)."""
     out = Console(width=None if console.is_terminal else 132)
+    lost = results["decomposition"]["first_lost"]
+    _rich_table(
+        out,
+        f"Where is the signal lost? (first lost: {lost or 'none'})",
+        DECOMPOSITION_HEADER,
+        decomposition_rows(results),
+        ["bold red" if r[3] == "LOST here" else None for r in decomposition_rows(results)],
+    )
     table = Table(title="Configuration", box=box.SIMPLE, show_header=False)
     for key, value in configuration_rows(results):
         table.add_row(key, value)
     out.print(table)
-
-    table = Table(title="Task validity (held-out items, all seeds)", box=box.SIMPLE)
-    for column in ("measure", "mean", "per seed / note"):
-        table.add_column(column)
-    for row in validity_rows(results):
-        style = "bold red" if row[0] == "task valid" and row[1] == "NO" else None
-        table.add_row(*row, style=style)
-    out.print(table)
-
-    table = Table(
-        title=f"Bridge fit on held-out items (target: {results['bridge']['target']})", box=box.SIMPLE
+    validity = validity_rows(results)
+    styles = ["bold red" if r[0] == "task valid" and r[1] == "NO" else None for r in validity]
+    _rich_table(
+        out,
+        "Task validity (held-out items, all seeds)",
+        ("measure", "mean", "per seed / note"),
+        validity,
+        styles,
     )
-    for column in ("predictor", "normalized cos", "raw cos", "centered cos", "R²"):
-        table.add_column(column, justify="right")
-    for row in bridge_rows(results):
-        table.add_row(*row)
-    out.print(table)
-
-    table = Table(
-        title="Conditions: Δ vs baseline, paired bootstrap 95% CI (green/red: CI excludes 0)", box=box.SIMPLE
+    _rich_table(
+        out, "Site diagnosis (before any effect)", ("measure", "value [95% CI]", "note"), site_rows(results)
     )
-    for i, column in enumerate(CONDITION_HEADER):
-        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
-    for cells, sign in condition_rows(results):
-        table.add_row(*cells, style={1: "green", -1: "red", 0: None}[sign])
-    out.print(table)
+    if results.get("site_scan"):
+        _rich_table(out, "Site class per receiver layer (replace mode)", SCAN_HEADER, scan_rows(results))
+    _rich_table(
+        out,
+        f"Bridge fit on held-out items (target: {results['bridge']['target']})",
+        ("predictor", "normalized cos", "raw cos", "centered cos", "R²"),
+        bridge_rows(results),
+    )
+    _condition_table(
+        out, "Best condition per vector kind (Δ vs baseline, paired bootstrap 95% CI)", best_per_kind(results)
+    )
+    if full:
+        _condition_table(out, "All conditions", results["conditions"])
+    else:
+        out.print(f"({len(results['conditions'])} conditions in all: report.md, or --full)")
     out.print(Panel(results["verdict"], title="Verdict", expand=True))
 
 
-def markdown(results: dict, figure: str | None = None) -> str:
-    def md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-            "| " + " | ".join(r) + " |" for r in rows
-        ]
+def _condition_table(out: Console, title: str, conditions: list[dict]) -> None:
+    table = Table(title=title + " (green/red: that CI excludes 0)", box=box.SIMPLE)
+    for i, column in enumerate(CONDITION_HEADER):
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
+    for c in conditions:
+        cells, signs = condition_cells(c)
+        style = {1: "green", -1: "red", 0: ""}
+        table.add_row(
+            *(f"[{style[sign]}]{cell}[/]" if sign else cell for cell, sign in zip(cells, signs, strict=True))
+        )
+    out.print(table)
 
-    lines = ["# mi_bridge run", "", "## Configuration", ""]
+
+def md_table(header: tuple[str, ...], rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+def markdown(results: dict, figure: str | None = None) -> str:
+    def conditions_md(conditions: list[dict]) -> list[str]:
+        rows = []
+        for c in conditions:
+            cells, signs = condition_cells(c)
+            rows.append(
+                tuple(f"**{cell}**" if sign else cell for cell, sign in zip(cells, signs, strict=True))
+            )
+        return md_table(CONDITION_HEADER, rows)
+
+    lines = [
+        "# mi_bridge run",
+        "",
+        f"## Where is the signal lost? (first lost: {results['decomposition']['first_lost'] or 'none'})",
+        "",
+    ]
+    lines += md_table(DECOMPOSITION_HEADER, decomposition_rows(results))
+    lines += ["", "## Verdict", "", results["verdict"], "", "## Configuration", ""]
     lines += md_table(("setting", "value"), configuration_rows(results))
     lines += ["", "## Task validity", ""]
     lines += md_table(("measure", "mean", "per seed / note"), validity_rows(results))
+    lines += ["", "## Site diagnosis", ""]
+    lines += md_table(("measure", "value [95% CI]", "note"), site_rows(results))
+    if results.get("site_scan"):
+        lines += ["", "Site class per receiver layer (replace mode):", ""]
+        lines += md_table(SCAN_HEADER, scan_rows(results))
     lines += ["", f"## Bridge fit (held out, target {results['bridge']['target']})", ""]
     lines += md_table(("predictor", "normalized cos", "raw cos", "centered cos", "R²"), bridge_rows(results))
-    lines += ["", "## Conditions (Δ vs baseline, paired bootstrap 95% CI; **bold**: CI excludes 0)", ""]
-    rows = [tuple(f"**{x}**" if sign else x for x in cells) for cells, sign in condition_rows(results)]
-    lines += md_table(CONDITION_HEADER, rows)
+    lines += ["", "## Best condition per vector kind (**bold**: that CI excludes 0)", ""]
+    lines += conditions_md(best_per_kind(results))
     if figure:
         lines += ["", f"![Δ accuracy per condition]({figure})"]
-    lines += ["", "## Verdict", "", results["verdict"], ""]
+    lines += [
+        "",
+        "## All conditions (Δ vs baseline, paired bootstrap 95% CI; **bold**: that CI excludes 0)",
+        "",
+    ]
+    lines += conditions_md(results["conditions"])
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -230,33 +348,54 @@ def saved_figure(path: Path, nrows: int = 1, ncols: int = 1, **subplots):
 
 
 def conditions_figure(results: dict, path: Path) -> None:
-    """Forest plot: Δ accuracy with 95% CI for every condition, grouped by what is injected."""
-    conditions = [c for c in results["conditions"] if c["name"] != "baseline"]
-    with saved_figure(path, figsize=(7, 0.22 * len(conditions) + 1.2)) as (fig, ax):
-        colors = {
-            None: "black",
-            "translated": "tab:blue",
-            "random": "tab:gray",
-            "shuffled": "tab:orange",
-            "mean": "tab:purple",
-            "self-patch": "tab:green",
-        }
-        for row, c in enumerate(reversed(conditions)):
-            low, high = c["delta_accuracy_ci"]
+    """Δ accuracy with 95% CI, one panel per injected vector kind (rows: mode and α), with the oracle,
+    the self-patch and the context-free ceiling as reference lines."""
+    from mi_bridge.stats import error_bars
+
+    conditions = results["conditions"]
+    kinds = list(dict.fromkeys(c["vector"] for c in conditions if c["vector"] is not None))
+    by_name = {c["name"]: c for c in conditions}
+    site = results["site"]
+    references = [
+        (by_name["oracle"]["delta_accuracy"], "black", "--", "oracle"),
+        (site["self_patch"]["mean"], "tab:green", ":", "self-patch (replace)"),
+        (site["context_free"]["mean"], "tab:red", "-.", "context-free ceiling (replace)"),
+    ]
+    ncols = 2
+    nrows = (len(kinds) + ncols - 1) // ncols
+    with saved_figure(path, nrows, ncols, figsize=(10, 2.3 * nrows + 0.6), sharex=True, squeeze=False) as (
+        fig,
+        axes,
+    ):
+        for ax, kind in zip(axes.flat, kinds, strict=False):
+            chosen = [c for c in conditions if c["vector"] == kind]
+            values = [c["delta_accuracy"] for c in chosen]
             ax.errorbar(
-                c["delta_accuracy"],
-                row,
-                xerr=[[c["delta_accuracy"] - low], [high - c["delta_accuracy"]]],
+                values,
+                range(len(chosen)),
+                xerr=error_bars(values, [c["delta_accuracy_ci"] for c in chosen]),
                 fmt="o",
-                color=colors[c["vector"]],
                 markersize=3,
                 capsize=2,
+                color="tab:blue",
             )
-        ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_yticks(range(len(conditions)), [c["name"] for c in reversed(conditions)], fontsize=7)
-        ax.set_xlabel("Δ accuracy vs baseline (95% CI)")
-        ax.set_title(
-            f"{results['models']['sender']['name']} → {results['models']['receiver']['name']}", fontsize=9
+            for value, color, style, label in references:
+                ax.axvline(value, color=color, linestyle=style, linewidth=1, label=label)
+            ax.axvline(0, color="gray", linewidth=0.6)
+            ax.set_yticks(range(len(chosen)), [c["name"][len(kind) + 1 :] for c in chosen], fontsize=7)
+            ax.invert_yaxis()
+            ax.set_title(kind, fontsize=9)
+        spare = list(axes.flat)[len(kinds) :]
+        for ax in spare:
+            ax.axis("off")
+        for ax in axes[-1]:
+            ax.set_xlabel("Δ accuracy vs baseline (95% CI)")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        (spare[0] if spare else axes.flat[0]).legend(handles, labels, loc="center", fontsize=8)
+        fig.suptitle(
+            f"{results['models']['sender']['name']} → {results['models']['receiver']['name']}, "
+            f"site {site['class']} (receiver layer {site['layer']})",
+            fontsize=10,
         )
 
 
@@ -285,14 +424,7 @@ def render_analysis(result) -> None:
 def analysis_markdown(result, figure: str | None = None, heading: str = "#") -> str:
     lines = [f"{heading} {result.name}", "", f"**Hypothesis.** {result.hypothesis}", ""]
     for spec in result.tables:
-        lines += [
-            f"**{spec.title}**",
-            "",
-            "| " + " | ".join(spec.header) + " |",
-            "|" + "---|" * len(spec.header),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in spec.rows]
-        lines.append("")
+        lines += [f"**{spec.title}**", ""] + md_table(spec.header, spec.rows) + [""]
     if figure:
         lines += [f"![{result.name}]({figure})", ""]
     lines += [f"**Verdict: {result.verdict}.** {result.explanation}", ""]

@@ -55,7 +55,15 @@ def build_parser(prog: str = "python -m mi_bridge.run", description: str | None 
     p.add_argument(
         "--out", help="run folder (default runs/<pair>-<sender>-<receiver>-L<ls>-L<lr>-<site>-<target>)"
     )
+    p.add_argument(
+        "--site-scan",
+        action=argparse.BooleanOptionalAction,
+        help="classify the site at every receiver layer, so the verdict can name the pre-lookup ones (default on)",
+    )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached activations")
+    p.add_argument(
+        "--full", action="store_true", help="print every condition, not only the best per vector kind"
+    )
     return p
 
 
@@ -148,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         config = config_from_args(args)
         check_writable(Path(config.out) if config.out else Path("runs") / "probe")
-        return run(config, use_cache=not args.no_cache)
+        return run(config, use_cache=not args.no_cache, full=args.full)
 
     return report.one_line_errors(
         body, "nothing was written to the run folder (cached models and activations are kept)"
     )
 
 
-def run(config: ExperimentConfig, use_cache: bool = True) -> int:
+def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) -> int:
     # Heavy imports after argument checks, so that bad flags fail fast.
     from mi_bridge.experiment import run_experiment
     from mi_bridge.models import load_pair, resolve_layers
@@ -180,7 +188,7 @@ def run(config: ExperimentConfig, use_cache: bool = True) -> int:
         "versions": versions(),
         **results,
     }
-    report.render(results)
+    report.render(results, full=full)
     write_run_folder(folder, results, seeds, config)
     report.console.print(f"run folder: {folder}")
     return 0

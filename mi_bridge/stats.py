@@ -42,6 +42,55 @@ def excludes_zero(interval: Sequence[float]) -> bool:
     return bool(low > 0 or high < 0)
 
 
+def helps(summary: dict, metric: str = "accuracy") -> bool:
+    """A condition summary's Δ ``metric`` vs baseline is positive with its 95% CI excluding 0."""
+    return excludes_zero(summary[f"delta_{metric}_ci"]) and summary[f"delta_{metric}"] > 0
+
+
+def hurts(summary: dict, metric: str = "accuracy") -> bool:
+    """A condition summary's Δ ``metric`` vs baseline is negative with its 95% CI excluding 0."""
+    return excludes_zero(summary[f"delta_{metric}_ci"]) and summary[f"delta_{metric}"] < 0
+
+
+def fmt_ci(interval: Sequence[float], digits: int = 3) -> str:
+    return f"[{interval[0]:+.{digits}f}, {interval[1]:+.{digits}f}]"
+
+
+def fmt_delta(summary: dict, metric: str = "accuracy") -> str:
+    """``+0.123 [+0.100, +0.150]``: a summary's Δ ``metric`` with its 95% CI."""
+    return f"{summary[f'delta_{metric}']:+.3f} {fmt_ci(summary[f'delta_{metric}_ci'])}"
+
+
+def error_bars(values: Sequence[float], intervals: Sequence[Sequence[float]]) -> np.ndarray:
+    """matplotlib ``xerr``/``yerr`` (2, n) from point estimates and their CIs."""
+    values = np.asarray(values, dtype=np.float64)
+    intervals = np.asarray(intervals, dtype=np.float64).reshape(-1, 2)
+    return np.stack([values - intervals[:, 0], intervals[:, 1] - values])
+
+
+def bootstrap_statistic(samples: Sequence[np.ndarray], statistic, *, n_resamples: int, seed: int = 0):
+    """Point estimate and paired percentile bootstrap 95% CI of ``statistic(*samples)`` over items."""
+    samples = [np.asarray(s, dtype=np.float64) for s in samples]
+    estimate = float(statistic(*samples))
+    result = stats.bootstrap(
+        samples,
+        statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return estimate, [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+
+
+def mean_with_ci(values: np.ndarray, *, n_resamples: int, seed: int = 0) -> dict:
+    """``{"mean", "ci", "n"}`` of per-item values (e.g. 0/1 outcomes), percentile bootstrap."""
+    values = np.asarray(values, dtype=np.float64)
+    ci = paired_bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
+    return {"mean": float(values.mean()), "ci": list(ci), "n": int(values.size)}
+
+
 def mean_and_seeds(per_seed: list[float]) -> dict:
     """``{"mean": ..., "per_seed": [...]}`` as stored in results.json."""
     return {"mean": float(np.mean(per_seed)), "per_seed": [float(x) for x in per_seed]}

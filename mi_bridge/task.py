@@ -169,6 +169,14 @@ class TaskItems:
     """The k in-context C's (the receiver's answer candidates)."""
     gold_index: Int[Tensor, " n_items"]
     """Index of the gold answer in both candidate rows (B_j and C_j share j)."""
+    counterfactual_tokens: Int[Tensor, "n_items receiver_pos"]
+    """The oracle prompt with the C's cyclically permuted among the k facts (fact q gets the C of fact
+    q+1, in prompt order): gold B now lives in another in-context C."""
+    follow_index: Int[Tensor, " n_items"]
+    """Index (in ``answer_candidates``) of the C that gold B lives in under the counterfactual prompt."""
+    context_free_tokens: Int[Tensor, "n_items receiver_pos"]
+    """Gold B in the slot, after the facts of another item in which B does not occur: a receiver state
+    that carries B without this item's answer."""
     slot_position: int
 
     @property
@@ -200,6 +208,9 @@ class TaskItems:
                 "bridge_candidates",
                 "answer_candidates",
                 "gold_index",
+                "counterfactual_tokens",
+                "follow_index",
+                "context_free_tokens",
             )
         }
         return TaskItems(language=self.language, k=self.k, slot_position=self.slot_position, **fields)
@@ -228,7 +239,8 @@ def sample_items(language: Language, *, k: int, n_items: int, seed: int) -> Task
     placeholder_id = language.token_id(language.placeholder)
 
     rows: dict[str, list] = {
-        name: [] for name in ("sender", "placeholder", "oracle", "b", "b_cand", "c_cand", "j")
+        name: []
+        for name in ("sender", "placeholder", "oracle", "b", "b_cand", "c_cand", "j", "facts", "cf", "follow")
     }
     for _ in range(n_items):
         persons = rng.choice(person_ids, size=2 * k, replace=False).tolist()
@@ -239,13 +251,20 @@ def sample_items(language: Language, *, k: int, n_items: int, seed: int) -> Task
         for i in rng.permutation(k):
             sender += language.render(language.sender_fact, {"A": a_ids[i], "B": b_ids[i]})
         sender += language.render(language.sender_query, {"A": a_ids[j]})
-        receiver = [language.bos_id]
-        for i in rng.permutation(k):
+        order = rng.permutation(k)
+        receiver, counterfactual = [language.bos_id], [language.bos_id]
+        for q, i in enumerate(order):
             receiver += language.render(language.receiver_fact, {"B": b_ids[i], "C": c_ids[i]})
+            shifted = order[(q + 1) % k]  # cyclic: fact q takes the C of fact q+1
+            counterfactual += language.render(language.receiver_fact, {"B": b_ids[i], "C": c_ids[shifted]})
+        query = language.render(language.receiver_query, {"SLOT": b_ids[j]})
         rows["placeholder"].append(
             receiver + language.render(language.receiver_query, {"SLOT": placeholder_id})
         )
-        rows["oracle"].append(receiver + language.render(language.receiver_query, {"SLOT": b_ids[j]}))
+        rows["oracle"].append(receiver + query)
+        rows["facts"].append(receiver)
+        rows["cf"].append(counterfactual + query)
+        rows["follow"].append(int(order[(int(np.flatnonzero(order == j)[0]) + 1) % k]))
         rows["sender"].append(sender)
         rows["b"].append(b_ids[j])
         rows["b_cand"].append(b_ids)
@@ -256,6 +275,10 @@ def sample_items(language: Language, *, k: int, n_items: int, seed: int) -> Task
         language.render(language.receiver_query, {"SLOT": placeholder_id})
     )
     slot_position = query_start + _slot_offset(language)
+    context_free = [
+        rows["facts"][donor] + language.render(language.receiver_query, {"SLOT": rows["b"][i]})
+        for i, donor in enumerate(_donors(rows["b"], rows["b_cand"]))
+    ]
     as_long = lambda values: torch.tensor(np.array(values), dtype=torch.long)
     return TaskItems(
         language=language,
@@ -267,8 +290,24 @@ def sample_items(language: Language, *, k: int, n_items: int, seed: int) -> Task
         bridge_candidates=as_long(rows["b_cand"]),
         answer_candidates=as_long(rows["c_cand"]),
         gold_index=as_long(rows["j"]),
+        counterfactual_tokens=as_long(rows["cf"]),
+        follow_index=as_long(rows["follow"]),
+        context_free_tokens=as_long(context_free),
         slot_position=slot_position,
     )
+
+
+def _donors(bridge_ids: list[int], bridge_candidates: list[list[int]]) -> list[int]:
+    """For each item, the next item (cyclically) whose facts do not mention its B: the context of its
+    context-free prompt. Deterministic, so the items' random draws stay those of every earlier version."""
+    n = len(bridge_ids)
+    donors = []
+    for i, b in enumerate(bridge_ids):
+        donor = next((m % n for m in range(i + 1, i + n) if b not in bridge_candidates[m % n]), None)
+        if donor is None:
+            raise UserError("cannot build context-free prompts: every item's facts mention the same B")
+        donors.append(donor)
+    return donors
 
 
 def _slot_offset(language: Language) -> int:

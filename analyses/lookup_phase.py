@@ -1,0 +1,132 @@
+"""lookup_phase: "A sender-derived vector can only help before the receiver has looked the answer up."
+
+    python analyses/lookup_phase.py --pair toy
+
+For every receiver layer, at the configured site: self-patch (the receiver's own oracle state), the
+context-free ceiling (its state for B read against another item's facts: B without this item's answer),
+the follow rate of the counterfactual self-patch (share of items answered with the permuted C: does
+the state carry the answer?) and the best translated condition (bridge fitted per layer, every mode).
+Layers are classed pre-lookup, post-lookup or inert (docs/DESIGN.md, "Site diagnosis").
+"""
+
+import sys
+
+import numpy as np
+
+from mi_bridge import diagnosis
+from mi_bridge.analysis import (
+    AnalysisContext,
+    AnalysisResult,
+    Table,
+    evaluate_on_test,
+    run_script,
+    translated_vectors,
+)
+from mi_bridge.evaluate import standard_conditions
+from mi_bridge.experiment import SITE_CONDITIONS, site_vectors, summarize_condition
+from mi_bridge.report import saved_figure
+from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, helps
+
+NAME = "lookup_phase"
+HYPOTHESIS = "A sender-derived vector can only help before the receiver has looked the answer up."
+
+
+def analyze(ctx: AnalysisContext) -> AnalysisResult:
+    layers = list(range(ctx.pair.receiver.cfg.n_layers))
+    translated = [c for c in standard_conditions(ctx.config.alphas, ("translated",)) if c.is_injection]
+    conditions = [*SITE_CONDITIONS, *translated]
+    scores = {layer: [] for layer in layers}
+    for seed in ctx.seeds:
+        for layer in layers:
+            vectors = site_vectors(seed, layer) | {
+                "translated": translated_vectors(seed, ctx.sender_layer, layer)
+            }
+            scores[layer].append(evaluate_on_test(ctx, seed, vectors, conditions, layer=layer))
+    follow = [seed.test.follow_index for seed in ctx.seeds]
+    rows = []
+    for layer in layers:
+        summaries = [summarize_condition(ctx.config, scores[layer], c, follow) for c in conditions]
+        site = diagnosis.site_section({s["name"]: s for s in summaries}, layer)
+        rows.append(site | {"best_translated": diagnosis.best(summaries, "translated")})
+    helping = [r for r in rows if helps(r["best_translated"])]
+    outside = [r for r in helping if r["class"] != "pre-lookup"]
+    post = [r["layer"] for r in rows if r["class"] == "post-lookup"]
+    pre = [r["layer"] for r in rows if r["class"] == "pre-lookup"]
+    numbers = (
+        f"Pre-lookup layers: {pre or 'none'}; post-lookup: {post or 'none'}; inert: "
+        f"{[r['layer'] for r in rows if r['class'] == 'inert'] or 'none'}. The translated vector helps "
+        f"(best condition, CI above 0) at layers {[r['layer'] for r in helping] or 'none'}. "
+        + " ".join(
+            f"Layer {r['layer']}: context-free {fmt_delta_site(r['context_free'])}, follow rate "
+            f"{r['follow_rate']['mean']:.3f}, best translated {fmt_delta(r['best_translated'])}."
+            for r in rows
+        )
+    )
+    if outside:
+        verdict = "not supported"
+        tail = f" The translated vector helps at non-pre-lookup layers {[r['layer'] for r in outside]}."
+    elif not post:
+        verdict = "inconclusive"
+        tail = " No layer is post-lookup at this site, so the claim is not put to the test here."
+    else:
+        verdict = "supported"
+        tail = " Wherever the receiver has already looked the answer up, no translated vector helps."
+    table = Table(
+        f"Lookup phase per receiver layer ({ctx.config.position}; Δacc vs baseline, 95% CI; n={rows[0]['self_patch']['n']})",
+        ("layer", "class", "self-patch", "context-free ceiling", "follow rate", "best translated"),
+        [
+            (
+                str(r["layer"]),
+                r["class"],
+                fmt_delta_site(r["self_patch"]),
+                fmt_delta_site(r["context_free"]),
+                f"{r['follow_rate']['mean']:.3f} {fmt_ci(r['follow_rate']['ci'])}",
+                f"{fmt_delta(r['best_translated'])} ({r['best_translated']['name']})",
+            )
+            for r in rows
+        ],
+    )
+    return AnalysisResult(NAME, HYPOTHESIS, verdict, numbers + tail, [table], {"layers": rows})
+
+
+def fmt_delta_site(value: dict) -> str:
+    return f"{value['mean']:+.3f} {fmt_ci(value['ci'])}"
+
+
+def plot(result: AnalysisResult, path) -> None:
+    rows = result.data["layers"]
+    layers = np.array([r["layer"] for r in rows])
+    series = (
+        ("self-patch", lambda r: r["self_patch"], "tab:green"),
+        ("context-free ceiling", lambda r: r["context_free"], "tab:red"),
+        ("follow rate", lambda r: r["follow_rate"], "tab:orange"),
+        (
+            "best translated",
+            lambda r: {"mean": r["best_translated"]["delta_accuracy"], "ci": r["best_translated"]["delta_accuracy_ci"]},
+            "tab:blue",
+        ),
+    )
+    with saved_figure(path, figsize=(7, 4)) as (fig, ax):
+        for offset, (label, get, color) in zip((-0.09, -0.03, 0.03, 0.09), series, strict=True):
+            values = [get(r)["mean"] for r in rows]
+            ax.errorbar(
+                layers + offset,
+                values,
+                yerr=error_bars(values, [get(r)["ci"] for r in rows]),
+                fmt="o-",
+                color=color,
+                label=label,
+                capsize=2,
+                markersize=4,
+            )
+        for r in rows:
+            ax.annotate(r["class"], (r["layer"], 1.02), ha="center", fontsize=7, xycoords=("data", "axes fraction"))
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(layers)
+        ax.set_xlabel("receiver layer (injection)")
+        ax.set_ylabel("Δ accuracy vs baseline / follow rate")
+        ax.legend(fontsize=8)
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(sys.modules[__name__]))

@@ -1,0 +1,116 @@
+"""Site diagnosis: the counterfactual and context-free prompts, the site classes, the decomposition."""
+
+import pytest
+import torch
+
+from mi_bridge import diagnosis
+from mi_bridge.task import pythia_language, sample_items, toy_language
+
+
+def languages(neox_tokenizer):
+    return [toy_language(), pythia_language(neox_tokenizer)]
+
+
+def fact_layout(items):
+    """Start of each receiver fact and the offsets of B and C inside it."""
+    language = items.language
+    fact_length = len(language.render(language.receiver_fact, {"B": 0, "C": 0}))
+    offsets = {
+        field: len(language.render(language.receiver_fact[: language.receiver_fact.index(field)], {"B": 0}))
+        for field in ("B", "C")
+    }
+    starts = [1 + q * fact_length for q in range(items.k)]
+    return starts, offsets
+
+
+@pytest.mark.parametrize("k", [2, 4, 6])
+def test_counterfactual_prompt_permutes_only_the_answers(neox_tokenizer, k):
+    for language in languages(neox_tokenizer):
+        items = sample_items(language, k=k, n_items=40, seed=3)
+        oracle, counterfactual = items.oracle_tokens, items.counterfactual_tokens
+        starts, offsets = fact_layout(items)
+        c_positions = torch.tensor([s + offsets["C"] for s in starts])
+        differs = (oracle != counterfactual).any(0)
+        assert not differs[~torch.isin(torch.arange(oracle.shape[1]), c_positions)].any()
+        for i in range(items.n_items):
+            original, permuted = oracle[i, c_positions], counterfactual[i, c_positions]
+            assert sorted(original.tolist()) == sorted(permuted.tolist())  # a permutation of the C's
+            assert (original != permuted).all()  # cyclic: no fact keeps its C
+            # gold B's fact now holds the C named by follow_index, which is not the gold answer
+            b_positions = torch.tensor([s + offsets["B"] for s in starts])
+            q = int((oracle[i, b_positions] == items.bridge_ids[i]).nonzero()[0, 0])
+            assert permuted[q] == items.answer_candidates[i, items.follow_index[i]]
+            assert items.follow_index[i] != items.gold_index[i]
+
+
+def test_context_free_prompt_never_contains_b_in_its_facts(neox_tokenizer):
+    for language in languages(neox_tokenizer):
+        items = sample_items(language, k=4, n_items=60, seed=5)
+        starts, _ = fact_layout(items)
+        query_start = starts[-1] + (starts[1] - starts[0])  # after <bos> and the k facts
+        facts = items.context_free_tokens[:, :query_start]
+        for i in range(items.n_items):
+            assert items.bridge_ids[i] not in facts[i].tolist()
+        # the query is the oracle's: B in the slot, same tokens after the facts
+        assert torch.equal(items.context_free_tokens[:, query_start:], items.oracle_tokens[:, query_start:])
+        assert torch.equal(items.context_free_tokens[:, items.slot_position], items.bridge_ids)
+        # the facts are another item's (a real context, not noise)
+        oracle_facts = {tuple(row) for row in items.oracle_tokens[:, :query_start].tolist()}
+        assert all(tuple(row) in oracle_facts for row in facts.tolist())
+
+
+def test_new_prompts_leave_the_existing_items_unchanged():
+    """Adding the prompts drew no extra random numbers: items of a seed are those of earlier versions."""
+    items = sample_items(toy_language(), k=4, n_items=5, seed=0)
+    decoded = toy_language().decode(items.oracle_tokens[0].tolist())
+    assert decoded == "<bos> p13 lives c16 . p1 lives c21 . p11 lives c18 . p26 lives c17 . ? p1 lives"
+
+
+def summary(delta: float, low: float, high: float, name: str = "x", vector: str = "v", n: int = 100) -> dict:
+    return {"name": name, "vector": vector, "delta_accuracy": delta, "delta_accuracy_ci": [low, high], "n": n}
+
+
+def follow(rate: float) -> dict:
+    return {"mean": rate, "ci": [rate - 0.02, rate + 0.02], "n": 100}
+
+
+@pytest.mark.parametrize(
+    "self_patch, context_free, follow_rate, expected",
+    [
+        (summary(0.75, 0.72, 0.78), summary(0.74, 0.71, 0.77), follow(0.0), "pre-lookup"),
+        (summary(0.75, 0.72, 0.78), summary(0.01, -0.02, 0.04), follow(0.99), "post-lookup"),
+        (summary(0.01, -0.02, 0.04), summary(0.00, -0.03, 0.03), follow(0.25), "inert"),
+        (summary(0.75, 0.72, 0.78), summary(0.10, 0.07, 0.13), follow(0.10), "undetermined"),
+        # context-free helps but below half of self-patch, and the answer is carried: post-lookup
+        (summary(0.75, 0.72, 0.78), summary(0.20, 0.17, 0.23), follow(0.80), "post-lookup"),
+    ],
+)
+def test_site_classes_follow_from_planted_cases(self_patch, context_free, follow_rate, expected):
+    assert diagnosis.classify_site(self_patch, context_free, follow_rate) == expected
+
+
+def planted_results(context_free: dict, probe_low: float, translated: dict, valid: bool = True) -> dict:
+    conditions = [
+        {**context_free, "name": "context-free self-patch replace", "vector": "context-free self-patch"},
+        {**translated, "name": "translated replace", "vector": "translated"},
+    ]
+    validity = {"oracle_gap": {"mean": 0.7, "ci": [0.68, 0.72]}, "valid": valid, "chance": 0.25}
+    probe = {"mean": probe_low + 0.02, "ci": [probe_low, probe_low + 0.04], "n": 100}
+    return diagnosis.decomposition(validity, conditions, probe)
+
+
+@pytest.mark.parametrize(
+    "context_free, probe_low, translated, valid, lost",
+    [
+        (summary(0.7, 0.6, 0.8), 0.9, summary(0.5, 0.4, 0.6), False, "task"),
+        (summary(0.0, -0.1, 0.1), 0.9, summary(0.0, -0.1, 0.1), True, "site"),
+        (summary(0.7, 0.6, 0.8), 0.20, summary(0.0, -0.1, 0.1), True, "sender"),
+        (summary(0.7, 0.6, 0.8), 0.9, summary(0.0, -0.1, 0.1), True, "translation"),
+        (summary(0.7, 0.6, 0.8), 0.9, summary(0.5, 0.4, 0.6), True, None),
+    ],
+)
+def test_decomposition_names_the_first_stage_that_fails(context_free, probe_low, translated, valid, lost):
+    result = planted_results(context_free, probe_low, translated, valid)
+    assert result["first_lost"] == lost
+    assert [s["stage"] for s in result["stages"]] == [name for name, _ in diagnosis.STAGES]
+    assert result["stages"][-1]["passed"] is None  # usability: not run here
