@@ -26,6 +26,8 @@ from mi_bridge.report import saved_figure
 
 NAME = "alignment_vs_usability"
 HYPOTHESIS = "Per-item alignment does not predict per-item benefit."
+SITE_DEPENDENT = True
+"""Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
 
 
 def add_arguments(parser) -> None:

@@ -28,6 +28,8 @@ from mi_bridge.report import saved_figure
 NAME = "direction_ablation"
 HYPOTHESIS = "Only the part of the translated vector that lies along the receiver's own state carries B."
 PAIRS = (("parallel", "orthogonal"), ("top-k subspace", "complement"), ("item-specific", "mean"))
+SITE_DEPENDENT = True
+"""Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
 
 
 def add_arguments(parser) -> None:

@@ -4,7 +4,7 @@
 
 For every sender layer x receiver layer (a strided grid on deep models), fits the bridge to the
 receiver's oracle state at the site, and measures its held-out normalized cosine and the Δ accuracy of
-injecting the translated vector; self-patch per receiver layer is the ceiling.
+injecting the translated vector; the context-free self-patch per receiver layer is the ceiling.
 """
 
 import sys
@@ -23,6 +23,7 @@ from mi_bridge.analysis import (
 )
 from mi_bridge.bridge import fit_quality
 from mi_bridge.evaluate import BASELINE, Condition
+from mi_bridge.experiment import site_vectors
 from mi_bridge.report import saved_figure
 
 NAME = "layer_sweep"
@@ -61,8 +62,9 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         sender_states = seed.sender_states(sender_layers)  # one pass for every layer
         receiver_states = seed.receiver_states(receiver_layers)
         for lr in receiver_layers:
-            vectors = {"self-patch": receiver_states[lr][seed.test_idx]}
-            conditions = [Condition("self-patch", vector="self-patch", mode=mode, alpha=1.0)]
+            # the ceiling for a sender at this layer: the receiver's own state for B without this item's answer
+            vectors = {"context-free": site_vectors(seed, lr)["context-free self-patch"]}
+            conditions = [Condition("context-free", vector="context-free", mode=mode, alpha=1.0)]
             for ls in sender_layers:
                 bridge = seed.fit_bridge(ls, lr)
                 translated = bridge(sender_states[ls][seed.test_idx])
@@ -75,7 +77,7 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
                 cells[(ls, lr)]["scores"].append(
                     {"baseline": scores[BASELINE.name], "cell": scores[f"L{ls}"]}
                 )
-            ceiling_scores[lr].append({"baseline": scores[BASELINE.name], "cell": scores["self-patch"]})
+            ceiling_scores[lr].append({"baseline": scores[BASELINE.name], "cell": scores["context-free"]})
     cell = Condition("cell", vector="cell", mode=mode, alpha=1.0)
     summary = {
         key: summarize_all(ctx, value["scores"], [cell])[0]
@@ -89,7 +91,7 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
     numbers = (
         f"{len(useful)} of {len(summary)} layer pairs raise accuracy with a CI above 0 ({mode}). Best: sender layer "
         f"{best_key[0]} -> receiver layer {best_key[1]}, Δacc {fmt_delta(best)}, normalized cosine "
-        f"{best['normalized_cosine']:.3f}; self-patch there: {fmt_delta(ceiling[best_key[1]])} (n={best['n']} per cell)."
+        f"{best['normalized_cosine']:.3f}; context-free ceiling there: {fmt_delta(ceiling[best_key[1]])} (n={best['n']} per cell)."
     )
     verdict = "not supported" if useful else "supported"
     rows = [
@@ -98,7 +100,7 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
     ]
     table = Table(
         f"Layer grid ({mode}; Δacc vs baseline, 95% CI)",
-        ("sender", "receiver", "norm. cos", "Δacc", "self-patch Δacc"),
+        ("sender", "receiver", "norm. cos", "Δacc", "context-free ceiling Δacc"),
         rows,
     )
     data = {
@@ -114,7 +116,7 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         "normalized_cosine": [
             [summary[(ls, lr)]["normalized_cosine"] for lr in receiver_layers] for ls in sender_layers
         ],
-        "self_patch_delta_accuracy": [ceiling[lr]["delta_accuracy"] for lr in receiver_layers],
+        "context_free_delta_accuracy": [ceiling[lr]["delta_accuracy"] for lr in receiver_layers],
         "n_per_cell": best["n"],
     }
     tail = (

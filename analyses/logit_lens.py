@@ -28,6 +28,8 @@ NAME = "logit_lens"
 HYPOTHESIS = "Translated vectors do not decode to the bridge entity in the receiver."
 KINDS = ("translated", "self-patch", "native")
 TOP = 10
+SITE_DEPENDENT = True
+"""Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
 
 
 def ranks(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -102,7 +102,10 @@ def plot(result: AnalysisResult, path) -> None:
         ("follow rate", lambda r: r["follow_rate"], "tab:orange"),
         (
             "best translated",
-            lambda r: {"mean": r["best_translated"]["delta_accuracy"], "ci": r["best_translated"]["delta_accuracy_ci"]},
+            lambda r: {
+                "mean": r["best_translated"]["delta_accuracy"],
+                "ci": r["best_translated"]["delta_accuracy_ci"],
+            },
             "tab:blue",
         ),
     )
@@ -120,7 +123,9 @@ def plot(result: AnalysisResult, path) -> None:
                 markersize=4,
             )
         for r in rows:
-            ax.annotate(r["class"], (r["layer"], 1.02), ha="center", fontsize=7, xycoords=("data", "axes fraction"))
+            ax.annotate(
+                r["class"], (r["layer"], 1.02), ha="center", fontsize=7, xycoords=("data", "axes fraction")
+            )
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(layers)
         ax.set_xlabel("receiver layer (injection)")

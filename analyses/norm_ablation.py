@@ -32,6 +32,8 @@ NAME = "norm_ablation"
 HYPOTHESIS = "Norm, not direction, is why replacement destroys."
 DEFAULT_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 LINES = ("translated", "self-patch", "random")
+SITE_DEPENDENT = True
+"""Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
 
 
 def add_arguments(parser) -> None:

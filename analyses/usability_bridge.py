@@ -30,13 +30,14 @@ from mi_bridge.analysis import (
 from mi_bridge.bridge import LinearBridge, Standardizer, fit_quality
 from mi_bridge.capture import answer_logits, batches, capture_resid_post
 from mi_bridge.evaluate import standard_conditions
-from mi_bridge.experiment import summarize_condition
+from mi_bridge.experiment import site_vectors, summarize_condition
 from mi_bridge.inject import inject_residual
 from mi_bridge.report import saved_figure
 
 NAME = "usability_bridge"
 HYPOTHESIS = "A bridge trained for usability communicates where the alignment fit does not."
-KINDS = ("alignment", "usability", "self-patch")
+KINDS = ("alignment", "usability", "context-free self-patch")
+"""The context-free self-patch is the ceiling: the receiver's own state for B without this item's answer."""
 
 
 def add_arguments(parser) -> None:
@@ -175,7 +176,7 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         vectors = {
             "alignment": alignment(x[seed.test_idx]),
             "usability": usability(x[seed.test_idx]),
-            "self-patch": target,
+            "context-free self-patch": site_vectors(seed, ctx.receiver_layer)["context-free self-patch"],
         }
         for name in cosines:
             cosines[name].append(fit_quality(vectors[name], target, alignment.y_norm)["normalized_cosine"])
@@ -189,8 +190,10 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
     cos = {name: float(np.mean(values)) for name, values in cosines.items()}
     numbers = (
         f"Best usability-bridge condition '{best['usability']['name']}': Δacc {fmt_delta(best['usability'])}; best "
-        f"alignment-fit condition '{best['alignment']['name']}': {fmt_delta(best['alignment'])}; self-patch ceiling "
-        f"{fmt_delta(best['self-patch'])} (n={best['usability']['n']}). Held-out normalized cosine to the receiver's "
+        f"alignment-fit condition '{best['alignment']['name']}': {fmt_delta(best['alignment'])}; context-free ceiling "
+        f"{fmt_delta(best['context-free self-patch'])} (n={best['usability']['n']}); the usability bridge closes "
+        f"{gap_closed(best['usability'], best['context-free self-patch'])} of the gap between the baseline and that "
+        "ceiling. Held-out normalized cosine to the receiver's "
         f"own state: usability bridge {cos['usability']:.3f}, alignment fit {cos['alignment']:.3f}. Validation KL "
         f"(fit items held out from training) went from {np.mean([c['validation'][0] for c in curves]):.3f} to "
         f"{np.mean([min(c['validation']) for c in curves]):.3f} at the selected step; training KL ended at "
@@ -245,6 +248,13 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         "train": {"steps": steps, "lr": lr, "mode": mode},
     }
     return AnalysisResult(NAME, HYPOTHESIS, verdict, numbers + tail, tables, data)
+
+
+def gap_closed(summary: dict, ceiling: dict) -> str:
+    """Share of the baseline-to-ceiling gap a condition closes (undefined when the ceiling is not above 0)."""
+    if ceiling["delta_accuracy"] <= 0:
+        return "an undefined share (the ceiling is not above the baseline)"
+    return f"{summary['delta_accuracy'] / ceiling['delta_accuracy']:.0%}"
 
 
 def plot(result: AnalysisResult, path) -> None:

@@ -17,6 +17,7 @@ from mi_bridge.config import UserError
 
 SCRIPTS_FOLDER = Path(__file__).resolve().parents[1] / "analyses"
 ORDER = (
+    "lookup_phase",
     "alignment_inflation",
     "logit_lens",
     "norm_ablation",
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         combined += [f"- **{r.name}**: {r.verdict}" for r in results] + [""]
         for r in results:
             combined.append(report.analysis_markdown(r, figure=f"{r.name}/figure.png", heading="##"))
+        combined.insert(2, f"**{report.site_summary(ctx.site())}** {ctx.site()['explanation']}\n")
 
         write_text_atomic(root / "report.md", "\n".join(combined))
         report.console.print(f"combined report: {root / 'report.md'}")

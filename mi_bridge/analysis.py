@@ -39,6 +39,22 @@ class AnalysisContext:
     receiver_layer: int
     seeds: list[SeedContext]
     options: argparse.Namespace = field(default_factory=argparse.Namespace)
+    _site: dict | None = field(default=None, repr=False)
+
+    def site(self) -> dict:
+        """The site diagnosis at the configured receiver layer and position, computed once per context."""
+        if self._site is None:
+            from mi_bridge.diagnosis import site_section
+            from mi_bridge.experiment import SITE_CONDITIONS, site_vectors
+
+            scores = [
+                evaluate_on_test(self, seed, site_vectors(seed, self.receiver_layer), SITE_CONDITIONS)
+                for seed in self.seeds
+            ]
+            follow = [seed.test.follow_index for seed in self.seeds]
+            summaries = {c.name: summarize_condition(self.config, scores, c, follow) for c in SITE_CONDITIONS}
+            self._site = site_section(summaries, self.receiver_layer)
+        return self._site
 
 
 @dataclass
@@ -166,7 +182,9 @@ def analyze_and_publish(module: ModuleType, ctx: AnalysisContext, folder: Path) 
     from mi_bridge.run import check_writable, versions
 
     check_writable(folder)
-    result = module.analyze(ctx)
+    site = ctx.site()
+    report.render_site(site)  # before any effect: what this site can show at all
+    result = qualify_by_site(module, module.analyze(ctx), site)
     report.render_analysis(result)
 
     def write(staging: Path) -> None:
@@ -174,17 +192,35 @@ def analyze_and_publish(module: ModuleType, ctx: AnalysisContext, folder: Path) 
             "analysis": result.to_dict(),
             "config": ctx.config.to_dict(),
             "layers": {"sender": ctx.sender_layer, "receiver": ctx.receiver_layer},
+            "site": site,
             "options": {k: v for k, v in vars(ctx.options).items() if _is_json(v)},
             "versions": versions(),
         }
         (staging / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
         (staging / "config.json").write_text(json.dumps(ctx.config.to_dict(), indent=2) + "\n")
         module.plot(result, staging / "figure.png")
-        (staging / "report.md").write_text(report.analysis_markdown(result, figure="figure.png"))
+        (staging / "report.md").write_text(report.analysis_markdown(result, figure="figure.png", site=site))
 
     publish_folder(folder, write)
     report.console.print(f"{module.NAME}: {folder}")
     return result
+
+
+def qualify_by_site(module: ModuleType, result: AnalysisResult, site: dict) -> AnalysisResult:
+    """A script that declares ``SITE_DEPENDENT`` judges a cause (norm, direction, alignment) that only a
+    pre-lookup site can isolate: elsewhere no sender vector can help at all, so its verdict is withheld."""
+    if not getattr(module, "SITE_DEPENDENT", False) or site["class"] == "pre-lookup":
+        return result
+    if result.verdict == "inconclusive":
+        return result
+    note = (
+        f" The site is {site['class']} (context-free ceiling {site['context_free']['mean']:+.3f}, follow rate "
+        f"{site['follow_rate']['mean']:.3f}): no vector from the sender can help here, so this analysis cannot "
+        f"separate its cause from that; it would otherwise read '{result.verdict}'. Rerun at a pre-lookup layer."
+    )
+    return AnalysisResult(
+        result.name, result.hypothesis, "inconclusive", result.explanation + note, result.tables, result.data
+    )
 
 
 def _is_json(value) -> bool:

@@ -421,8 +421,27 @@ def render_analysis(result) -> None:
     )
 
 
-def analysis_markdown(result, figure: str | None = None, heading: str = "#") -> str:
+def site_summary(site: dict) -> str:
+    return (
+        f"Site: {site['class']} (receiver layer {site['layer']}, {site['mode']}): self-patch "
+        f"{site['self_patch']['mean']:+.3f} {_ci(site['self_patch']['ci'])}, context-free ceiling "
+        f"{site['context_free']['mean']:+.3f} {_ci(site['context_free']['ci'])}, follow rate "
+        f"{site['follow_rate']['mean']:.3f} {_ci(site['follow_rate']['ci'])}, n={site['self_patch']['n']}."
+    )
+
+
+def render_site(site: dict) -> None:
+    out = Console(width=None if console.is_terminal else 132)
+    style = "bold green" if site["class"] == "pre-lookup" else "bold yellow"
+    out.print(
+        Panel(f"[{style}]{site['class']}[/]: {site['explanation']}", title="Site diagnosis", expand=True)
+    )
+
+
+def analysis_markdown(result, figure: str | None = None, heading: str = "#", site: dict | None = None) -> str:
     lines = [f"{heading} {result.name}", "", f"**Hypothesis.** {result.hypothesis}", ""]
+    if site is not None:
+        lines += [f"**{site_summary(site)}** {site['explanation']}", ""]
     for spec in result.tables:
         lines += [f"**{spec.title}**", ""] + md_table(spec.header, spec.rows) + [""]
     if figure:

@@ -7,7 +7,8 @@ import torch
 from transformer_lens import HookedTransformer
 
 from mi_bridge.analyses import ORDER, load_script, main
-from mi_bridge.analysis import VERDICTS
+from mi_bridge.analysis import VERDICTS, AnalysisResult, qualify_by_site
+from mi_bridge.diagnosis import SITE_CLASSES
 from mi_bridge.capture import answer_logits
 from mi_bridge.evaluate import Condition, evaluate_conditions
 
@@ -142,6 +143,7 @@ def test_every_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
     for name in ORDER:
         results = json.loads((out / name / "results.json").read_text())
         assert results["analysis"]["verdict"] in VERDICTS
+        assert results["site"]["class"] in SITE_CLASSES  # every analysis carries its site diagnosis
         assert results["analysis"]["explanation"]
         assert (out / name / "figure.png").stat().st_size > 1000
         assert f"{name}/figure.png" in combined
@@ -156,3 +158,24 @@ def test_every_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
 def test_an_unknown_analysis_is_one_clear_error(capsys):
     assert main(["no_such_analysis"]) == 2
     assert "no analysis script" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("site_class", SITE_CLASSES)
+def test_site_dependent_verdicts_are_withheld_off_a_pre_lookup_site(site_class):
+    site = {
+        "class": site_class,
+        "context_free": {"mean": 0.0, "ci": [-0.01, 0.01]},
+        "follow_rate": {"mean": 0.99, "ci": [0.98, 1.0]},
+    }
+    result = AnalysisResult("norm_ablation", "h", "supported", "numbers.", [], {})
+    dependent = qualify_by_site(load_script("norm_ablation"), result, site)
+    independent = qualify_by_site(load_script("alignment_inflation"), result, site)
+    assert independent.verdict == "supported"  # a claim about cosines does not depend on the site
+    if site_class == "pre-lookup":
+        assert dependent.verdict == "supported"
+    else:
+        assert dependent.verdict == "inconclusive"
+        assert (
+            site_class in dependent.explanation
+            and "would otherwise read 'supported'" in dependent.explanation
+        )
