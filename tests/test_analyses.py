@@ -8,8 +8,8 @@ from transformer_lens import HookedTransformer
 
 from mi_bridge.analyses import ORDER, load_script, main
 from mi_bridge.analysis import VERDICTS, AnalysisResult, qualify_by_site
-from mi_bridge.diagnosis import SITE_CLASSES
 from mi_bridge.capture import answer_logits
+from mi_bridge.diagnosis import SITE_CLASSES
 from mi_bridge.evaluate import Condition, evaluate_conditions
 
 from .conftest import make_cfg
