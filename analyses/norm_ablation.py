@@ -23,6 +23,7 @@ from mi_bridge.analysis import (
     summarize_all,
     translated_vectors,
 )
+from mi_bridge.config import SeedOffset
 from mi_bridge.evaluate import Condition
 from mi_bridge.experiment import random_like
 from mi_bridge.inject import rescale_to
@@ -47,7 +48,7 @@ def add_arguments(parser) -> None:
 
 def ablation_vectors(translated, self_patch, scales, seed: int) -> dict[str, torch.Tensor]:
     """Scaled vectors for the sweep, and the two norm/direction swaps."""
-    generator = torch.Generator().manual_seed(30_000 + seed)
+    generator = torch.Generator().manual_seed(SeedOffset.NORM_ABLATION + seed)
     base = {"translated": translated, "self-patch": self_patch, "random": random_like(translated, generator)}
     vectors = {f"{kind} x{scale:g}": scale * vector for kind, vector in base.items() for scale in scales}
     vectors["translated dir, self-patch norm"] = rescale_to(translated, self_patch)

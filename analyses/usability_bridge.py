@@ -9,12 +9,9 @@ condition set, next to the alignment fit, and its alignment cosine is reported t
 positive control for the paper's conclusion that offline alignment is not sufficient.
 """
 
-import contextlib
 import sys
-from dataclasses import replace as dataclass_replace
 
 import numpy as np
-import torch
 
 from mi_bridge.analysis import (
     AnalysisContext,
@@ -27,12 +24,11 @@ from mi_bridge.analysis import (
     run_script,
     summarize_all,
 )
-from mi_bridge.bridge import LinearBridge, Standardizer, fit_quality
-from mi_bridge.capture import answer_logits, batches, capture_resid_post
+from mi_bridge.bridge import fit_quality
 from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import site_vectors, summarize_condition
-from mi_bridge.inject import inject_residual
 from mi_bridge.report import saved_figure
+from mi_bridge.usability import usability_bridge
 
 NAME = "usability_bridge"
 HYPOTHESIS = "A bridge trained for usability communicates where the alignment fit does not."
@@ -53,92 +49,6 @@ def add_arguments(parser) -> None:
     )
 
 
-def train_usability_bridge(
-    receiver,
-    tokens,
-    oracle_logits,
-    sender_states,
-    start: LinearBridge,
-    *,
-    layer: int,
-    position: int,
-    mode: str = "replace",
-    steps: int = 300,
-    lr: float = 3e-3,
-    batch_size: int = 64,
-    seed: int = 0,
-    validation_fraction: float = 0.2,
-    eval_every: int = 25,
-) -> tuple[LinearBridge, dict[str, list[float]]]:
-    """Train (weight, output offset) of ``start`` so that injection reproduces the oracle answer distribution.
-
-    The receiver stays frozen: its prefix up to ``layer`` is computed once without gradients, and the
-    optimizer holds only the map's parameters. A held-out part of the items picks the step with the
-    least validation KL (early stopping), so the map is not judged after it has memorized its items.
-    """
-    with torch.no_grad():
-        prefix = torch.cat([receiver(tokens[c], stop_at_layer=layer + 1) for c in batches(len(tokens), 256)])
-        target = oracle_logits.log_softmax(-1)
-        inputs = start.x_norm(sender_states)
-    generator = torch.Generator().manual_seed(40_000 + seed)
-    order = torch.randperm(len(tokens), generator=generator)
-    n_val = max(1, int(len(tokens) * validation_fraction))
-    val, train = order[:n_val], order[n_val:]
-    weight = start.weight.clone().requires_grad_(True)
-    offset = torch.zeros(start.d_receiver, requires_grad=True)  # in standardized units
-    optimizer = torch.optim.Adam([weight, offset], lr=lr)
-
-    def kl(rows: torch.Tensor) -> torch.Tensor:
-        vectors = (inputs[rows] @ weight + offset) * start.y_norm.std + start.y_norm.mean
-        logits = answer_logits(
-            receiver, inject_residual(prefix[rows], position, vectors, mode), start_at_layer=layer + 1
-        )
-        return torch.nn.functional.kl_div(
-            logits.log_softmax(-1), target[rows], log_target=True, reduction="batchmean"
-        )
-
-    history = {"train": [], "validation": [], "validation_step": []}
-    best = (float("inf"), weight.detach().clone(), offset.detach().clone())
-    with frozen(receiver):
-        for step in range(steps + 1):
-            if step % eval_every == 0 or step == steps:
-                with torch.no_grad():
-                    value = kl(val).item()
-                history["validation"].append(value)
-                history["validation_step"].append(step)
-                if value < best[0]:
-                    best = (value, weight.detach().clone(), offset.detach().clone())
-            if step == steps:
-                break
-            loss = kl(train[torch.randperm(len(train), generator=generator)[:batch_size]])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            history["train"].append(loss.item())
-    _, best_weight, best_offset = best
-    y_norm = Standardizer(start.y_norm.mean + best_offset * start.y_norm.std, start.y_norm.std)
-    trained = dataclass_replace(
-        start,
-        weight=best_weight,
-        y_norm=y_norm,
-        metadata=start.metadata | {"trained_for": f"usability ({mode})"},
-    )
-    return trained, history
-
-
-@contextlib.contextmanager
-def frozen(model):
-    """The model's parameters stop requiring gradients inside the block (restored after, even on error)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 def analyze(ctx: AnalysisContext) -> AnalysisResult:
     options = ctx.options
     steps, lr = getattr(options, "train_steps", 300), getattr(options, "train_lr", 3e-3)
@@ -146,31 +56,10 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
     conditions = [c for c in standard_conditions(ctx.config.alphas, KINDS) if c.is_injection]
     seed_scores, curves, cosines = [], [], {"alignment": [], "usability": []}
     for seed in ctx.seeds:
-        alignment = seed.fit_bridge(ctx.sender_layer, ctx.receiver_layer)
-        x = seed.sender_states([ctx.sender_layer])[ctx.sender_layer]
-        fit = seed.items.subset(seed.fit_idx)
-        oracle = capture_resid_post(
-            ctx.pair.receiver,
-            fit.oracle_tokens,
-            layers=[0],
-            positions=[-1],
-            with_answer_logits=True,
-            batch_size=ctx.config.batch_size,
-        ).answer_logits
-        usability, history = train_usability_bridge(
-            ctx.pair.receiver,
-            fit.placeholder_tokens,
-            oracle,
-            x[seed.fit_idx],
-            alignment,
-            layer=ctx.receiver_layer,
-            position=seed.position(),
-            mode=mode,
-            steps=steps,
-            lr=lr,
-            batch_size=ctx.config.batch_size,
-            seed=seed.seed,
+        alignment, usability, history = usability_bridge(
+            seed, ctx.sender_layer, ctx.receiver_layer, mode=mode, steps=steps, lr=lr
         )
+        x = seed.sender_states([ctx.sender_layer])[ctx.sender_layer]
         curves.append(history)
         target = seed.receiver_states([ctx.receiver_layer])[ctx.receiver_layer][seed.test_idx]
         vectors = {

@@ -25,6 +25,7 @@ ORDER = (
     "layer_sweep",
     "alignment_vs_usability",
     "usability_bridge",
+    "learning_curve",
     "injection_site",
 )
 

@@ -39,22 +39,23 @@ class AnalysisContext:
     receiver_layer: int
     seeds: list[SeedContext]
     options: argparse.Namespace = field(default_factory=argparse.Namespace)
-    _site: dict | None = field(default=None, repr=False)
+    _sites: dict[int, dict] = field(default_factory=dict, repr=False)
 
-    def site(self) -> dict:
-        """The site diagnosis at the configured receiver layer and position, computed once per context."""
-        if self._site is None:
+    def site(self, layer: int | None = None) -> dict:
+        """The site diagnosis at a receiver layer (default: the configured one), computed once per layer."""
+        layer = self.receiver_layer if layer is None else layer
+        if layer not in self._sites:
             from mi_bridge.diagnosis import site_section
             from mi_bridge.experiment import SITE_CONDITIONS, site_vectors
 
             scores = [
-                evaluate_on_test(self, seed, site_vectors(seed, self.receiver_layer), SITE_CONDITIONS)
+                evaluate_on_test(self, seed, site_vectors(seed, layer), SITE_CONDITIONS, layer=layer)
                 for seed in self.seeds
             ]
             follow = [seed.test.follow_index for seed in self.seeds]
             summaries = {c.name: summarize_condition(self.config, scores, c, follow) for c in SITE_CONDITIONS}
-            self._site = site_section(summaries, self.receiver_layer)
-        return self._site
+            self._sites[layer] = site_section(summaries, layer)
+        return self._sites[layer]
 
 
 @dataclass

@@ -14,6 +14,21 @@ TARGETS = ("relay-slot", "same-input")
 DEFAULT_MODELS = {"toy": ("toy-sender", "toy-receiver"), "pythia": ("pythia-160m", "pythia-410m")}
 
 
+class SeedOffset:
+    """Offsets added to a seed's index so that each random stream of one seed is distinct."""
+
+    SPLIT = 10_000
+    """The train/test split of a seed's items."""
+    CONTROLS = 20_000
+    """The norm-matched random and shuffled control vectors."""
+    NORM_ABLATION = 30_000
+    """The random directions of the norm ablation."""
+    USABILITY = 40_000
+    """The usability bridge's minibatches and validation split."""
+    FIT_ITEMS = 50_000
+    """The extra bridge-fit items drawn with ``n_fit``."""
+
+
 class UserError(Exception):
     """Bad input from the user: reported as one line with exit code 2, never as a traceback."""
 
@@ -43,6 +58,9 @@ class ExperimentConfig:
     """Facts per hop in context (chance is 1/k)."""
     n_items: int = 1000
     """Items sampled per seed; split into bridge-fit and evaluation halves."""
+    n_fit: int | None = None
+    """Bridge-fit items per seed, drawn apart from the held-out items (which stay those of ``n_items``,
+    so runs with different ``n_fit`` are paired); default: the part of ``n_items`` not held out."""
     seeds: int = 3
     """Number of seeds; each draws fresh items and a fresh train/test split."""
     test_fraction: float = 0.5
@@ -83,10 +101,10 @@ class ExperimentConfig:
             raise UserError(f"seeds must be at least 1 (got {self.seeds})")
         if not 0 < self.test_fraction < 1:
             raise UserError(f"test fraction must lie strictly between 0 and 1 (got {self.test_fraction})")
-        if self.n_fit < 8 or self.n_test < 8:
+        if self.fit_items < 8 or self.n_test < 8:
             raise UserError(
-                f"too few items to split: n_items={self.n_items} gives {self.n_fit} fit and {self.n_test} "
-                "test items; each needs at least 8"
+                f"too few items: n_items={self.n_items}, n_fit={self.n_fit} give {self.fit_items} fit and "
+                f"{self.n_test} test items; each needs at least 8"
             )
         if self.batch_size < 1 or self.n_bootstrap < 100:
             raise UserError("batch size must be >= 1 and bootstrap resamples >= 100")
@@ -112,8 +130,9 @@ class ExperimentConfig:
         return int(round(self.n_items * self.test_fraction))
 
     @property
-    def n_fit(self) -> int:
-        return self.n_items - self.n_test
+    def fit_items(self) -> int:
+        """Bridge-fit items per seed."""
+        return self.n_items - self.n_test if self.n_fit is None else self.n_fit
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -16,14 +16,12 @@ from torch import Tensor
 
 from mi_bridge import diagnosis
 from mi_bridge.bridge import PREDICTORS, LinearBridge, fit_report
-from mi_bridge.config import ExperimentConfig
+from mi_bridge.config import ExperimentConfig, SeedOffset
 from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions, standard_conditions
 from mi_bridge.models import ModelPair
 from mi_bridge.prepare import ActivationStore, SeedContext, check_finite, seed_contexts
 from mi_bridge.stats import mean_and_seeds, mean_with_ci, paired_bootstrap_ci
 
-SHUFFLE_SEED_OFFSET = 20_000
-"""Seed offset of the random and shuffled control vectors (distinct from the split's and the items')."""
 SITE_CONDITIONS = [
     Condition(diagnosis.site_condition_name(k), vector=k, mode=diagnosis.SITE_MODE)
     for k in diagnosis.SITE_KINDS
@@ -139,7 +137,7 @@ def control_vectors(
     """The translated vectors and their controls: norm-matched random, shuffled, mean, and the
     receiver's own site states (self-patch, counterfactual, context-free)."""
     n = translated.shape[0]
-    generator = torch.Generator().manual_seed(SHUFFLE_SEED_OFFSET + seed)
+    generator = torch.Generator().manual_seed(SeedOffset.CONTROLS + seed)
     return {
         "translated": translated,
         "random": random_like(translated, generator),

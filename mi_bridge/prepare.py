@@ -23,7 +23,7 @@ from torch import Tensor
 from mi_bridge import __version__, report
 from mi_bridge.bridge import LinearBridge
 from mi_bridge.capture import capture_resid_post
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig, SeedOffset, UserError
 from mi_bridge.files import sha256_tensor, write_atomic
 from mi_bridge.models import ModelPair
 from mi_bridge.task import TaskItems, sample_items
@@ -125,7 +125,7 @@ def default_store(use_cache: bool = True) -> ActivationStore:
 
 
 def split(n_items: int, n_test: int, seed: int) -> tuple[Int[Tensor, " n_fit"], Int[Tensor, " n_test"]]:
-    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(10_000 + seed))
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(SeedOffset.SPLIT + seed))
     return order[n_test:], order[:n_test]
 
 
@@ -146,6 +146,15 @@ class SeedContext:
             self.pair.language, k=self.config.k, n_items=self.config.n_items, seed=self.seed
         )
         self.fit_idx, self.test_idx = split(self.items.n_items, self.config.n_test, self.seed)
+        if self.config.n_fit is not None:  # fit items of their own; the held-out items stay the same
+            extra = sample_items(
+                self.pair.language,
+                k=self.config.k,
+                n_items=self.config.n_fit,
+                seed=SeedOffset.FIT_ITEMS + self.seed,
+            )
+            self.fit_idx = torch.arange(self.items.n_items, self.items.n_items + extra.n_items)
+            self.items = self.items.join(extra)
 
     @property
     def test(self) -> TaskItems:
@@ -172,6 +181,7 @@ class SeedContext:
                 self.config.n_items,
                 self.seed,
             ]
+            + ([] if self.config.n_fit is None else [self.config.n_fit])
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

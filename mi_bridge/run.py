@@ -48,6 +48,11 @@ def build_parser(prog: str = "python -m mi_bridge.run", description: str | None 
     )
     p.add_argument("--k", type=int, help=f"facts per hop (default {defaults.k})")
     p.add_argument("--n-items", type=int, help=f"items per seed (default {defaults.n_items})")
+    p.add_argument(
+        "--n-fit",
+        type=int,
+        help="bridge-fit items per seed, apart from the held-out items (default: n_items - held out)",
+    )
     p.add_argument("--seeds", type=int, help=f"number of seeds (default {defaults.seeds})")
     p.add_argument("--batch-size", type=int, help=f"items per forward pass (default {defaults.batch_size})")
     p.add_argument("--n-bootstrap", type=int, help=f"bootstrap resamples (default {defaults.n_bootstrap})")

@@ -9,7 +9,7 @@ Every entity is one token, every template has a fixed token length, so all items
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,7 @@ def _toy_encode(text: str) -> list[int]:
 
 
 def toy_language() -> Language:
-    # Key right before value in both hops: small models learn this lookup fast (see DESIGN.md).
+    # Key right before value in both hops: small models learn this lookup fast (see docs/DESIGN.md).
     return Language(
         name="toy",
         bos_id=TOY_INDEX["<bos>"],
@@ -214,6 +214,21 @@ class TaskItems:
             )
         }
         return TaskItems(language=self.language, k=self.k, slot_position=self.slot_position, **fields)
+
+    def join(self, other: TaskItems) -> TaskItems:
+        """These items followed by ``other``'s (same language, k and prompt layout)."""
+        if (other.language.name, other.k, other.slot_position) != (
+            self.language.name,
+            self.k,
+            self.slot_position,
+        ):
+            raise ValueError("can only join items of one language, k and prompt layout")
+        tensors = {
+            f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)])
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return TaskItems(language=self.language, k=self.k, slot_position=self.slot_position, **tensors)
 
     def describe(self, i: int) -> dict[str, str]:
         decode = self.language.decode

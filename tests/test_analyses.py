@@ -69,7 +69,7 @@ def test_the_logit_lens_of_the_last_residual_is_the_models_output(tiny_model):
 
 
 def test_the_usability_bridge_learns_and_only_the_map_gets_gradients():
-    usability = load_script("usability_bridge")
+    from mi_bridge import usability
     from mi_bridge.bridge import LinearBridge
 
     receiver = HookedTransformer(make_cfg(n_layers=2)).train()
@@ -135,6 +135,8 @@ def test_every_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
         "0.5,1,2",
         "--train-steps",
         "20",
+        "--curve-sizes",
+        "16,32",
         "--out",
         str(out),
     ]

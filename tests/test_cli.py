@@ -43,13 +43,41 @@ def test_the_run_folder_and_results_schema(tiny_run):
         "bridge.safetensors",
     }
     results = json.loads((tiny_run / "results.json").read_text())
-    assert {"config", "validity", "bridge", "conditions", "verdict"} <= set(results)
+    assert {
+        "config",
+        "validity",
+        "site",
+        "site_scan",
+        "decomposition",
+        "bridge",
+        "conditions",
+        "verdict",
+    } <= set(results)
+    site = results["site"]
+    assert site["class"] in ("pre-lookup", "post-lookup", "inert", "undetermined")
+    for key in ("self_patch", "context_free", "follow_rate"):
+        assert (
+            set(site[key]) == {"mean", "ci", "n"}
+            and site[key]["ci"][0] <= site[key]["mean"] <= site[key]["ci"][1]
+        )
+    assert [row["layer"] for row in results["site_scan"]] == list(range(4))  # every receiver layer
+    assert results["site_scan"][results["layers"]["receiver"]] == site  # the scan agrees with the run
+    stages = [s["stage"] for s in results["decomposition"]["stages"]]
+    assert stages == ["task", "site", "sender", "translation", "usability"]
     for metric in ("normalized_cosine", "raw_cosine", "centered_cosine", "r2"):
         assert set(results["bridge"][metric]) == {"mean", "per_seed"}
         assert len(results["bridge"][metric]["per_seed"]) == 2
     names = [c["name"] for c in results["conditions"]]
     assert names[:3] == ["baseline", "text relay", "oracle"]
-    for kind in ("translated", "random", "shuffled", "mean", "self-patch"):
+    for kind in (
+        "translated",
+        "random",
+        "shuffled",
+        "mean",
+        "self-patch",
+        "counterfactual self-patch",
+        "context-free self-patch",
+    ):
         assert {f"{kind} add a=0.5", f"{kind} add a=1", f"{kind} replace", f"{kind} rescale"} <= set(names)
     for condition in results["conditions"]:
         assert CONDITION_KEYS <= set(condition)
@@ -62,7 +90,13 @@ def test_the_run_folder_and_results_schema(tiny_run):
     # checked exactly in test_inject; here, self-patch replace must reach the oracle's accuracy
     by_name = {c["name"]: c for c in results["conditions"]}
     assert by_name["self-patch replace"]["accuracy"] >= by_name["oracle"]["accuracy"] - 0.05
-    assert "## Verdict" in (tiny_run / "report.md").read_text()
+    markdown = (tiny_run / "report.md").read_text()
+    assert "## Verdict" in markdown and "## Site diagnosis" in markdown
+    # bold marks single cells whose CI excludes 0, never a whole row
+    for line in markdown.splitlines():
+        if line.startswith("| ") and "**" in line:
+            cells = line.strip("|").split("|")
+            assert not all(cell.strip().startswith("**") for cell in cells), line
 
 
 def test_the_config_file_repeats_the_run_exactly(tiny_run, tmp_path):
