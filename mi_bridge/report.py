@@ -385,6 +385,7 @@ def conditions_figure(results: dict, path: Path) -> None:
             ax.set_yticks(range(len(chosen)), [c["name"][len(kind) + 1 :] for c in chosen], fontsize=7)
             ax.invert_yaxis()
             ax.set_title(kind, fontsize=9)
+            ax.tick_params(labelbottom=True)  # shared x axis, but a spare panel would hide a column's ticks
         spare = list(axes.flat)[len(kinds) :]
         for ax in spare:
             ax.axis("off")
