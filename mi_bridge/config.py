@@ -11,6 +11,8 @@ import torch
 PAIRS = ("toy", "pythia")
 POSITIONS = ("slot", "final")
 TARGETS = ("relay-slot", "same-input")
+CHOICES = {"pair": PAIRS, "position": POSITIONS, "target": TARGETS}
+"""The allowed values of the config fields that take one of a few names (used by the CLI)."""
 DEFAULT_MODELS = {"toy": ("toy-sender", "toy-receiver"), "pythia": ("pythia-160m", "pythia-410m")}
 
 

@@ -1,0 +1,193 @@
+"""The one runner layer under every entry point (``mi_bridge.run``, the analysis scripts,
+``python -m mi_bridge.analyses``, ``mi_bridge.sweep``): flags generated from ``ExperimentConfig``, config
+loading, the writability check, provenance, and publishing a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import platform
+import subprocess
+import tempfile
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+
+from mi_bridge.config import CHOICES, ExperimentConfig, UserError
+from mi_bridge.files import publish_folder
+
+NOT_FLAGS = ("extra",)
+"""Config fields that are not command-line flags (free-form notes carried in config.json)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit code 2 (no usage dump)."""
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
+@cache
+def field_docs(cls: type = ExperimentConfig) -> dict[str, str]:
+    """Each dataclass field's docstring (the string literal under it), read from the class source."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split()).replace(
+                "%", "%%"
+            )  # argparse formats help with %
+    return docs
+
+
+def _comma_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(a) for a in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+
+
+def _flag_type(annotation) -> Callable[[str], object] | None:
+    """The argparse type of a field annotation (``X | None`` takes X); None for booleans."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if annotation is bool:
+        return None
+    if typing.get_origin(annotation) is tuple:
+        return _comma_floats
+    if annotation in (int, float, str):
+        return annotation
+    raise TypeError(f"no command-line form for a config field of type {annotation}")
+
+
+def _default_text(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return str(value)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ExperimentConfig field, its help the field's docstring and its default."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    docs = field_docs()
+    for spec in fields(ExperimentConfig):
+        if spec.name in NOT_FLAGS:
+            continue
+        default = spec.default if spec.default is not MISSING else spec.default_factory()
+        help_text = docs.get(spec.name, "")
+        if default is not None:
+            help_text += f" (default: {_default_text(default)})"
+        flag = "--" + spec.name.replace("_", "-")
+        kind = _flag_type(hints[spec.name])
+        if kind is None:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, choices=CHOICES.get(spec.name), help=help_text)
+
+
+def build_parser(prog: str, description: str) -> OneLineParser:
+    """Every config field as a flag, plus ``--config``, ``--no-cache`` and ``--full``."""
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument(
+        "--config", type=Path, help="repeat a run from its config.json (other flags override it)"
+    )
+    add_config_flags(parser)
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached activations")
+    parser.add_argument(
+        "--full", action="store_true", help="print every condition, not only the best per vector kind"
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The config file (``--config``), overridden by every flag given."""
+    data: dict = {}
+    if args.config is not None:
+        try:
+            data = json.loads(args.config.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read config {args.config}: {err}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config {args.config} is not a JSON object")
+    known = {f.name for f in fields(ExperimentConfig)}
+    for key, value in vars(args).items():
+        if key in known and value is not None:  # analysis scripts add flags of their own
+            data[key] = value
+    return ExperimentConfig.from_dict(data)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work if the run folder cannot be created and written."""
+    parent = folder.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".mi_bridge-probe-"):
+            pass
+    except OSError as err:
+        raise UserError(f"output folder {folder} is not writable: {err.strerror or err}") from None
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"output path {folder} exists and is not a folder")
+
+
+def versions() -> dict:
+    """Provenance recorded in every run folder."""
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("torch", "transformer-lens", "transformers", "mi_bridge")},
+        "git_revision": git_revision(),
+    }
+
+
+def git_revision() -> str | None:
+    """The checkout's commit (with '+dirty' for uncommitted changes), or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+        )
+        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def publish_run(
+    folder: Path, config: ExperimentConfig, results: dict, write_rest: Callable[[Path], None]
+) -> None:
+    """A run folder: ``config.json`` (repeats the run), ``results.json``, and what ``write_rest`` adds
+    (report, figures, bridges), staged in a hidden folder and renamed into place."""
+
+    def write(staging: Path) -> None:
+        write_json(staging / "config.json", config.to_dict())
+        write_json(staging / "results.json", results)
+        write_rest(staging)
+
+    publish_folder(folder, write)
