@@ -44,8 +44,8 @@ def load_script(name: str) -> ModuleType:
 
 def main(argv: list[str] | None = None) -> int:
     from mi_bridge.analysis import analyze_and_publish, prepare_context
+    from mi_bridge.cli import build_parser, check_writable, config_from_args
     from mi_bridge.files import write_text_atomic
-    from mi_bridge.run import build_parser, check_writable, config_from_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"name the analyses to run, or 'all' ({', '.join(ORDER)})")
         names = list(ORDER) if names == ["all"] else names
         modules = [load_script(name) for name in names]
-        parser = build_parser(prog="python -m mi_bridge.analyses", description=__doc__.split("\n\n")[0])
+        parser = build_parser("python -m mi_bridge.analyses", __doc__.split("\n\n")[0])
         for module in modules:
             if hasattr(module, "add_arguments"):
                 module.add_arguments(parser)

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_bridge import report
+from mi_bridge import cli, report
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions
 from mi_bridge.experiment import summarize_condition
@@ -151,10 +151,7 @@ def per_item_cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[T
 
 
 def build_parser(module: ModuleType):
-    from mi_bridge.run import build_parser as experiment_parser
-
-    name = module.NAME
-    parser = experiment_parser(prog=f"python analyses/{name}.py", description=module.HYPOTHESIS)
+    parser = cli.build_parser(f"python analyses/{module.NAME}.py", module.HYPOTHESIS)
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
     return parser
@@ -179,30 +176,26 @@ def default_folder(name: str, ctx: AnalysisContext) -> Path:
 
 
 def analyze_and_publish(module: ModuleType, ctx: AnalysisContext, folder: Path) -> AnalysisResult:
-    from mi_bridge.files import publish_folder
-    from mi_bridge.run import check_writable, versions
-
-    check_writable(folder)
+    cli.check_writable(folder)
     site = ctx.site()
     report.render_site(site)  # before any effect: what this site can show at all
     result = qualify_by_site(module, module.analyze(ctx), site)
     report.render_analysis(result)
 
-    def write(staging: Path) -> None:
-        payload = {
-            "analysis": result.to_dict(),
-            "config": ctx.config.to_dict(),
-            "layers": {"sender": ctx.sender_layer, "receiver": ctx.receiver_layer},
-            "site": site,
-            "options": {k: v for k, v in vars(ctx.options).items() if _is_json(v)},
-            "versions": versions(),
-        }
-        (staging / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (staging / "config.json").write_text(json.dumps(ctx.config.to_dict(), indent=2) + "\n")
+    payload = {
+        "analysis": result.to_dict(),
+        "config": ctx.config.to_dict(),
+        "layers": {"sender": ctx.sender_layer, "receiver": ctx.receiver_layer},
+        "site": site,
+        "options": {k: v for k, v in vars(ctx.options).items() if _is_json(v)},
+        "versions": cli.versions(),
+    }
+
+    def write_rest(staging: Path) -> None:
         module.plot(result, staging / "figure.png")
         (staging / "report.md").write_text(report.analysis_markdown(result, figure="figure.png", site=site))
 
-    publish_folder(folder, write)
+    cli.publish_run(folder, ctx.config, payload, write_rest)
     report.console.print(f"{module.NAME}: {folder}")
     return result
 
@@ -234,13 +227,12 @@ def _is_json(value) -> bool:
 
 def run_script(module: ModuleType, argv: list[str] | None = None) -> int:
     """``main`` of every script: one clear line and exit 2 on bad input."""
-    from mi_bridge.run import check_writable, config_from_args
 
     def body() -> int:
         options = build_parser(module).parse_args(argv)
-        config = config_from_args(options)
+        config = cli.config_from_args(options)
         if config.out:
-            check_writable(Path(config.out))
+            cli.check_writable(Path(config.out))
         ctx = prepare_context(config, options)
         folder = Path(config.out) if config.out else default_folder(module.NAME, ctx)
         analyze_and_publish(module, ctx, folder)

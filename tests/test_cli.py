@@ -164,3 +164,25 @@ def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(case, tmp_path, 
     assert lines[0].startswith("error:") and expected in lines[0]
     assert "Traceback" not in captured.err and captured.out == ""
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_help_lists_every_config_field_once_with_its_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a default such as relay-slot
+    from dataclasses import MISSING, fields
+
+    from mi_bridge.cli import NOT_FLAGS
+    from mi_bridge.config import ExperimentConfig
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for spec in fields(ExperimentConfig):
+        if spec.name in NOT_FLAGS:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        assert text.count(f" {flag} ") + text.count(f" {flag},") == 1, flag
+        help_start = text.index(f"{flag}", text.index("options:"))
+        help_text = text[help_start : help_start + 400].lower()
+        assert "default" in help_text, flag  # the default, or what it is derived from
+        if spec.default not in (MISSING, None) and not isinstance(spec.default, tuple):
+            assert f"(default: {spec.default})".lower() in help_text, flag

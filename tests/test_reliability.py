@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from mi_bridge.bridge import LinearBridge
+from mi_bridge.cli import config_from_args
 from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.files import write_atomic
-from mi_bridge.run import build_parser, config_from_args, main
+from mi_bridge.run import build_parser, main
 from mi_bridge.toy import TOY_MODELS, cache_root, load_toy_model
 
 TINY = ["--n-items", "40", "--seeds", "1", "--alphas", "1", "--n-bootstrap", "200"]
