@@ -29,6 +29,8 @@ HYPOTHESIS = (
     "The AC recipe (Ramesh & Li, 2025: replace the receiver's last-token state at a mid-to-late layer) "
     "behaves differently from slot injection."
 )
+SITE_DEPENDENT = True
+"""Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
 SITES = ("slot", "final")
 
 

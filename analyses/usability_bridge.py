@@ -34,6 +34,8 @@ NAME = "usability_bridge"
 HYPOTHESIS = "A bridge trained for usability communicates where the alignment fit does not."
 KINDS = ("alignment", "usability", "context-free self-patch")
 """The context-free self-patch is the ceiling: the receiver's own state for B without this item's answer."""
+SITE_DEPENDENT = True
+"""Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
 
 
 def add_arguments(parser) -> None:
