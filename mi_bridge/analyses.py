@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from mi_bridge import report
+from mi_bridge import cli, report
 from mi_bridge.config import UserError
 
 SCRIPTS_FOLDER = Path(__file__).resolve().parents[1] / "analyses"
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         report.console.print(f"combined report: {root / 'report.md'}")
         return 0
 
-    return report.one_line_errors(body, "finished analyses are kept, cached activations too")
+    return cli.one_line_errors(body, "finished analyses are kept, cached activations too")
 
 
 if __name__ == "__main__":

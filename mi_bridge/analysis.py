@@ -238,4 +238,4 @@ def run_script(module: ModuleType, argv: list[str] | None = None) -> int:
         analyze_and_publish(module, ctx, folder)
         return 0
 
-    return report.one_line_errors(body, "nothing was written to the run folder (cached activations are kept)")
+    return cli.one_line_errors(body, "nothing was written to the run folder (cached activations are kept)")

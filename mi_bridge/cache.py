@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from mi_bridge import report
+from mi_bridge import progress
 from mi_bridge.toy import cache_root
 
 PARTS = {"activations": "activations", "models": "toy"}
@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         n_files, n_bytes = size(folder)
         if args.command == "clear":
             shutil.rmtree(folder, ignore_errors=True)
-            report.console.print(f"cleared {name}: {n_files} files, {n_bytes / 2**20:.1f} MiB ({folder})")
+            progress.console.print(f"cleared {name}: {n_files} files, {n_bytes / 2**20:.1f} MiB ({folder})")
         else:
-            report.console.print(f"{name}: {n_files} files, {n_bytes / 2**20:.1f} MiB ({folder})")
+            progress.console.print(f"{name}: {n_files} files, {n_bytes / 2**20:.1f} MiB ({folder})")
     return 0
 
 

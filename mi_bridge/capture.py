@@ -14,7 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from mi_bridge import report
+from mi_bridge import progress
 from mi_bridge.hooks import resid_post_name
 
 
@@ -52,7 +52,7 @@ def capture_resid_post(
 
     chunks = batches(tokens.shape[0], batch_size)
     if description:
-        chunks = report.track(chunks, description)
+        chunks = progress.track(chunks, description)
     hooks = [(resid_post_name(layer), store) for layer in layers]
     stop = model.cfg.n_layers if with_answer_logits else max(layers) + 1
     for chunk in chunks:

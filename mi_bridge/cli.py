@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mi_bridge.config import CHOICES, ExperimentConfig, UserError
 from mi_bridge.files import publish_folder
+from mi_bridge.progress import error
 
 NOT_FLAGS = ("extra",)
 """Config fields that are not command-line flags (free-form notes carried in config.json)."""
@@ -191,3 +192,15 @@ def publish_run(
         write_rest(staging)
 
     publish_folder(folder, write)
+
+
+def one_line_errors(body: Callable[[], int], interrupted: str) -> int:
+    """Run a command: bad input (UserError) is one line and exit code 2, Ctrl-C one line and 130."""
+    try:
+        return body()
+    except UserError as err:
+        error(str(err))
+        return 2
+    except KeyboardInterrupt:
+        error(f"interrupted; {interrupted}")
+        return 130

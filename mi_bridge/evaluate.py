@@ -17,7 +17,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from mi_bridge import report
+from mi_bridge import progress
 from mi_bridge.capture import answer_logits, batches
 from mi_bridge.inject import inject_residual
 
@@ -156,7 +156,7 @@ def condition_logits(
 ) -> Iterator[tuple[slice, Condition, Float[Tensor, "batch d_vocab"]]]:
     """Answer logits of every condition, batch by batch, with the shared prefix computed once."""
     n_items = next(iter(prompts.values())).shape[0]
-    for chunk in report.track(batches(n_items, batch_size), description):
+    for chunk in progress.track(batches(n_items, batch_size), description):
         shared: dict[str, SharedPrefix] = {}
         for condition in conditions:
             if condition.prompt not in shared:

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from mi_bridge import __version__, report
+from mi_bridge import __version__, progress
 from mi_bridge.bridge import LinearBridge
 from mi_bridge.capture import capture_resid_post
 from mi_bridge.config import ExperimentConfig, SeedOffset, UserError
@@ -99,7 +99,7 @@ class ActivationStore:
         except Exception as err:  # unreadable or truncated
             problem = f"unreadable ({type(err).__name__})"
         if problem:  # never used: reported, discarded and recomputed
-            report.warn(f"discarding cached activations {path}: {problem}; recomputing")
+            progress.warn(f"discarding cached activations {path}: {problem}; recomputing")
             path.unlink(missing_ok=True)
             return None
         self.memory[(key, layer, position)] = value

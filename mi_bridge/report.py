@@ -1,50 +1,19 @@
-"""Rendering: the only module that imports rich. The library returns data; this turns it into text."""
+"""Rendering: tables, markdown and figures. The library returns data; this turns it into text and pictures
+(progress bars and warnings live in ``progress.py``, so compute modules never import the renderer)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 from rich import box
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(stderr=True)
-T = TypeVar("T")
+from mi_bridge import progress
 
-
-def track(iterable: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """A progress bar on stderr (transient: it disappears when done, so reports stay clean)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        yield from progress.track(iterable, total=total, description=description)
-
-
-def one_line_errors(body: Callable[[], int], interrupted: str) -> int:
-    """Run a command: bad input (UserError) is one line and exit code 2, Ctrl-C one line and 130."""
-    from mi_bridge.config import UserError
-
-    try:
-        return body()
-    except UserError as err:
-        error(str(err))
-        return 2
-    except KeyboardInterrupt:
-        error(f"interrupted; {interrupted}")
-        return 130
-
-
-def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}")
-
-
-def error(message: str) -> None:
-    """One line, no traceback."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+console = progress.console
 
 
 # ---------------------------------------------------------------------------------------------------------

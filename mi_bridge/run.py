@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.check_writable(Path(config.out) if config.out else Path("runs") / "probe")
         return run(config, use_cache=not args.no_cache, full=args.full)
 
-    return report.one_line_errors(
+    return cli.one_line_errors(
         body, "nothing was written to the run folder (cached models and activations are kept)"
     )
 

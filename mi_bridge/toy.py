@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mi_bridge import report
+from mi_bridge import progress
 from mi_bridge.config import UserError
 from mi_bridge.files import sha256_file, write_atomic, write_text_atomic
 from mi_bridge.task import TOY_INDEX, TOY_PERSONS, TOY_PLACES, TOY_WORDS
@@ -97,7 +97,7 @@ def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
     if problem is None:
         return model.to(device, print_details=False).eval()
     if problem != "absent":  # a damaged cache entry is reported and retrained, never used
-        report.warn(f"cached toy model in {folder} is {problem}; retraining")
+        progress.warn(f"cached toy model in {folder} is {problem}; retraining")
         model = HookedTransformer(recipe.model_config())
     train_toy_model(model, recipe, description=f"training {name}")
     _save_atomic(model, recipe, folder)
@@ -238,7 +238,7 @@ def _train(model: HookedTransformer, recipe: ToyRecipe, description: str) -> lis
     losses: list[float] = []
     running = 0.0
     model.train()
-    for step in report.track(range(recipe.steps), description):
+    for step in progress.track(range(recipe.steps), description):
         k = int(torch.randint(recipe.k_range[0], recipe.k_range[1] + 1, (1,), generator=generator))
         tokens, answer_next, hop1 = training_batch(generator, recipe.batch_size, k)
         logits = model(tokens[:, :-1])

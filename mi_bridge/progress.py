@@ -1,0 +1,29 @@
+"""Progress bars and warnings on stderr: the only terminal output compute modules make, kept apart
+from the renderer (``report.py``) so that capture, evaluation and training never import it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True)
+T = TypeVar("T")
+
+
+def track(iterable: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """A progress bar on stderr (transient: it disappears when done, so reports stay clean)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield from progress.track(iterable, total=total, description=description)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
+
+
+def error(message: str) -> None:
+    """One line, no traceback."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
