@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mi_bridge import report
-from mi_bridge.config import PAIRS, POSITIONS, TARGETS, ExperimentConfig, UserError
+from mi_bridge.config import DTYPES, PAIRS, POSITIONS, TARGETS, ExperimentConfig, UserError
 from mi_bridge.files import publish_folder
 
 
@@ -51,6 +51,13 @@ def build_parser(prog: str = "python -m mi_bridge.run", description: str | None 
     p.add_argument("--seeds", type=int, help=f"number of seeds (default {defaults.seeds})")
     p.add_argument("--batch-size", type=int, help=f"items per forward pass (default {defaults.batch_size})")
     p.add_argument("--n-bootstrap", type=int, help=f"bootstrap resamples (default {defaults.n_bootstrap})")
+    p.add_argument(
+        "--sender-revision", help="Hugging Face revision of the sender, e.g. step143000 (default main)"
+    )
+    p.add_argument("--receiver-revision", help="Hugging Face revision of the receiver (default main)")
+    p.add_argument(
+        "--dtype", choices=DTYPES, help=f"model precision (default {defaults.dtype}; float16 needs a GPU)"
+    )
     p.add_argument("--device", help=f"torch device (default {defaults.device})")
     p.add_argument(
         "--out", help="run folder (default runs/<pair>-<sender>-<receiver>-L<ls>-L<lr>-<site>-<target>)"
@@ -158,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(config: ExperimentConfig, use_cache: bool = True) -> int:
     # Heavy imports after argument checks, so that bad flags fail fast.
     from mi_bridge.experiment import run_experiment
-    from mi_bridge.models import load_pair, resolve_layers
+    from mi_bridge.models import load_pair, record_identities, resolve_layers
     from mi_bridge.prepare import default_store
 
-    pair = load_pair(config)
+    pair = load_pair(config)  # checks every input first, then loads
+    config = record_identities(config, pair)
     sender_layer, receiver_layer = resolve_layers(config, pair)
     folder = Path(config.out) if config.out else default_out(config, sender_layer, receiver_layer)
     check_writable(folder)
@@ -170,7 +178,12 @@ def run(config: ExperimentConfig, use_cache: bool = True) -> int:
         "config": config.to_dict(),
         "layers": {"sender": sender_layer, "receiver": receiver_layer},
         "models": {
-            role: {"name": name, "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model}
+            role: {
+                "name": name,
+                "n_layers": model.cfg.n_layers,
+                "d_model": model.cfg.d_model,
+                "identity": config.extra["models"][role],
+            }
             for role, name, model in (
                 ("sender", pair.sender_name, pair.sender),
                 ("receiver", pair.receiver_name, pair.receiver),
