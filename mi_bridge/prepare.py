@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,9 +111,7 @@ class ActivationStore:
             report.warn(f"discarding cached activations {path}: {problem}; recomputing")
             path.unlink(missing_ok=True)
             return None
-        # Marks the file used: eviction removes the least recently used first.
-        with contextlib.suppress(OSError):
-            os.utime(path)
+        mark_used(path)
         self.memory[(key, layer, position)] = value
         return value
 
@@ -128,11 +127,20 @@ class ActivationStore:
             "dtype": str(value.dtype),
         }
         write_atomic(path, lambda tmp: save_file({"value": value}, tmp, metadata=metadata))
+        mark_used(path)
         described = path.parent / "identity.json"
         if self.descriptions.get(key) is not None and not described.exists():
             write_text_atomic(described, json.dumps(self.descriptions[key], indent=2))
         if self.max_bytes is not None:
             evict(self.folder, self.max_bytes)
+
+
+def mark_used(path: Path) -> None:
+    """Stamp a cached file with the time of its last use (its mtime, at the clock's full resolution: file
+    systems stamp writes at a coarser tick), which eviction reads; a read-only cache stays as it is."""
+    now = time.time_ns()
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(now, now))
 
 
 def evict(folder: Path, max_bytes: int) -> None:
