@@ -81,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                 report.console.print(f"cleared {name}: {n_files} files, {mib(n_bytes)} ({folder})")
                 continue
             cap = f", cap {max_bytes() / 1e9:g} GB (MI_BRIDGE_CACHE_MAX_GB)" if name == "activations" else ""
-            report.console.print(f"{name}: {n_files} files, {mib(n_bytes)} ({folder}){cap}")
+            report.console.print(f"{name}: {n_files} files, {mib(n_bytes)} ({folder}){cap}", soft_wrap=True)
             if name == "activations":
                 for label, (files, total) in sorted(by_checkpoint(folder).items()):
-                    report.console.print(f"  {label}: {files} files, {mib(total)}", highlight=False)
+                    report.console.print(
+                        f"  {label}: {files} files, {mib(total)}", highlight=False, soft_wrap=True
+                    )
         return 0
 
     return report.one_line_errors(body, "files not yet removed are kept")
