@@ -135,3 +135,19 @@ def test_the_report_names_revisions_and_commits(two_revisions, tmp_path, capsys)
     config = json.loads((out / "config.json").read_text())
     assert (config["sender_revision"], config["receiver_revision"]) == ("step143000", "step1000")
     assert config["extra"]["models"]["sender"]["commit"] == two_revisions["step143000"].name
+
+
+def test_a_repeat_that_loads_another_checkpoint_says_so(tiny_model, capsys):
+    from mi_bridge.models import ModelPair, record_identities
+    from mi_bridge.task import toy_language
+
+    then = {"repository": "EleutherAI/pythia-14m", "revision": "main", "commit": "a" * 40, "dtype": "float32"}
+    now = {**then, "commit": "b" * 40}
+    pair = ModelPair(tiny_model, tiny_model, "pythia-14m", "pythia-14m", toy_language(), then, now)
+    recorded = record_identities(ExperimentConfig(), pair)
+    assert recorded.extra["models"] == {"sender": then, "receiver": now}
+    assert capsys.readouterr().err == ""  # nothing recorded before: nothing to compare
+    record_identities(recorded, ModelPair(tiny_model, tiny_model, "a", "b", toy_language(), then, then))
+    warning = capsys.readouterr().err
+    assert "receiver was EleutherAI/pythia-14m@main (commit bbbbbbbbbbbb" in warning
+    assert "sender" not in warning.split("receiver")[0]  # the sender's checkpoint did not change
