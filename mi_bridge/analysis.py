@@ -160,10 +160,11 @@ def build_parser(module: ModuleType):
 def prepare_context(
     config: ExperimentConfig, options: argparse.Namespace, store: ActivationStore | None = None
 ):
-    from mi_bridge.models import load_pair, resolve_layers
+    from mi_bridge.models import load_pair, record_identities, resolve_layers
     from mi_bridge.prepare import default_store
 
     pair = load_pair(config)
+    config = record_identities(config, pair)
     sender_layer, receiver_layer = resolve_layers(config, pair)
     seeds = seed_contexts(config, pair, store or default_store(not getattr(options, "no_cache", False)))
     return AnalysisContext(config, pair, sender_layer, receiver_layer, seeds, options)

@@ -11,7 +11,8 @@ import torch
 PAIRS = ("toy", "pythia")
 POSITIONS = ("slot", "final")
 TARGETS = ("relay-slot", "same-input")
-CHOICES = {"pair": PAIRS, "position": POSITIONS, "target": TARGETS}
+DTYPES = ("float32", "bfloat16", "float16")
+CHOICES = {"pair": PAIRS, "position": POSITIONS, "target": TARGETS, "dtype": DTYPES}
 """The allowed values of the config fields that take one of a few names (used by the CLI)."""
 DEFAULT_MODELS = {"toy": ("toy-sender", "toy-receiver"), "pythia": ("pythia-160m", "pythia-410m")}
 
@@ -76,6 +77,14 @@ class ExperimentConfig:
     can name the layers where a sender-derived vector could help."""
     min_oracle_gap: float = 0.25
     """Task validity: oracle accuracy must exceed baseline accuracy by this much (CI excluding 0)."""
+    sender_revision: str | None = None
+    """Hugging Face revision of the sender: a branch, tag or commit, e.g. ``step143000`` for a Pythia
+    training checkpoint; default ``main``. Pretrained models only."""
+    receiver_revision: str | None = None
+    """Hugging Face revision of the receiver (as ``sender_revision``; default ``main``)."""
+    dtype: str = "float32"
+    """Precision the models run in: ``float32``, ``bfloat16`` or ``float16`` (not on the CPU); the bridge
+    fit and the statistics stay in float32/float64."""
     device: str = "cpu"
     """Torch device."""
     out: str | None = None
@@ -114,6 +123,22 @@ class ExperimentConfig:
             torch.device(self.device)
         except (RuntimeError, ValueError):
             raise UserError(f"unknown device {self.device!r} (e.g. cpu, cuda, cuda:1, mps)") from None
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.dtype == "float16" and torch.device(self.device).type == "cpu":
+            raise UserError("dtype float16 is not supported on the CPU; use bfloat16 there, or a GPU device")
+        for name in ("sender_revision", "receiver_revision"):
+            revision = getattr(self, name)
+            if revision is None:
+                continue
+            if self.pair == "toy":
+                raise UserError(
+                    f"{name.replace('_', ' ')} applies to pretrained models; the toy pair has none"
+                )
+            if not revision or any(c.isspace() for c in revision) or ".." in revision or revision[0] == "/":
+                raise UserError(
+                    f"{name.replace('_', ' ')} {revision!r} is not a revision name (e.g. step143000)"
+                )
         for name in ("sender_layer", "receiver_layer"):
             value = getattr(self, name)
             if value is not None and value < 0:

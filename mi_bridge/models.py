@@ -1,7 +1,10 @@
 """Loading the sender/receiver pair as TransformerLens ``HookedTransformer``s.
 
-After loading, everything downstream addresses the models by hook name only, so a toy model and a
-Pythia checkpoint go through the same code.
+Every check a configuration can fail (model names, revisions, weights in the cache, layer ranges, k
+against the entity pool, the tokenizers) runs first, on what is known without weights: a toy model's
+recipe, a pretrained model's config file (TransformerLens' own config loader) and its tokenizer. Only
+then are weights loaded (or the toy pair trained). After loading, everything downstream addresses the
+models by hook name only, so a toy model and a Pythia checkpoint go through the same code.
 """
 
 from __future__ import annotations
@@ -9,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformer_lens import HookedTransformer
 
+from mi_bridge import identity, progress
 from mi_bridge.config import ExperimentConfig, UserError
-from mi_bridge.task import Language, pythia_language, toy_language
+from mi_bridge.task import TOY_WORDS, Language, pythia_language, toy_language
 from mi_bridge.toy import TOY_MODELS, load_toy_model
 
 
@@ -26,6 +30,36 @@ class ModelPair:
     sender_name: str
     receiver_name: str
     language: Language
+    sender_identity: dict | None = None
+    """The exact checkpoint (see ``mi_bridge.identity``); None when it cannot be resolved."""
+    receiver_identity: dict | None = None
+
+
+@dataclass
+class ModelSpec:
+    """What is known of a model before any weight is loaded."""
+
+    name: str
+    n_layers: int
+    d_vocab: int
+    repository: str | None = None
+    """Pretrained models: the Hugging Face repository (TransformerLens' official name)."""
+    revision: str | None = None
+    """The revision asked for (None: ``main``)."""
+    commit: str | None = None
+    """The commit the revision names in the local cache; None if the cache does not hold it yet."""
+    tokenizer: object | None = None
+
+
+@dataclass
+class CheckedPair:
+    """A configuration that passed every check, with what the checks learnt."""
+
+    sender: ModelSpec
+    receiver: ModelSpec
+    language: Language
+    sender_layer: int
+    receiver_layer: int
 
 
 def middle_layer(n_layers: int) -> int:
@@ -41,66 +75,174 @@ def default_layer(pair: str, role: str, n_layers: int) -> int:
     return middle_layer(n_layers)
 
 
-def load_pretrained(name: str, device: str) -> HookedTransformer:
-    """A TransformerLens pretrained model, offline from the Hugging Face cache when HF_HUB_OFFLINE=1."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+def choose_layer(config: ExperimentConfig, role: str, name: str, n_layers: int) -> int:
+    """The configured layer of ``role`` (default: ``default_layer``); out of range is a user error."""
+    value = getattr(config, f"{role}_layer")
+    layer = default_layer(config.pair, role, n_layers) if value is None else value
+    if not 0 <= layer < n_layers:
+        raise UserError(f"{role} layer {layer} is out of range: {name} has layers 0..{n_layers - 1}")
+    return layer
+
+
+def _missing(name: str, what: str) -> UserError:
+    cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    how = (
+        "HF_HUB_OFFLINE=1 forbids downloading them" if identity.offline() else "they could not be downloaded"
+    )
+    return UserError(
+        f"{what} for {name} are not in the Hugging Face cache ({cache}) and {how}: download them once with "
+        f"network access (HookedTransformer.from_pretrained({name!r})) or point HF_HOME at a cache that holds them"
+    )
+
+
+def toy_spec(name: str) -> ModelSpec:
+    if name not in TOY_MODELS:
+        raise UserError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
+    return ModelSpec(name=name, n_layers=TOY_MODELS[name].n_layers, d_vocab=len(TOY_WORDS))
+
+
+def pretrained_spec(name: str, revision: str | None = None) -> ModelSpec:
+    """Config and tokenizer of a TransformerLens pretrained model, without its weights (offline, they come
+    from the Hugging Face cache; online, these small files may be downloaded)."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name, get_pretrained_model_config
+    from transformers import AutoTokenizer
 
     try:
-        official = get_official_model_name(name)
+        repository = get_official_model_name(name)
     except ValueError:
         raise UserError(
             f"unknown model {name!r}: not a TransformerLens model name (e.g. pythia-160m)"
         ) from None
+    label = repository if revision is None else f"{repository} (revision {revision})"
+    commit = identity.resolve_commit(repository, revision)
+    if identity.offline() and (commit is None or not identity.weights_cached(repository, commit)):
+        raise _missing(label, "weights")
+    # The revision goes to Hugging Face's from_pretrained through TransformerLens' **kwargs, so config,
+    # tokenizer and weights all come from one snapshot (TransformerLens' checkpoint_value covers Pythia
+    # and stanford-crfm steps only, and reads the config and tokenizer from main). A resolved commit pins it.
+    at = commit or revision
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # TL prints a "Loaded pretrained model" line
-            model = HookedTransformer.from_pretrained(official, device=device)
+        config = get_pretrained_model_config(repository, revision=at)
+        # add_bos_token=True as TransformerLens' own loader sets it (else it reloads the tokenizer at main)
+        tokenizer = AutoTokenizer.from_pretrained(repository, revision=at, add_bos_token=True)
     except OSError:
-        cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
-        raise UserError(
-            f"weights for {official} are not in the Hugging Face cache ({cache}) and could not be downloaded: "
-            f"download them once with network access (HookedTransformer.from_pretrained({name!r})) "
-            "or point HF_HOME at a cache that holds them"
-        ) from None
-    return model.eval()
+        raise _missing(label, "config and tokenizer files") from None
+    return ModelSpec(name, config.n_layers, config.d_vocab, repository, revision, commit, tokenizer)
 
 
-def load_model(pair: str, name: str, device: str) -> HookedTransformer:
-    if pair == "toy":
-        if name not in TOY_MODELS:
-            raise UserError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
-        return load_toy_model(name, device)
-    return load_pretrained(name, device)
-
-
-def load_pair(config: ExperimentConfig) -> ModelPair:
+def check_pair(config: ExperimentConfig) -> CheckedPair:
+    """Every check that needs the models' shapes or tokenizers, done from configs: nothing is trained,
+    downloaded beyond config and tokenizer files, or loaded. Raises ``UserError`` on bad input."""
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {config.device!r} is not available on this machine")
-    sender = load_model(config.pair, config.sender_name, config.device)
-    receiver = load_model(config.pair, config.receiver_name, config.device)
     if config.pair == "toy":
+        sender, receiver = toy_spec(config.sender_name), toy_spec(config.receiver_name)
         language = toy_language()
     else:
-        if sender.tokenizer is None or sender.tokenizer.get_vocab() != receiver.tokenizer.get_vocab():
-            raise UserError("sender and receiver must share a tokenizer (the text relay writes token ids)")
+        sender = pretrained_spec(config.sender_name, config.sender_revision)
+        receiver = pretrained_spec(config.receiver_name, config.receiver_revision)
+        if sender.tokenizer.get_vocab() != receiver.tokenizer.get_vocab():
+            raise UserError(
+                f"{sender.name} and {receiver.name} have different tokenizers; sender and receiver must "
+                "share one (the text relay writes the sender's token ids into the receiver's prompt)"
+            )
         language = pythia_language(receiver.tokenizer)
+    for spec in (sender, receiver):
+        if spec.tokenizer is not None and max(spec.tokenizer.get_vocab().values()) >= spec.d_vocab:
+            raise UserError(
+                f"the tokenizer of {spec.name} has token ids beyond its vocabulary ({spec.d_vocab})"
+            )
+    for entity in (*language.persons, *language.places, language.placeholder):
+        language.token_id(entity)  # every entity must be one token
     if config.k > language.max_k():
         raise UserError(f"k={config.k} is larger than the entity pool allows (max k={language.max_k()})")
-    return ModelPair(sender, receiver, config.sender_name, config.receiver_name, language)
+    return CheckedPair(
+        sender,
+        receiver,
+        language,
+        choose_layer(config, "sender", sender.name, sender.n_layers),
+        choose_layer(config, "receiver", receiver.name, receiver.n_layers),
+    )
+
+
+def load_pretrained(
+    name: str, device: str, revision: str | None = None, dtype: str = "float32"
+) -> HookedTransformer:
+    """A TransformerLens pretrained model, offline from the Hugging Face cache when HF_HUB_OFFLINE=1."""
+    return load_model(pretrained_spec(name, revision), device, dtype)[0]
+
+
+def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransformer, dict | None]:
+    """The model of a checked spec, in ``dtype``, with its identity (None if it cannot be resolved)."""
+    if spec.repository is None:
+        model = load_toy_model(spec.name, device)
+        exact = identity.toy_identity(spec.name, TOY_MODELS[spec.name].digest(), model, dtype)
+        if dtype != "float32":
+            model = model.to(getattr(torch, dtype), print_details=False)
+        return model, exact
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # TL prints a "Loaded pretrained model" line
+            model = HookedTransformer.from_pretrained(
+                spec.repository,
+                device=device,
+                dtype=dtype,
+                tokenizer=spec.tokenizer,
+                revision=spec.commit or spec.revision,
+            )
+    except OSError:
+        raise _missing(spec.repository, "weights") from None
+    # Resolved again after loading: a download may have just put the revision in the cache.
+    commit = spec.commit or identity.resolve_commit(spec.repository, spec.revision)
+    if commit is None:
+        return model.eval(), None
+    return model.eval(), identity.pretrained_identity(spec.repository, spec.revision, commit, dtype)
+
+
+def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> ModelPair:
+    """Check the configuration (unless already ``checked``), then load both models."""
+    checked = checked or check_pair(config)
+    models, identities = {}, {}
+    for role, spec in (("sender", checked.sender), ("receiver", checked.receiver)):
+        models[role], identities[role] = load_model(spec, config.device, config.dtype)
+        if identities[role] is None:
+            progress.warn(
+                f"cannot resolve the exact checkpoint of {spec.name} in the Hugging Face cache; its "
+                "activations are kept in memory only, not cached"
+            )
+    return ModelPair(
+        models["sender"],
+        models["receiver"],
+        config.sender_name,
+        config.receiver_name,
+        checked.language,
+        identities["sender"],
+        identities["receiver"],
+    )
 
 
 def resolve_layers(config: ExperimentConfig, pair: ModelPair) -> tuple[int, int]:
     """Sender and receiver layers, defaulting to the middle; out of range is a user error."""
-    layers = []
-    for role, value, model in (
-        ("sender", config.sender_layer, pair.sender),
-        ("receiver", config.receiver_layer, pair.receiver),
-    ):
-        n_layers = model.cfg.n_layers
-        layer = default_layer(config.pair, role, n_layers) if value is None else value
-        if not 0 <= layer < n_layers:
-            raise UserError(
-                f"{role} layer {layer} is out of range: {getattr(pair, role + '_name')} has layers 0..{n_layers - 1}"
+    return (
+        choose_layer(config, "sender", pair.sender_name, pair.sender.cfg.n_layers),
+        choose_layer(config, "receiver", pair.receiver_name, pair.receiver.cfg.n_layers),
+    )
+
+
+def record_identities(config: ExperimentConfig, pair: ModelPair) -> ExperimentConfig:
+    """``config`` with both models' exact checkpoints under ``extra["models"]``, so that the run folder's
+    config.json names them. A repeat (``--config``) that now loads another checkpoint says so."""
+    recorded = config.extra.get("models")
+    now = {"sender": pair.sender_identity, "receiver": pair.receiver_identity}
+    for role in now if isinstance(recorded, dict) else ():
+        before = recorded.get(role)
+        if (
+            isinstance(before, dict)
+            and now[role] is not None
+            and identity.key_material(before) != identity.key_material(now[role])
+        ):
+            progress.warn(
+                f"the {role} was {identity.describe(before)} when this configuration was recorded and is "
+                f"now {identity.describe(now[role])}: numbers will differ (--{role}-revision <commit> pins one)"
             )
-        layers.append(layer)
-    return layers[0], layers[1]
+    return replace(config, extra={**config.extra, "models": now})

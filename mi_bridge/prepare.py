@@ -1,15 +1,20 @@
 """Per-seed preparation shared by the experiment and every analysis: items, split, cached states, bridges.
 
-States are (n, d) per (model, prompt, layer, position). An ``ActivationStore`` computes every missing
-layer of one request in a single forward pass and keeps the result in memory and, optionally, on disk
-as safetensors under a key that hashes everything that determines it, so a later run or analysis with
-the same configuration reuses it.
+States are (n, d) per (model, prompt, layer, position), in float32 whatever the model's dtype. An
+``ActivationStore`` computes every missing layer of one request in a single forward pass and keeps the
+result in memory and, optionally, on disk as safetensors under a key that hashes everything that
+determines it (the model's exact checkpoint first, see ``mi_bridge.identity``), so a later run or
+analysis with the same configuration reuses it. A model whose checkpoint cannot be resolved is kept in
+memory only. The disk cache is capped (``MI_BRIDGE_CACHE_MAX_GB``): least recently used files go first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,29 +25,32 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from mi_bridge import __version__, progress
+from mi_bridge import __version__, identity, progress
 from mi_bridge.bridge import LinearBridge
 from mi_bridge.capture import capture_resid_post
 from mi_bridge.config import ExperimentConfig, SeedOffset, UserError
-from mi_bridge.files import sha256_tensor, write_atomic
+from mi_bridge.files import sha256_tensor, write_atomic, write_text_atomic
 from mi_bridge.models import ModelPair
 from mi_bridge.task import TaskItems, sample_items
-from mi_bridge.toy import TOY_MODELS, cache_root
+from mi_bridge.toy import cache_root
 
-CACHE_VERSION = 1  # bump when what a cached state means changes
-
-
-def model_identity(name: str) -> str:
-    """A toy model is identified by its recipe hash, a pretrained one by its name."""
-    return f"{name}@{TOY_MODELS[name].digest()}" if name in TOY_MODELS else name
+CACHE_VERSION = 2  # bump when what a cached state means changes (2: keyed by the exact checkpoint)
 
 
 class ActivationStore:
-    """Residual states computed once per key; ``folder=None`` keeps them in memory only."""
+    """Residual states computed once per key; ``folder=None`` keeps them in memory only, and so does
+    a key described as ``None`` (see ``describe``). ``max_bytes`` caps the folder's cached tensors."""
 
-    def __init__(self, folder: Path | None):
+    def __init__(self, folder: Path | None, max_bytes: int | None = None):
         self.folder = folder
+        self.max_bytes = max_bytes
         self.memory: dict[tuple, Tensor] = {}
+        self.descriptions: dict[str, dict | None] = {}
+
+    def describe(self, key: str, description: dict | None) -> None:
+        """What ``key`` holds (written beside its files as ``identity.json``, read by ``cache info``);
+        ``None``: a model whose exact checkpoint is unknown, never written to disk."""
+        self.descriptions[key] = description
 
     def states(
         self,
@@ -60,7 +68,7 @@ class ActivationStore:
                 model, tokens, layers=missing, positions=[position], batch_size=batch_size
             )
             for layer in missing:
-                found[layer] = capture.states[layer][:, 0]
+                found[layer] = capture.states[layer][:, 0].float()  # fits and statistics stay float32+
                 self._save(key, layer, position, found[layer])
         return found
 
@@ -73,7 +81,7 @@ class ActivationStore:
         return cached
 
     def _path(self, key: str, layer, position) -> Path | None:
-        if self.folder is None:
+        if self.folder is None or (key in self.descriptions and self.descriptions[key] is None):
             return None
         return (
             self.folder
@@ -102,6 +110,7 @@ class ActivationStore:
             progress.warn(f"discarding cached activations {path}: {problem}; recomputing")
             path.unlink(missing_ok=True)
             return None
+        mark_used(path)
         self.memory[(key, layer, position)] = value
         return value
 
@@ -117,11 +126,46 @@ class ActivationStore:
             "dtype": str(value.dtype),
         }
         write_atomic(path, lambda tmp: save_file({"value": value}, tmp, metadata=metadata))
+        mark_used(path)
+        described = path.parent / "identity.json"
+        if self.descriptions.get(key) is not None and not described.exists():
+            write_text_atomic(described, json.dumps(self.descriptions[key], indent=2))
+        if self.max_bytes is not None:
+            evict(self.folder, self.max_bytes)
+
+
+def mark_used(path: Path) -> None:
+    """Stamp a cached file with the time of its last use (its mtime, at the clock's full resolution: file
+    systems stamp writes at a coarser tick), which eviction reads; a read-only cache stays as it is."""
+    now = time.time_ns()
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(now, now))
+
+
+def evict(folder: Path, max_bytes: int) -> None:
+    """Delete cached tensors, least recently used first, until those left take at most ``max_bytes``."""
+    files = []
+    for path in folder.glob("*/*.safetensors"):
+        with contextlib.suppress(OSError):  # another process may be evicting too
+            stat = path.stat()
+            files.append((stat.st_mtime_ns, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        if not any(path.parent.glob("*.safetensors")):
+            (path.parent / "identity.json").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
 
 
 def default_store(use_cache: bool = True) -> ActivationStore:
     """The on-disk activation cache, or a memory-only store with ``use_cache=False`` (``--no-cache``)."""
-    return ActivationStore(cache_root() / "activations" if use_cache else None)
+    from mi_bridge.cache import max_bytes
+
+    return ActivationStore(cache_root() / "activations", max_bytes()) if use_cache else ActivationStore(None)
 
 
 def split(n_items: int, n_test: int, seed: int) -> tuple[Int[Tensor, " n_fit"], Int[Tensor, " n_test"]]:
@@ -167,23 +211,23 @@ class SeedContext:
         return self.items.slot_position if site == "slot" else self.items.final_position
 
     def _key(self, role: str, prompt: str) -> str:
-        name = self.pair.sender_name if role == "sender" else self.pair.receiver_name
+        exact = self.pair.sender_identity if role == "sender" else self.pair.receiver_identity
         model = self.pair.sender if role == "sender" else self.pair.receiver
-        blob = json.dumps(
-            [
-                CACHE_VERSION,
-                __version__,
-                model_identity(name),
-                str(model.cfg.dtype),
-                self.pair.language.name,
-                prompt,
-                self.config.k,
-                self.config.n_items,
-                self.seed,
-            ]
-            + ([] if self.config.n_fit is None else [self.config.n_fit])
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+        what = {
+            "language": self.pair.language.name,
+            "prompt": prompt,
+            "k": self.config.k,
+            "n_items": self.config.n_items,
+            "seed": self.seed,
+        }
+        if self.config.n_fit is not None:  # extra fit items change the items behind the key
+            what["n_fit"] = self.config.n_fit
+        # Unknown checkpoint: a key for this process only (the loaded object), never stored on disk.
+        model_key = identity.key_material(exact) if exact is not None else {"unresolved": id(model)}
+        blob = json.dumps([CACHE_VERSION, __version__, model_key, what], sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:20]
+        self.store.describe(key, None if exact is None else {"model": exact, **what})
+        return key
 
     def _tokens(self, prompt: str) -> Tensor:
         return {
@@ -223,7 +267,7 @@ class SeedContext:
                 positions=[-1],
                 with_answer_logits=True,
                 batch_size=self.config.batch_size,
-            ).answer_logits
+            ).answer_logits.float()
 
         return self.store.tensor(self._key("sender", "sender"), "answer_logits", compute)
 

@@ -28,18 +28,31 @@ def _seeds(values: list[float]) -> str:
     return " ".join(f"{v:.3f}" for v in values)
 
 
+def _checkpoint(model: dict) -> str:
+    """The exact checkpoint of a model entry of results.json: revision and commit, or toy weights."""
+    exact = model.get("identity")
+    if not exact:
+        return ", checkpoint unresolved" if "identity" in model else ""
+    if "commit" in exact:
+        return f", revision {exact['revision']} = commit {exact['commit'][:12]}"
+    return f", weights {exact['weights_sha256'][:12]}"
+
+
 def configuration_rows(results: dict) -> list[tuple[str, str]]:
     config, layers, models = results["config"], results["layers"], results["models"]
     return [
         ("pair", config["pair"]),
         (
             "sender",
-            f"{models['sender']['name']} ({models['sender']['n_layers']} layers, d={models['sender']['d_model']})",
+            f"{models['sender']['name']} ({models['sender']['n_layers']} layers, d={models['sender']['d_model']}"
+            f"{_checkpoint(models['sender'])})",
         ),
         (
             "receiver",
-            f"{models['receiver']['name']} ({models['receiver']['n_layers']} layers, d={models['receiver']['d_model']})",
+            f"{models['receiver']['name']} ({models['receiver']['n_layers']} layers, d={models['receiver']['d_model']}"
+            f"{_checkpoint(models['receiver'])})",
         ),
+        ("dtype", config.get("dtype", "float32")),
         ("sender state", f"blocks.{layers['sender']}.hook_resid_post @ final"),
         ("injection site", f"blocks.{layers['receiver']}.hook_resid_post @ {config['position']}"),
         ("bridge target", config["target"]),

@@ -49,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) -> int:
     # Heavy imports after argument checks, so that bad flags fail fast.
     from mi_bridge.experiment import run_experiment
-    from mi_bridge.models import load_pair, resolve_layers
+    from mi_bridge.models import load_pair, record_identities, resolve_layers
     from mi_bridge.prepare import default_store
 
-    pair = load_pair(config)
+    pair = load_pair(config)  # checks every input first, then loads
+    config = record_identities(config, pair)
     sender_layer, receiver_layer = resolve_layers(config, pair)
     folder = Path(config.out) if config.out else default_out(config, sender_layer, receiver_layer)
     cli.check_writable(folder)
@@ -61,7 +62,12 @@ def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) ->
         "config": config.to_dict(),
         "layers": {"sender": sender_layer, "receiver": receiver_layer},
         "models": {
-            role: {"name": name, "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model}
+            role: {
+                "name": name,
+                "n_layers": model.cfg.n_layers,
+                "d_model": model.cfg.d_model,
+                "identity": config.extra["models"][role],
+            }
             for role, name, model in (
                 ("sender", pair.sender_name, pair.sender),
                 ("receiver", pair.receiver_name, pair.receiver),

@@ -5,8 +5,10 @@ parallel residual, untied embeddings); the tokenizer is the real GPT-NeoX tokeni
 TransformerLens then loads it offline through exactly the code path a user's real download takes.
 """
 
+import hashlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,21 +35,39 @@ PYTHIA_14M_CONFIG = dict(
 )
 
 
-def build_pythia_cache(hf_home: Path, tokenizer_file: Path, repo_id: str = "EleutherAI/pythia-14m") -> Path:
+def build_pythia_cache(
+    hf_home: Path,
+    tokenizer_file: Path,
+    repo_id: str = "EleutherAI/pythia-14m",
+    *,
+    weights_seed: int = 0,
+    revision: str = "main",
+) -> Path:
+    """One snapshot of ``repo_id`` with random weights drawn from ``weights_seed``, and ``refs/<revision>``
+    pointing at it. As on the Hub, the snapshot's folder name (its commit) is a hash of its files, so
+    different weights get a different commit and the same weights the same one. Returns the snapshot."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    commit = "0" * 40
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "snapshots").mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(GPTNeoXConfig(**PYTHIA_14M_CONFIG))
-    model.save_pretrained(snapshot, safe_serialization=True)
-    shutil.copy(tokenizer_file, snapshot / "tokenizer.json")
-    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-    (snapshot / "special_tokens_map.json").write_text(json.dumps(special))
-    config = {"tokenizer_class": "GPTNeoXTokenizerFast", "add_bos_token": False, "model_max_length": 2048}
-    (snapshot / "tokenizer_config.json").write_text(json.dumps(config | special))
+    with tempfile.TemporaryDirectory(dir=repo) as staging:
+        staging = Path(staging)
+        torch.manual_seed(weights_seed)
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**PYTHIA_14M_CONFIG))
+        model.save_pretrained(staging, safe_serialization=True)
+        shutil.copy(tokenizer_file, staging / "tokenizer.json")
+        special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+        (staging / "special_tokens_map.json").write_text(json.dumps(special))
+        config = {"tokenizer_class": "GPTNeoXTokenizerFast", "add_bos_token": False, "model_max_length": 2048}
+        (staging / "tokenizer_config.json").write_text(json.dumps(config | special))
+        digest = hashlib.sha1()
+        for path in sorted(staging.iterdir()):
+            digest.update(path.name.encode() + path.read_bytes())
+        commit = digest.hexdigest()
+        snapshot = repo / "snapshots" / commit
+        if not snapshot.exists():
+            staging.rename(snapshot)
+            staging.mkdir()  # for TemporaryDirectory's cleanup
+    (repo / "refs" / revision).write_text(commit)
     return snapshot

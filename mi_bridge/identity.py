@@ -1,0 +1,93 @@
+"""The exact checkpoint behind a model, so that a cached state is reused only for the weights that made it.
+
+A pretrained model is its repository, the commit its revision resolves to in the Hugging Face cache
+(``refs/<revision>`` names a folder ``snapshots/<commit>``) and the dtype it runs in; a toy model is its
+recipe hash, the SHA-256 of its weights and its dtype. Everything here reads the local cache only: no
+network, no weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from mi_bridge.files import sha256_tensor
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
+
+
+def hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def repo_folder(repository: str) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return hub_cache() / repo_folder_name(repo_id=repository, repo_type="model")
+
+
+def resolve_commit(repository: str, revision: str | None) -> str | None:
+    """The commit that ``revision`` (default ``main``) of ``repository`` names in the local Hugging Face
+    cache; None when the cache does not hold that revision. A 40-hex revision is itself the commit."""
+    revision = revision or "main"
+    if COMMIT.fullmatch(revision):
+        return revision
+    folder = repo_folder(repository)
+    try:
+        commit = (folder / "refs" / revision).read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return commit if COMMIT.fullmatch(commit) and (folder / "snapshots" / commit).is_dir() else None
+
+
+def weights_cached(repository: str, commit: str) -> bool:
+    """Whether the snapshot holds a weights file (safetensors, PyTorch .bin or .pth, sharded or not)."""
+    snapshot = repo_folder(repository) / "snapshots" / commit
+    return snapshot.is_dir() and any(p.suffix in WEIGHT_SUFFIXES for p in snapshot.rglob("*"))
+
+
+def weights_sha256(model) -> str:
+    """One checksum over every named tensor of ``model.state_dict()`` (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {list(tensor.shape)} {sha256_tensor(tensor.cpu())}\n".encode())
+    return digest.hexdigest()
+
+
+def pretrained_identity(repository: str, revision: str | None, commit: str, dtype: str) -> dict:
+    return {"repository": repository, "revision": revision or "main", "commit": commit, "dtype": dtype}
+
+
+def toy_identity(name: str, recipe_digest: str, model, dtype: str) -> dict:
+    return {"toy": name, "recipe": recipe_digest, "weights_sha256": weights_sha256(model), "dtype": dtype}
+
+
+def key_material(identity: dict) -> dict:
+    """What a cache key hashes: the identity without the revision's name, since two names of one commit
+    (``main`` and ``step143000``, say) are the same weights."""
+    return {key: value for key, value in identity.items() if key != "revision"}
+
+
+def describe(identity: dict | None) -> str:
+    """One line: ``EleutherAI/pythia-160m@step143000 (commit 1a2b3c4d5e6f, float32)``."""
+    if identity is None:
+        return "unknown checkpoint"
+    if "toy" in identity:
+        return (
+            f"{identity['toy']} (recipe {identity['recipe']}, weights {identity['weights_sha256'][:12]}, "
+            f"{identity['dtype']})"
+        )
+    return (
+        f"{identity['repository']}@{identity['revision']} (commit {identity['commit'][:12]}, "
+        f"{identity['dtype']})"
+    )
