@@ -3,7 +3,9 @@
 The receiver's layers 0..L are identical for every injection condition of an item batch, so they run
 once; positions before the site are identical at every layer, so they run once into a frozen KV cache;
 each condition edits the tail residual at the site and runs only the tail through layers L+1..end
-(``start_at_layer``), with logits at the answer position only.
+(``start_at_layer``), with logits at the answer position only. Conditions of one prompt share that
+tail pass: their edited tails are stacked along the batch against the one frozen cache, as many per
+pass as a memory budget allows.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from mi_bridge import report
 from mi_bridge.capture import answer_logits, batches
@@ -92,6 +95,11 @@ def score(
     )
 
 
+TAIL_BUDGET_BYTES = 1 << 30
+"""Working memory of one stacked tail pass: how many conditions share a pass (peak memory stays bounded
+as item batches grow)."""
+
+
 class SharedPrefix:
     """The work every condition of one prompt and item batch shares, done once.
 
@@ -124,9 +132,58 @@ class SharedPrefix:
         mask = no_padding(tokens) if self.cache is not None else None
         self.tail = model(tokens, past_kv_cache=self.cache, attention_mask=mask, stop_at_layer=layer + 1)
 
-    def logits(self, residual: Float[Tensor, "batch tail d_model"]) -> Float[Tensor, "batch d_vocab"]:
-        """Answer logits after layers L+1.. for an (edited) tail residual."""
-        return answer_logits(self.model, residual, start_at_layer=self.layer + 1, past_kv_cache=self.cache)
+    def logits(self, residual: Float[Tensor, "rows tail d_model"]) -> Float[Tensor, "rows d_vocab"]:
+        """Answer logits after layers L+1.. for edited tails: one condition (rows = batch) or several
+        stacked condition-major (rows c·batch .. (c+1)·batch - 1 are condition c)."""
+        copies = residual.shape[0] // self.tail.shape[0]
+        cache = self.cache if self.cache is None or copies == 1 else _repeated(self.cache, copies)
+        return answer_logits(self.model, residual, start_at_layer=self.layer + 1, past_kv_cache=cache)
+
+    def condition_bytes(self) -> int:
+        """Rough peak working memory of one condition in a tail pass (one row per item, one layer at a
+        time): keys (cached + tail, then rotated) and values over the context, attention scores and
+        pattern, MLP activations, the residual stream, and the answer logits."""
+        cfg, (batch, tail) = self.model.cfg, self.tail.shape[:2]
+        context = tail + (self.cache[0].past_keys.shape[1] if self.cache is not None else 0)
+        floats = (
+            3 * context * cfg.n_heads * cfg.d_head
+            + 3 * cfg.n_heads * tail * context
+            + 3 * tail * cfg.d_mlp
+            + 8 * tail * cfg.d_model
+            + 2 * cfg.d_vocab
+        )
+        return floats * self.tail.element_size() * batch
+
+
+@dataclass
+class _RepeatedEntry(TransformerLensKeyValueCacheEntry):
+    """A frozen cache entry of ``batch`` rows that serves ``copies``·batch rows (condition-major)
+    without storing the copies: the repetition is a broadcast written straight into the concatenation
+    of cached and new keys that TransformerLens makes anyway."""
+
+    copies: int = 1
+
+    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        return _cat_repeated(self.past_keys, new_keys, self.copies), _cat_repeated(
+            self.past_values, new_values, self.copies
+        )
+
+
+def _cat_repeated(
+    past: Float[Tensor, "batch past heads d_head"], new: Float[Tensor, "rows new heads d_head"], copies: int
+) -> Float[Tensor, "rows context heads d_head"]:
+    """``torch.cat([past.repeat(copies, 1, 1, 1), new], 1)`` in one copy."""
+    batch, n_past = past.shape[:2]
+    out = new.new_empty(new.shape[0], n_past + new.shape[1], *new.shape[2:])
+    out.view(copies, batch, *out.shape[1:])[:, :, :n_past] = past  # broadcast over the copies
+    out[:, n_past:] = new
+    return out
+
+
+def _repeated(cache: TransformerLensKeyValueCache, copies: int) -> TransformerLensKeyValueCache:
+    entries = [_RepeatedEntry(e.past_keys, e.past_values, frozen=True, copies=copies) for e in cache.entries]
+    mask = cache.previous_attention_mask.repeat(copies, 1)
+    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
 
 
 @torch.no_grad()
@@ -140,24 +197,36 @@ def condition_logits(
     conditions: Sequence[Condition],
     batch_size: int = 64,
     description: str = "evaluating",
+    tail_budget_bytes: int = TAIL_BUDGET_BYTES,
 ) -> Iterator[tuple[slice, Condition, Float[Tensor, "batch d_vocab"]]]:
-    """Answer logits of every condition, batch by batch, with the shared prefix computed once."""
+    """Answer logits of every condition, batch by batch: per prompt the shared prefix once, then its
+    conditions' tails stacked into as few passes as ``tail_budget_bytes`` allows. Yields batch by
+    batch, grouped by prompt (not in the order of ``conditions`` within a batch)."""
     n_items = next(iter(prompts.values())).shape[0]
+    by_prompt: dict[str, list[Condition]] = {}
+    for condition in conditions:
+        by_prompt.setdefault(condition.prompt, []).append(condition)
     for chunk in report.track(batches(n_items, batch_size), description):
-        shared: dict[str, SharedPrefix] = {}
-        for condition in conditions:
-            if condition.prompt not in shared:
-                shared[condition.prompt] = SharedPrefix(
-                    model, prompts[condition.prompt][chunk], layer=layer, position=position
+        for prompt, group in by_prompt.items():
+            prefix = SharedPrefix(model, prompts[prompt][chunk], layer=layer, position=position)
+            per_pass = max(1, tail_budget_bytes // prefix.condition_bytes())
+            for start in range(0, len(group), per_pass):
+                stacked = group[start : start + per_pass]
+                residual = torch.cat([_edited_tail(prefix, c, vectors, chunk) for c in stacked])
+                logits = prefix.logits(residual)
+                yield from (
+                    (chunk, c, rows) for c, rows in zip(stacked, logits.split(len(prefix.tail)), strict=True)
                 )
-            prefix = shared[condition.prompt]
-            residual = prefix.tail
-            if condition.is_injection:
-                vector = vectors[condition.vector][chunk]
-                residual = inject_residual(
-                    residual, prefix.offset, vector, condition.mode, condition.alpha or 1.0
-                )
-            yield chunk, condition, prefix.logits(residual)
+            del prefix  # one prompt's cache at a time
+
+
+def _edited_tail(
+    prefix: SharedPrefix, condition: Condition, vectors: dict[str, Tensor], chunk: slice
+) -> Float[Tensor, "batch tail d_model"]:
+    if not condition.is_injection:
+        return prefix.tail
+    vector = vectors[condition.vector][chunk]
+    return inject_residual(prefix.tail, prefix.offset, vector, condition.mode, condition.alpha or 1.0)
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ import torch
 from jaxtyping import TypeCheckError
 
 from mi_bridge.capture import answer_logits, capture_resid_post
-from mi_bridge.evaluate import Condition, evaluate_conditions, score
+from mi_bridge.evaluate import Condition, SharedPrefix, condition_logits, evaluate_conditions, score
 from mi_bridge.hooks import resid_post_name
 from mi_bridge.inject import MODES, apply_injection, inject_residual, rescale_to, run_with_injection
 
@@ -113,6 +113,50 @@ def test_the_evaluator_equals_the_slow_path_for_every_condition(tiny_model, toke
         slow = score(logits, candidates, gold)
         torch.testing.assert_close(fast[condition.name].gold_logprob, slow.gold_logprob, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast[condition.name].correct, slow.correct)
+
+
+@pytest.mark.parametrize("position", [0, 5])  # 0: no cached prefix
+@pytest.mark.parametrize("per_pass", [1, 3, None])  # one condition per tail pass, uneven passes, all at once
+def test_stacked_conditions_equal_one_full_hooked_run_each(tiny_model, tokens, position, per_pass):
+    layer, batch_size = 1, 2
+    prompts = {"placeholder": tokens, "oracle": torch.randint(0, tiny_model.cfg.d_vocab, (N, POS))}
+    vectors = {"v": torch.randn(N, tiny_model.cfg.d_model), "w": torch.randn(N, tiny_model.cfg.d_model) * 5}
+    conditions = [Condition("baseline"), Condition("oracle", prompt="oracle")] + [
+        Condition(f"{prompt} {key} {mode}", prompt=prompt, vector=key, mode=mode, alpha=alpha)
+        for prompt in prompts
+        for key, alpha in (("v", 0.5), ("w", 2.0))
+        for mode in MODES
+    ]
+    one = SharedPrefix(tiny_model, tokens[:batch_size], layer=layer, position=position).condition_bytes()
+    budget = one * per_pass if per_pass else 1 << 40
+    seen = []
+    for chunk, condition, logits in condition_logits(
+        tiny_model,
+        prompts,
+        layer=layer,
+        position=position,
+        vectors=vectors,
+        conditions=conditions,
+        batch_size=batch_size,
+        tail_budget_bytes=budget,
+    ):
+        seen.append((chunk.start, condition.name))
+        prompt = prompts[condition.prompt][chunk]
+        if condition.is_injection:
+            vector = vectors[condition.vector][chunk]
+            slow = run_with_injection(
+                tiny_model,
+                prompt,
+                layer=layer,
+                position=position,
+                vector=vector,
+                mode=condition.mode,
+                alpha=condition.alpha,
+            )
+        else:
+            slow = tiny_model(prompt)
+        torch.testing.assert_close(logits, slow[:, -1], rtol=0, atol=1e-4)
+    assert sorted(seen) == sorted((start, c.name) for start in range(0, N, batch_size) for c in conditions)
 
 
 def test_hooks_are_removed_even_when_the_forward_pass_raises(tiny_model, tokens):
