@@ -3,9 +3,10 @@
 The receiver's layers 0..L are identical for every injection condition of an item batch, so they run
 once; positions before the site are identical at every layer, so they run once into a frozen KV cache;
 each condition edits the tail residual at the site and runs only the tail through layers L+1..end
-(``start_at_layer``), with logits at the answer position only. Conditions of one prompt share that
-tail pass: their edited tails are stacked along the batch against the one frozen cache, as many per
-pass as a memory budget allows.
+(``start_at_layer``), with logits at the answer position only. Prompts that differ only from the
+site on (placeholder, relay, oracle) share the cache. Conditions of one prompt share a tail pass:
+their edited tails are stacked along the batch against the one frozen cache, as many per pass as a
+memory budget allows.
 """
 
 from __future__ import annotations
@@ -110,27 +111,46 @@ class SharedPrefix:
     """
 
     def __init__(
-        self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"], *, layer: int, position: int
+        self,
+        model: HookedTransformer,
+        tokens: Int[Tensor, "batch pos"],
+        *,
+        layer: int,
+        position: int,
+        cache: TransformerLensKeyValueCache | None = None,
     ):
+        """``cache``: the frozen cache of another prompt whose tokens before ``position`` are the same
+        (see ``shares_prefix``); it is reused instead of recomputed."""
         self.model, self.layer = model, layer
-        self.cache = None
+        self.before = tokens[:, :position]
+        self.cache = cache
         self.offset = position  # index of the site inside the tail
         # Items are never padded: an explicit all-ones mask (with a cache TransformerLens would otherwise
         # derive one from the tokenizer's pad token, which for Pythia is the BOS token).
         no_padding = lambda t: torch.ones_like(t)
         if position > 0:
-            self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, tokens.shape[0])
-            before = tokens[:, :position]
-            model(
-                before,
-                past_kv_cache=self.cache,
-                attention_mask=no_padding(before),
-                stop_at_layer=model.cfg.n_layers,
-            )
-            self.cache.freeze()
+            if self.cache is None:
+                self.cache = TransformerLensKeyValueCache.init_cache(
+                    model.cfg, tokens.device, tokens.shape[0]
+                )
+                model(
+                    self.before,
+                    past_kv_cache=self.cache,
+                    attention_mask=no_padding(self.before),
+                    stop_at_layer=model.cfg.n_layers,
+                )
+                self.cache.freeze()
             tokens, self.offset = tokens[:, position:], 0
         mask = no_padding(tokens) if self.cache is not None else None
         self.tail = model(tokens, past_kv_cache=self.cache, attention_mask=mask, stop_at_layer=layer + 1)
+
+    def shares_prefix(self, tokens: Int[Tensor, "batch pos"]) -> bool:
+        """Whether ``tokens`` agree with this prompt before the site (placeholder, relay and oracle
+        prompts differ only from the slot on), so that the cache serves them too."""
+        before = tokens[:, : self.before.shape[1]]
+        return (
+            self.cache is not None and before.shape == self.before.shape and torch.equal(before, self.before)
+        )
 
     def logits(self, residual: Float[Tensor, "rows tail d_model"]) -> Float[Tensor, "rows d_vocab"]:
         """Answer logits after layers L+1.. for edited tails: one condition (rows = batch) or several
@@ -199,16 +219,21 @@ def condition_logits(
     description: str = "evaluating",
     tail_budget_bytes: int = TAIL_BUDGET_BYTES,
 ) -> Iterator[tuple[slice, Condition, Float[Tensor, "batch d_vocab"]]]:
-    """Answer logits of every condition, batch by batch: per prompt the shared prefix once, then its
-    conditions' tails stacked into as few passes as ``tail_budget_bytes`` allows. Yields batch by
-    batch, grouped by prompt (not in the order of ``conditions`` within a batch)."""
+    """Answer logits of every condition, batch by batch: the shared prefix once (prompts that agree
+    before the site share it), then each prompt's conditions' tails stacked into as few passes as
+    ``tail_budget_bytes`` allows. Yields batch by batch, grouped by prompt (not in the order of
+    ``conditions`` within a batch)."""
     n_items = next(iter(prompts.values())).shape[0]
     by_prompt: dict[str, list[Condition]] = {}
     for condition in conditions:
         by_prompt.setdefault(condition.prompt, []).append(condition)
     for chunk in report.track(batches(n_items, batch_size), description):
+        prefix = None
         for prompt, group in by_prompt.items():
-            prefix = SharedPrefix(model, prompts[prompt][chunk], layer=layer, position=position)
+            tokens = prompts[prompt][chunk]
+            cache = prefix.cache if prefix is not None and prefix.shares_prefix(tokens) else None
+            prefix = None  # the previous prompt's cache is freed first, unless this prompt reuses it
+            prefix = SharedPrefix(model, tokens, layer=layer, position=position, cache=cache)
             per_pass = max(1, tail_budget_bytes // prefix.condition_bytes())
             for start in range(0, len(group), per_pass):
                 stacked = group[start : start + per_pass]
@@ -217,7 +242,6 @@ def condition_logits(
                 yield from (
                     (chunk, c, rows) for c, rows in zip(stacked, logits.split(len(prefix.tail)), strict=True)
                 )
-            del prefix  # one prompt's cache at a time
 
 
 def _edited_tail(

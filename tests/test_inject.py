@@ -119,16 +119,34 @@ def test_the_evaluator_equals_the_slow_path_for_every_condition(tiny_model, toke
 @pytest.mark.parametrize("per_pass", [1, 3, None])  # one condition per tail pass, uneven passes, all at once
 def test_stacked_conditions_equal_one_full_hooked_run_each(tiny_model, tokens, position, per_pass):
     layer, batch_size = 1, 2
-    prompts = {"placeholder": tokens, "oracle": torch.randint(0, tiny_model.cfg.d_vocab, (N, POS))}
+    relay = tokens.clone()
+    relay[:, position] = (relay[:, position] + 1) % tiny_model.cfg.d_vocab  # same prefix: shares the cache
+    other = torch.randint(0, tiny_model.cfg.d_vocab, (N, POS))  # another prefix
+    prompts = {"placeholder": tokens, "relay": relay, "oracle": other}
     vectors = {"v": torch.randn(N, tiny_model.cfg.d_model), "w": torch.randn(N, tiny_model.cfg.d_model) * 5}
-    conditions = [Condition("baseline"), Condition("oracle", prompt="oracle")] + [
+    conditions = [Condition(prompt, prompt=prompt) for prompt in prompts]
+    conditions += [
         Condition(f"{prompt} {key} {mode}", prompt=prompt, vector=key, mode=mode, alpha=alpha)
-        for prompt in prompts
-        for key, alpha in (("v", 0.5), ("w", 2.0))
+        for prompt, (key, alpha) in zip(prompts, [("v", 0.5), ("w", 2.0), ("v", 1.5)], strict=True)
         for mode in MODES
     ]
+    slow = {
+        c.name: run_with_injection(
+            tiny_model,
+            prompts[c.prompt],
+            layer=layer,
+            position=position,
+            vector=vectors[c.vector],
+            mode=c.mode,
+            alpha=c.alpha,
+        )[:, -1]
+        if c.is_injection
+        else tiny_model(prompts[c.prompt])[:, -1]
+        for c in conditions
+    }
+    shared = SharedPrefix(tiny_model, tokens, layer=layer, position=position)
+    assert shared.shares_prefix(relay) == (position > 0) and not shared.shares_prefix(other)
     one = SharedPrefix(tiny_model, tokens[:batch_size], layer=layer, position=position).condition_bytes()
-    budget = one * per_pass if per_pass else 1 << 40
     seen = []
     for chunk, condition, logits in condition_logits(
         tiny_model,
@@ -138,24 +156,10 @@ def test_stacked_conditions_equal_one_full_hooked_run_each(tiny_model, tokens, p
         vectors=vectors,
         conditions=conditions,
         batch_size=batch_size,
-        tail_budget_bytes=budget,
+        tail_budget_bytes=one * per_pass if per_pass else 1 << 40,
     ):
         seen.append((chunk.start, condition.name))
-        prompt = prompts[condition.prompt][chunk]
-        if condition.is_injection:
-            vector = vectors[condition.vector][chunk]
-            slow = run_with_injection(
-                tiny_model,
-                prompt,
-                layer=layer,
-                position=position,
-                vector=vector,
-                mode=condition.mode,
-                alpha=condition.alpha,
-            )
-        else:
-            slow = tiny_model(prompt)
-        torch.testing.assert_close(logits, slow[:, -1], rtol=0, atol=1e-4)
+        torch.testing.assert_close(logits, slow[condition.name][chunk], rtol=0, atol=1e-4)
     assert sorted(seen) == sorted((start, c.name) for start in range(0, N, batch_size) for c in conditions)
 
 
