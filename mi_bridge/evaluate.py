@@ -3,7 +3,10 @@
 The receiver's layers 0..L are identical for every injection condition of an item batch, so they run
 once; positions before the site are identical at every layer, so they run once into a frozen KV cache;
 each condition edits the tail residual at the site and runs only the tail through layers L+1..end
-(``start_at_layer``), with logits at the answer position only.
+(``start_at_layer``), with logits at the answer position only. Prompts that differ only from the
+site on (placeholder, relay, oracle) share the cache. Conditions of one prompt share a tail pass:
+their edited tails are stacked along the batch against the one frozen cache, as many per pass as a
+memory budget allows.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from mi_bridge import progress
 from mi_bridge.capture import answer_logits, batches
@@ -105,6 +109,11 @@ def score(
     )
 
 
+TAIL_BUDGET_BYTES = 1 << 30
+"""Working memory of one stacked tail pass: how many conditions share a pass (peak memory stays bounded
+as item batches grow)."""
+
+
 class SharedPrefix:
     """The work every condition of one prompt and item batch shares, done once.
 
@@ -115,31 +124,99 @@ class SharedPrefix:
     """
 
     def __init__(
-        self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"], *, layer: int, position: int
+        self,
+        model: HookedTransformer,
+        tokens: Int[Tensor, "batch pos"],
+        *,
+        layer: int,
+        position: int,
+        cache: TransformerLensKeyValueCache | None = None,
     ):
+        """``cache``: the frozen cache of another prompt whose tokens before ``position`` are the same
+        (see ``shares_prefix``); it is reused instead of recomputed."""
         self.model, self.layer = model, layer
-        self.cache = None
+        self.before = tokens[:, :position]
+        self.cache = cache
         self.offset = position  # index of the site inside the tail
         # Items are never padded: an explicit all-ones mask (with a cache TransformerLens would otherwise
         # derive one from the tokenizer's pad token, which for Pythia is the BOS token).
         no_padding = lambda t: torch.ones_like(t)
         if position > 0:
-            self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, tokens.shape[0])
-            before = tokens[:, :position]
-            model(
-                before,
-                past_kv_cache=self.cache,
-                attention_mask=no_padding(before),
-                stop_at_layer=model.cfg.n_layers,
-            )
-            self.cache.freeze()
+            if self.cache is None:
+                self.cache = TransformerLensKeyValueCache.init_cache(
+                    model.cfg, tokens.device, tokens.shape[0]
+                )
+                model(
+                    self.before,
+                    past_kv_cache=self.cache,
+                    attention_mask=no_padding(self.before),
+                    stop_at_layer=model.cfg.n_layers,
+                )
+                self.cache.freeze()
             tokens, self.offset = tokens[:, position:], 0
         mask = no_padding(tokens) if self.cache is not None else None
         self.tail = model(tokens, past_kv_cache=self.cache, attention_mask=mask, stop_at_layer=layer + 1)
 
-    def logits(self, residual: Float[Tensor, "batch tail d_model"]) -> Float[Tensor, "batch d_vocab"]:
-        """Answer logits after layers L+1.. for an (edited) tail residual."""
-        return answer_logits(self.model, residual, start_at_layer=self.layer + 1, past_kv_cache=self.cache)
+    def shares_prefix(self, tokens: Int[Tensor, "batch pos"]) -> bool:
+        """Whether ``tokens`` agree with this prompt before the site (placeholder, relay and oracle
+        prompts differ only from the slot on), so that the cache serves them too."""
+        before = tokens[:, : self.before.shape[1]]
+        return (
+            self.cache is not None and before.shape == self.before.shape and torch.equal(before, self.before)
+        )
+
+    def logits(self, residual: Float[Tensor, "rows tail d_model"]) -> Float[Tensor, "rows d_vocab"]:
+        """Answer logits after layers L+1.. for edited tails: one condition (rows = batch) or several
+        stacked condition-major (rows c·batch .. (c+1)·batch - 1 are condition c)."""
+        copies = residual.shape[0] // self.tail.shape[0]
+        cache = self.cache if self.cache is None or copies == 1 else _repeated(self.cache, copies)
+        return answer_logits(self.model, residual, start_at_layer=self.layer + 1, past_kv_cache=cache)
+
+    def condition_bytes(self) -> int:
+        """Rough peak working memory of one condition in a tail pass (one row per item, one layer at a
+        time): keys (cached + tail, then rotated) and values over the context, attention scores and
+        pattern, MLP activations, the residual stream, and the answer logits."""
+        cfg, (batch, tail) = self.model.cfg, self.tail.shape[:2]
+        context = tail + (self.cache[0].past_keys.shape[1] if self.cache is not None else 0)
+        floats = (
+            3 * context * cfg.n_heads * cfg.d_head
+            + 3 * cfg.n_heads * tail * context
+            + 3 * tail * cfg.d_mlp
+            + 8 * tail * cfg.d_model
+            + 2 * cfg.d_vocab
+        )
+        return floats * self.tail.element_size() * batch
+
+
+@dataclass
+class _RepeatedEntry(TransformerLensKeyValueCacheEntry):
+    """A frozen cache entry of ``batch`` rows that serves ``copies``·batch rows (condition-major)
+    without storing the copies: the repetition is a broadcast written straight into the concatenation
+    of cached and new keys that TransformerLens makes anyway."""
+
+    copies: int = 1
+
+    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        return _cat_repeated(self.past_keys, new_keys, self.copies), _cat_repeated(
+            self.past_values, new_values, self.copies
+        )
+
+
+def _cat_repeated(
+    past: Float[Tensor, "batch past heads d_head"], new: Float[Tensor, "rows new heads d_head"], copies: int
+) -> Float[Tensor, "rows context heads d_head"]:
+    """``torch.cat([past.repeat(copies, 1, 1, 1), new], 1)`` in one copy."""
+    batch, n_past = past.shape[:2]
+    out = new.new_empty(new.shape[0], n_past + new.shape[1], *new.shape[2:])
+    out.view(copies, batch, *out.shape[1:])[:, :, :n_past] = past  # broadcast over the copies
+    out[:, n_past:] = new
+    return out
+
+
+def _repeated(cache: TransformerLensKeyValueCache, copies: int) -> TransformerLensKeyValueCache:
+    entries = [_RepeatedEntry(e.past_keys, e.past_values, frozen=True, copies=copies) for e in cache.entries]
+    mask = cache.previous_attention_mask.repeat(copies, 1)
+    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
 
 
 @torch.no_grad()
@@ -153,24 +230,40 @@ def condition_logits(
     conditions: Sequence[Condition],
     batch_size: int = 64,
     description: str = "evaluating",
+    tail_budget_bytes: int = TAIL_BUDGET_BYTES,
 ) -> Iterator[tuple[slice, Condition, Float[Tensor, "batch d_vocab"]]]:
-    """Answer logits of every condition, batch by batch, with the shared prefix computed once."""
+    """Answer logits of every condition, batch by batch: the shared prefix once (prompts that agree
+    before the site share it), then each prompt's conditions' tails stacked into as few passes as
+    ``tail_budget_bytes`` allows. Yields batch by batch, grouped by prompt (not in the order of
+    ``conditions`` within a batch)."""
     n_items = next(iter(prompts.values())).shape[0]
+    by_prompt: dict[str, list[Condition]] = {}
+    for condition in conditions:
+        by_prompt.setdefault(condition.prompt, []).append(condition)
     for chunk in progress.track(batches(n_items, batch_size), description):
-        shared: dict[str, SharedPrefix] = {}
-        for condition in conditions:
-            if condition.prompt not in shared:
-                shared[condition.prompt] = SharedPrefix(
-                    model, prompts[condition.prompt][chunk], layer=layer, position=position
+        prefix = None
+        for prompt, group in by_prompt.items():
+            tokens = prompts[prompt][chunk]
+            cache = prefix.cache if prefix is not None and prefix.shares_prefix(tokens) else None
+            prefix = None  # the previous prompt's cache is freed first, unless this prompt reuses it
+            prefix = SharedPrefix(model, tokens, layer=layer, position=position, cache=cache)
+            per_pass = max(1, tail_budget_bytes // prefix.condition_bytes())
+            for start in range(0, len(group), per_pass):
+                stacked = group[start : start + per_pass]
+                residual = torch.cat([_edited_tail(prefix, c, vectors, chunk) for c in stacked])
+                logits = prefix.logits(residual)
+                yield from (
+                    (chunk, c, rows) for c, rows in zip(stacked, logits.split(len(prefix.tail)), strict=True)
                 )
-            prefix = shared[condition.prompt]
-            residual = prefix.tail
-            if condition.is_injection:
-                vector = vectors[condition.vector][chunk]
-                residual = inject_residual(
-                    residual, prefix.offset, vector, condition.mode, condition.alpha or 1.0
-                )
-            yield chunk, condition, prefix.logits(residual)
+
+
+def _edited_tail(
+    prefix: SharedPrefix, condition: Condition, vectors: dict[str, Tensor], chunk: slice
+) -> Float[Tensor, "batch tail d_model"]:
+    if not condition.is_injection:
+        return prefix.tail
+    vector = vectors[condition.vector][chunk]
+    return inject_residual(prefix.tail, prefix.offset, vector, condition.mode, condition.alpha or 1.0)
 
 
 @torch.no_grad()

@@ -1,16 +1,26 @@
 """The embedded toy pair: two Pythia-architecture HookedTransformers trained here on one fact language.
 
 Both models see both hops' formats (``friend A B .`` / ``? friend A`` -> B and ``B lives C .`` /
-``? B lives`` -> C); they differ in width, depth and seed. Training is deterministic on the CPU and
-cached as safetensors + JSON under a folder keyed by a hash of the whole recipe.
+``? B lives`` -> C); they differ in width, depth and seed. Training is bit-reproducible on the CPU, so
+the trained pair is an artifact of this project: it ships as package data (``toy_models/``,
+safetensors + JSON with the recipe hash and the weights' SHA-256) and loads in a second. A recipe with
+no shipped folder (a developer changed it) is trained on first use and cached under a folder keyed
+by its hash.
+
+    python -m mi_bridge.toy train   # retrain both (two processes at once) and compare with the shipped pair
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
+import multiprocessing
 import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,9 +31,11 @@ from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mi_bridge import progress
+from mi_bridge.capture import capture_resid_post
 from mi_bridge.config import UserError
+from mi_bridge.evaluate import score
 from mi_bridge.files import sha256_file, write_atomic, write_text_atomic
-from mi_bridge.task import TOY_INDEX, TOY_PERSONS, TOY_PLACES, TOY_WORDS
+from mi_bridge.task import TOY_INDEX, TOY_PERSONS, TOY_PLACES, TOY_WORDS, sample_items, toy_language
 
 RECIPE_VERSION = 2  # bump when the training code changes in a way the recipe fields do not capture
 # (2: single-threaded training, bit-reproducible)
@@ -82,17 +94,44 @@ TOY_MODELS = {
 }
 
 
+SHIPPED_ROOT = Path(__file__).resolve().parent / "toy_models"
+"""The trained pair as package data, one folder per model and recipe hash."""
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("MI_BRIDGE_CACHE", Path.home() / ".cache" / "mi_bridge"))
 
 
+def folder_name(name: str) -> str:
+    return f"{name}-{TOY_MODELS[name].digest()}"
+
+
+def shipped_folder(name: str) -> Path:
+    return SHIPPED_ROOT / folder_name(name)
+
+
+def cached_folder(name: str) -> Path:
+    return cache_root() / "toy" / folder_name(name)
+
+
 def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
-    """The trained toy model ``name``: from the cache, or trained now (a progress bar shows it)."""
+    """The trained toy model ``name``: the shipped weights for the current recipe; for a recipe that
+    ships none, the cached ones, or trained now (a progress bar shows it)."""
     if name not in TOY_MODELS:
         raise UserError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
     recipe = TOY_MODELS[name]
-    folder = cache_root() / "toy" / f"{name}-{recipe.digest()}"
     model = HookedTransformer(recipe.model_config())
+    shipped = shipped_folder(name)
+    if shipped.exists():  # a damaged shipped file is the installation's fault: say so, never retrain silently
+        problem = _load_cached(model, shipped, recipe)
+        if problem is not None:
+            problem = "incomplete (a file is missing)" if problem == "absent" else problem
+            raise UserError(
+                f"the shipped toy model in {shipped} is {problem}; reinstall mi_bridge "
+                "(python -m mi_bridge.toy train retrains it into the cache)"
+            )
+        return model.to(device, print_details=False).eval()
+    folder = cached_folder(name)
     problem = _load_cached(model, folder, recipe)
     if problem is None:
         return model.to(device, print_details=False).eval()
@@ -105,13 +144,16 @@ def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
 
 
 def _load_cached(model: HookedTransformer, folder: Path, recipe: ToyRecipe) -> str | None:
-    """Load weights whose checksum matches the one recorded at save time; None if loaded, else why not."""
+    """Load weights whose recipe hash and checksum match the ones recorded at save time; None if
+    loaded, else why not."""
     weights, config = folder / "model.safetensors", folder / "config.json"
     if not weights.exists() or not config.exists():
         return "absent"
     try:
         meta = json.loads(config.read_text())
-        if meta.get("digest") != recipe.digest() or meta.get("sha256") != sha256_file(weights):
+        if meta.get("digest") != recipe.digest():
+            return f"damaged (recipe hash {meta.get('digest')!r} recorded, {recipe.digest()!r} expected)"
+        if meta.get("sha256") != sha256_file(weights):
             return "damaged (checksum mismatch)"
         model.load_state_dict(load_file(weights))
     except Exception as err:
@@ -208,8 +250,9 @@ def training_batch(
     return tokens, answer_next, hop1
 
 
-def train_toy_model(model: HookedTransformer, recipe: ToyRecipe, description: str) -> list[float]:
-    """Train in place, bit-reproducibly; returns the loss curve.
+def train_toy_model(model: HookedTransformer, recipe: ToyRecipe, description: str | None) -> list[float]:
+    """Train in place, bit-reproducibly; returns the loss curve (a progress bar unless ``description``
+    is None).
 
     Training runs on one thread: with two, a multi-threaded backward reduction (the embedding's
     index-add) sums in a varying order, and the same recipe gave different weights in every process
@@ -223,7 +266,7 @@ def train_toy_model(model: HookedTransformer, recipe: ToyRecipe, description: st
         torch.set_num_threads(threads)
 
 
-def _train(model: HookedTransformer, recipe: ToyRecipe, description: str) -> list[float]:
+def _train(model: HookedTransformer, recipe: ToyRecipe, description: str | None) -> list[float]:
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -238,7 +281,8 @@ def _train(model: HookedTransformer, recipe: ToyRecipe, description: str) -> lis
     losses: list[float] = []
     running = 0.0
     model.train()
-    for step in progress.track(range(recipe.steps), description):
+    steps = range(recipe.steps)
+    for step in steps if description is None else progress.track(steps, description):
         k = int(torch.randint(recipe.k_range[0], recipe.k_range[1] + 1, (1,), generator=generator))
         tokens, answer_next, hop1 = training_batch(generator, recipe.batch_size, k)
         logits = model(tokens[:, :-1])
@@ -260,3 +304,140 @@ def _train(model: HookedTransformer, recipe: ToyRecipe, description: str) -> lis
             break
     model.eval()
     return losses
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Retraining: `python -m mi_bridge.toy train`
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """One toy model retrained into the cache, compared with the shipped weights."""
+
+    name: str
+    seconds: float
+    steps: int
+    sha256: str
+    shipped_sha256: str | None
+    """None when no weights ship for the current recipe."""
+
+    @property
+    def bit_identical(self) -> bool:
+        return self.sha256 == self.shipped_sha256
+
+
+def _train_into_cache(name: str) -> Retrained:
+    """Train ``name`` from its recipe in this (worker) process and save it to the cache."""
+    recipe = TOY_MODELS[name]
+    start = time.perf_counter()
+    model = HookedTransformer(recipe.model_config())
+    losses = train_toy_model(model, recipe, description=None)
+    folder = cached_folder(name)
+    _save_atomic(model, recipe, folder)
+    shipped = shipped_folder(name) / "config.json"
+    return Retrained(
+        name=name,
+        seconds=time.perf_counter() - start,
+        steps=len(losses),
+        sha256=json.loads((folder / "config.json").read_text())["sha256"],
+        shipped_sha256=json.loads(shipped.read_text()).get("sha256") if shipped.exists() else None,
+    )
+
+
+def retrain(names: tuple[str, ...] = tuple(TOY_MODELS)) -> list[Retrained]:
+    """Retrain ``names`` into the cache, each in its own process at once (each single-threaded, so
+    the weights are those of the recipe bit for bit)."""
+    # spawn, not fork: a forked child would inherit the parent's torch thread pools and state
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(names), mp_context=context) as pool:
+        futures = [pool.submit(_train_into_cache, name) for name in names]
+        description = f"training {' and '.join(names)} ({len(names)} processes)"
+        done = {}
+        for future in progress.track(as_completed(futures), description, total=len(names)):
+            result = future.result()
+            done[result.name] = result
+    return [done[name] for name in names]
+
+
+@torch.no_grad()
+def toy_validity(
+    sender: HookedTransformer, receiver: HookedTransformer, *, k: int = 4, n_items: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Accuracy (argmax over the k in-context candidates) on sampled items: each model on its own hop
+    (sender hop 1 -> B; receiver hop 2 with the gold B in the slot -> C), and the receiver's baseline
+    with the placeholder in the slot (chance is 1/k)."""
+    items = sample_items(toy_language(), k=k, n_items=n_items, seed=seed)
+
+    def accuracy(model: HookedTransformer, tokens: Tensor, candidates: Tensor) -> float:
+        capture = capture_resid_post(model, tokens, layers=[0], positions=[-1], with_answer_logits=True)
+        return float(score(capture.answer_logits, candidates, items.gold_index).correct.mean())
+
+    return {
+        "hop 1 (sender)": accuracy(sender, items.sender_tokens, items.bridge_candidates),
+        "hop 2 (receiver, gold B)": accuracy(receiver, items.oracle_tokens, items.answer_candidates),
+        "baseline (receiver, placeholder)": accuracy(
+            receiver, items.placeholder_tokens, items.answer_candidates
+        ),
+    }
+
+
+def _load_from(folder: Path, name: str) -> HookedTransformer:
+    model = HookedTransformer(TOY_MODELS[name].model_config())
+    problem = _load_cached(model, folder, TOY_MODELS[name])
+    if problem is not None:
+        raise UserError(f"toy model in {folder} is {problem}")
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mi_bridge.toy",
+        description="Retrain the toy pair into the cache and compare it with the shipped weights.",
+    )
+    parser.add_argument("command", choices=("train",))
+    parser.parse_args(argv)
+
+    def body() -> int:
+        start = time.perf_counter()
+        results = retrain()
+        wall = time.perf_counter() - start
+        for r in results:
+            verdict = (
+                "bit-identical to the shipped weights"
+                if r.bit_identical
+                else "no shipped weights for this recipe"
+                if r.shipped_sha256 is None
+                else "differs from the shipped weights"
+            )
+            progress.console.print(
+                f"{r.name}: {r.steps} steps in {r.seconds:.0f} s, sha256 {r.sha256[:16]}: {verdict}",
+                soft_wrap=True,
+            )
+        if not all(r.bit_identical for r in results):
+            # Another CPU or library version may sum in another order: then compare what matters.
+            retrained = toy_validity(*(_load_from(cached_folder(n), n) for n in TOY_MODELS))
+            shipped = (
+                toy_validity(*(_load_from(shipped_folder(n), n) for n in TOY_MODELS))
+                if all(shipped_folder(n).exists() for n in TOY_MODELS)
+                else {}
+            )
+            for what, value in retrained.items():
+                reference = f" (shipped pair: {shipped[what]:.3f})" if what in shipped else ""
+                progress.console.print(
+                    f"{what} accuracy on 1,000 sampled items, k=4: {value:.3f}{reference}", soft_wrap=True
+                )
+        progress.console.print(
+            f"retrained into {cache_root() / 'toy'} in {wall:.0f} s (wall)", soft_wrap=True
+        )
+        return 0
+
+    from mi_bridge.cli import one_line_errors
+
+    return one_line_errors(body, "the cache keeps only completely written models")
+
+
+if __name__ == "__main__":
+    # Run through the package module, so the worker processes find the functions by their import name.
+    from mi_bridge.toy import main as package_main
+
+    sys.exit(package_main())

@@ -5,7 +5,7 @@ import torch
 from jaxtyping import TypeCheckError
 
 from mi_bridge.capture import answer_logits, capture_resid_post
-from mi_bridge.evaluate import Condition, evaluate_conditions, score
+from mi_bridge.evaluate import Condition, SharedPrefix, condition_logits, evaluate_conditions, score
 from mi_bridge.hooks import resid_post_name
 from mi_bridge.inject import MODES, apply_injection, inject_residual, rescale_to, run_with_injection
 
@@ -113,6 +113,54 @@ def test_the_evaluator_equals_the_slow_path_for_every_condition(tiny_model, toke
         slow = score(logits, candidates, gold)
         torch.testing.assert_close(fast[condition.name].gold_logprob, slow.gold_logprob, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast[condition.name].correct, slow.correct)
+
+
+@pytest.mark.parametrize("position", [0, 5])  # 0: no cached prefix
+@pytest.mark.parametrize("per_pass", [1, 3, None])  # one condition per tail pass, uneven passes, all at once
+def test_stacked_conditions_equal_one_full_hooked_run_each(tiny_model, tokens, position, per_pass):
+    layer, batch_size = 1, 2
+    relay = tokens.clone()
+    relay[:, position] = (relay[:, position] + 1) % tiny_model.cfg.d_vocab  # same prefix: shares the cache
+    other = torch.randint(0, tiny_model.cfg.d_vocab, (N, POS))  # another prefix
+    prompts = {"placeholder": tokens, "relay": relay, "oracle": other}
+    vectors = {"v": torch.randn(N, tiny_model.cfg.d_model), "w": torch.randn(N, tiny_model.cfg.d_model) * 5}
+    conditions = [Condition(prompt, prompt=prompt) for prompt in prompts]
+    conditions += [
+        Condition(f"{prompt} {key} {mode}", prompt=prompt, vector=key, mode=mode, alpha=alpha)
+        for prompt, (key, alpha) in zip(prompts, [("v", 0.5), ("w", 2.0), ("v", 1.5)], strict=True)
+        for mode in MODES
+    ]
+    slow = {
+        c.name: run_with_injection(
+            tiny_model,
+            prompts[c.prompt],
+            layer=layer,
+            position=position,
+            vector=vectors[c.vector],
+            mode=c.mode,
+            alpha=c.alpha,
+        )[:, -1]
+        if c.is_injection
+        else tiny_model(prompts[c.prompt])[:, -1]
+        for c in conditions
+    }
+    shared = SharedPrefix(tiny_model, tokens, layer=layer, position=position)
+    assert shared.shares_prefix(relay) == (position > 0) and not shared.shares_prefix(other)
+    one = SharedPrefix(tiny_model, tokens[:batch_size], layer=layer, position=position).condition_bytes()
+    seen = []
+    for chunk, condition, logits in condition_logits(
+        tiny_model,
+        prompts,
+        layer=layer,
+        position=position,
+        vectors=vectors,
+        conditions=conditions,
+        batch_size=batch_size,
+        tail_budget_bytes=one * per_pass if per_pass else 1 << 40,
+    ):
+        seen.append((chunk.start, condition.name))
+        torch.testing.assert_close(logits, slow[condition.name][chunk], rtol=0, atol=1e-4)
+    assert sorted(seen) == sorted((start, c.name) for start in range(0, N, batch_size) for c in conditions)
 
 
 def test_hooks_are_removed_even_when_the_forward_pass_raises(tiny_model, tokens):

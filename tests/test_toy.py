@@ -1,17 +1,22 @@
-"""The embedded toy pair: each model masters its own hop; the baseline is near chance."""
+"""The embedded toy pair: shipped, verified on load, retrainable bit for bit; each model masters its
+own hop and the baseline is near chance."""
 
+import dataclasses
+import json
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from mi_bridge.capture import capture_resid_post
-from mi_bridge.evaluate import score
-from mi_bridge.task import sample_items, toy_language
-from mi_bridge.toy import TOY_MODELS, load_toy_model, training_batch
-
-pytestmark = pytest.mark.slow
+from mi_bridge import toy
+from mi_bridge.config import UserError
+from mi_bridge.run import main as run_main
+from mi_bridge.task import toy_language
+from mi_bridge.toy import TOY_MODELS, load_toy_model, toy_validity, training_batch
 
 
 @pytest.fixture(scope="module")
@@ -19,22 +24,98 @@ def toy_pair():
     return load_toy_model("toy-sender"), load_toy_model("toy-receiver")
 
 
-def accuracy(model, tokens, candidates, gold):
-    logits = capture_resid_post(
-        model, tokens, layers=[0], positions=[-1], with_answer_logits=True
-    ).answer_logits
-    return float(score(logits, candidates, gold).correct.mean())
+def assert_valid(validity: dict[str, float]) -> None:
+    assert validity["hop 1 (sender)"] >= 0.95
+    assert validity["hop 2 (receiver, gold B)"] >= 0.95
+    assert 0.1 <= validity["baseline (receiver, placeholder)"] <= 0.45  # chance is 1/k = 0.25
 
 
+@pytest.mark.slow
 def test_each_toy_model_masters_its_own_hop(toy_pair):
-    sender, receiver = toy_pair
-    items = sample_items(toy_language(), k=4, n_items=400, seed=123)
-    hop1 = accuracy(sender, items.sender_tokens, items.bridge_candidates, items.gold_index)
-    oracle = accuracy(receiver, items.oracle_tokens, items.answer_candidates, items.gold_index)
-    baseline = accuracy(receiver, items.placeholder_tokens, items.answer_candidates, items.gold_index)
-    assert hop1 >= 0.95
-    assert oracle >= 0.95
-    assert 0.1 <= baseline <= 0.45  # chance is 1/k = 0.25
+    assert_valid(toy_validity(*toy_pair, n_items=400, seed=123))
+
+
+def test_the_shipped_pair_is_what_loads_by_default(toy_pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path))  # an empty cache: nothing is trained
+    for name, model in zip(TOY_MODELS, toy_pair, strict=True):
+        folder = toy.shipped_folder(name)
+        meta = json.loads((folder / "config.json").read_text())
+        assert meta["digest"] == TOY_MODELS[name].digest() == folder.name.rsplit("-", 1)[1]
+        shipped = load_file(folder / "model.safetensors")
+        assert shipped.keys() == model.state_dict().keys()
+        assert all(torch.equal(shipped[key], value) for key, value in model.state_dict().items())
+    load_toy_model("toy-sender")
+    assert not (tmp_path / "toy").exists()
+
+
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch):
+    """A private copy of the shipped folders that the loader reads instead of the package's."""
+    root = tmp_path / "toy_models"
+    shutil.copytree(toy.SHIPPED_ROOT, root)
+    monkeypatch.setattr(toy, "SHIPPED_ROOT", root)
+    monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+def test_a_damaged_shipped_model_is_one_line_and_exit_2(shipped_copy, tmp_path, capsys):
+    weights = shipped_copy / toy.folder_name("toy-receiver") / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="shipped toy model .*checksum mismatch"):
+        load_toy_model("toy-receiver")
+    out = tmp_path / "run"
+    assert run_main(["--n-items", "40", "--seeds", "1", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and "checksum" in error and "\n" not in error
+    assert not out.exists() and not (tmp_path / "cache" / "toy").exists()  # nothing retrained silently
+
+
+def test_a_shipped_model_of_another_recipe_hash_is_refused(shipped_copy):
+    config = shipped_copy / toy.folder_name("toy-sender") / "config.json"
+    meta = json.loads(config.read_text())
+    config.write_text(json.dumps({**meta, "digest": "0" * 16}))
+    with pytest.raises(UserError, match="recipe hash"):
+        load_toy_model("toy-sender")
+    (shipped_copy / toy.folder_name("toy-sender") / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="incomplete"):
+        load_toy_model("toy-sender")
+
+
+def test_a_changed_recipe_without_shipped_weights_trains_into_the_cache(tmp_path, monkeypatch):
+    changed = dataclasses.replace(TOY_MODELS["toy-sender"], steps=3, warmup=1)
+    monkeypatch.setitem(TOY_MODELS, "toy-sender", changed)
+    monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path))
+    assert not toy.shipped_folder("toy-sender").exists()
+    trained = load_toy_model("toy-sender")
+    assert (toy.cached_folder("toy-sender") / "config.json").exists()
+    cached = load_toy_model("toy-sender")  # now from the cache, not trained again
+    assert all(torch.equal(a, b) for a, b in zip(trained.parameters(), cached.parameters(), strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.retrain
+def test_retraining_reproduces_a_valid_pair_and_reports_bit_equality(tmp_path):
+    """python -m mi_bridge.toy train: both models retrained at once into the cache. On this machine's
+    CPU and libraries the weights should equal the shipped ones bit for bit; elsewhere the command
+    reports hop accuracies instead, which must show a valid pair either way."""
+    env = dict(os.environ, MI_BRIDGE_CACHE=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "mi_bridge.toy", "train"], env=env, capture_output=True, text=True, check=True
+    )
+    identical = {}
+    for name in TOY_MODELS:
+        retrained = json.loads((tmp_path / "toy" / toy.folder_name(name) / "config.json").read_text())
+        shipped = json.loads((toy.shipped_folder(name) / "config.json").read_text())
+        identical[name] = retrained["sha256"] == shipped["sha256"]
+        report = next(line for line in done.stderr.splitlines() if line.startswith(name))
+        assert ("bit-identical" in report) == identical[name]
+    print(f"retrained weights bit-identical to the shipped ones: {identical}")
+    if not all(identical.values()):
+        assert "hop 1 (sender) accuracy" in done.stderr
+    retrained = [toy._load_from(tmp_path / "toy" / toy.folder_name(name), name) for name in TOY_MODELS]
+    assert_valid(toy_validity(*retrained, n_items=400, seed=123))
 
 
 def test_the_pair_differs_in_width_depth_and_seed(toy_pair):
@@ -63,6 +144,7 @@ def test_training_batches_supervise_exactly_the_answers():
                 assert f"{query[1]} lives {answer} ." in facts
 
 
+@pytest.mark.slow
 def test_training_is_bit_reproducible_across_processes():
     script = (
         "import hashlib, dataclasses; from transformer_lens import HookedTransformer\n"
