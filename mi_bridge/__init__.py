@@ -1,30 +1,36 @@
 """mi_bridge: can a small model hand a useful intermediate state to a larger one through a linear map
-between their residual streams? One controlled protocol, any model pair, with causal diagnostics."""
+between their residual streams? One controlled protocol, any model pair, with causal diagnostics.
 
-__version__ = "0.1.0"  # before the imports: submodules read it
+The public names are imported on first use, so that a command can reject bad input before torch and
+TransformerLens are imported (seconds on a small machine).
+"""
 
-from mi_bridge.bridge import LinearBridge, fit_quality, fit_report, ridge_path
-from mi_bridge.capture import capture_resid_post
-from mi_bridge.config import ExperimentConfig, UserError
-from mi_bridge.evaluate import Condition, evaluate_conditions, standard_conditions
-from mi_bridge.inject import apply_injection, inject_residual, rescale_to, run_with_injection
-from mi_bridge.task import TaskItems, sample_items
+from importlib import import_module
 
-__all__ = [
-    "Condition",
-    "ExperimentConfig",
-    "LinearBridge",
-    "TaskItems",
-    "UserError",
-    "apply_injection",
-    "capture_resid_post",
-    "evaluate_conditions",
-    "fit_quality",
-    "fit_report",
-    "inject_residual",
-    "rescale_to",
-    "ridge_path",
-    "run_with_injection",
-    "sample_items",
-    "standard_conditions",
-]
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "Condition": "evaluate",
+    "ExperimentConfig": "config",
+    "LinearBridge": "bridge",
+    "TaskItems": "task",
+    "UserError": "config",
+    "apply_injection": "inject",
+    "capture_resid_post": "capture",
+    "evaluate_conditions": "evaluate",
+    "fit_quality": "bridge",
+    "fit_report": "bridge",
+    "inject_residual": "inject",
+    "rescale_to": "inject",
+    "ridge_path": "bridge",
+    "run_with_injection": "inject",
+    "sample_items": "task",
+    "standard_conditions": "evaluate",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(f"mi_bridge.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module 'mi_bridge' has no attribute {name!r}")
