@@ -80,7 +80,7 @@ class SGDL2Bridge:
                 torch.nn.utils.clip_grad_norm_(layer.parameters(), max_norm=recipe.clip)
                 optimizer.step()
                 scheduler.step()
-                total_loss += float(loss) * len(index)
+                total_loss += float(loss.detach()) * len(index)
             with torch.no_grad():
                 val_loss = float(torch.nn.functional.mse_loss(layer(x_val), y_val))
             train_losses.append(total_loss / n_train)
