@@ -79,22 +79,17 @@ class ExperimentConfig:
     min_oracle_gap: float = 0.25
     """Task validity: oracle accuracy must exceed baseline accuracy by this much (CI excluding 0)."""
     protocol: str = "split"
-    """``split`` (the sender holds what the receiver lacks) or ``seed`` (the reference paper's released
-    protocol: both models read the same prompt, greedy generation, contains-match; needs ``--pair pythia``
-    or any pair with a shared tokenizer). Under ``seed``, ``n_items`` takes the first items of the 396
-    (all by default), ``seeds`` the first of the paper's seeds 42, 123, 456, and ``n_fit`` the number of
-    fit-corpus texts (default 5,000)."""
+    """``split`` (the sender holds what the receiver lacks) or ``seed`` (the reference paper's protocol as
+    released; needs a pair with a shared tokenizer, e.g. ``--pair pythia``; README: Seed-paper protocol)."""
     bridge: str | None = None
     """Bridge recipe: ``ridge`` (closed form, standardized space), ``sgd-l2`` (the paper's: a linear layer
     with bias on L2-normalized states, AdamW) or ``both`` (compared on the same data); seed protocol only;
     default: ``sgd-l2`` under ``seed``, ``ridge`` under ``split``."""
     fit_corpus: str | None = None
-    """Seed protocol: the text the bridge is fitted on (both models read it, states paired per token): a
-    local text file (one text per line) or a Hugging Face dataset ``name[:config]`` such as
-    ``wikitext:wikitext-103-raw-v1`` (needs ``datasets``); default: the eval contexts (offline)."""
+    """Seed protocol: the bridge's fit text, a local file (one text per line) or a Hugging Face dataset
+    ``name[:config]`` (needs ``datasets``); default: the eval contexts (offline)."""
     max_new_tokens: int = 64
-    """Seed protocol: greedy tokens generated per answer (the text relay's sender gets twice as many, as
-    in the paper)."""
+    """Seed protocol: greedy tokens per answer (the text relay's sender gets twice as many)."""
     device: str = "cpu"
     """Torch device."""
     out: str | None = None
