@@ -83,7 +83,6 @@ def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) ->
 
 def run_seed(config: ExperimentConfig, pair, sender_layer: int, receiver_layer: int, folder: Path) -> int:
     """The seed paper's protocol (``--protocol seed``): audit and table beside the published one."""
-
     from mi_bridge import seed_report
     from mi_bridge.seed_experiment import run_seed_experiment
 
