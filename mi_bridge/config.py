@@ -12,7 +12,16 @@ PAIRS = ("toy", "pythia")
 POSITIONS = ("slot", "final")
 TARGETS = ("relay-slot", "same-input")
 DTYPES = ("float32", "bfloat16", "float16")
-CHOICES = {"pair": PAIRS, "position": POSITIONS, "target": TARGETS, "dtype": DTYPES}
+PROTOCOLS = ("split", "seed")
+BRIDGES = ("ridge", "sgd-l2", "both")
+CHOICES = {
+    "pair": PAIRS,
+    "position": POSITIONS,
+    "target": TARGETS,
+    "dtype": DTYPES,
+    "protocol": PROTOCOLS,
+    "bridge": BRIDGES,
+}
 """The allowed values of the config fields that take one of a few names (used by the CLI)."""
 DEFAULT_MODELS = {"toy": ("toy-sender", "toy-receiver"), "pythia": ("pythia-160m", "pythia-410m")}
 
@@ -85,6 +94,18 @@ class ExperimentConfig:
     dtype: str = "float32"
     """Precision the models run in: ``float32``, ``bfloat16`` or ``float16`` (not on the CPU); the bridge
     fit and the statistics stay in float32/float64."""
+    protocol: str = "split"
+    """``split`` (the sender holds what the receiver lacks) or ``seed`` (the reference paper's protocol as
+    released; needs a pair with a shared tokenizer, e.g. ``--pair pythia``; README: Seed-paper protocol)."""
+    bridge: str | None = None
+    """Bridge recipe: ``ridge`` (closed form, standardized space), ``sgd-l2`` (the paper's: a linear layer
+    with bias on L2-normalized states, AdamW) or ``both`` (compared on the same data); seed protocol only;
+    default: ``sgd-l2`` under ``seed``, ``ridge`` under ``split``."""
+    fit_corpus: str | None = None
+    """Seed protocol: the bridge's fit text, a local file (one text per line) or a Hugging Face dataset
+    ``name[:config]`` (needs ``datasets``); default: the eval contexts (offline)."""
+    max_new_tokens: int = 64
+    """Seed protocol: greedy tokens per answer (the text relay's sender gets twice as many)."""
     device: str = "cpu"
     """Torch device."""
     out: str | None = None
@@ -112,7 +133,10 @@ class ExperimentConfig:
             raise UserError(f"seeds must be at least 1 (got {self.seeds})")
         if not 0 < self.test_fraction < 1:
             raise UserError(f"test fraction must lie strictly between 0 and 1 (got {self.test_fraction})")
-        if self.fit_items < 8 or self.n_test < 8:
+        if self.protocol == "seed":
+            if self.n_items < 2 or (self.n_fit is not None and self.n_fit < 2):
+                raise UserError("too few items: the seed protocol needs n_items >= 2 and n_fit >= 2")
+        elif self.fit_items < 8 or self.n_test < 8:
             raise UserError(
                 f"too few items: n_items={self.n_items}, n_fit={self.n_fit} give {self.fit_items} fit and "
                 f"{self.n_test} test items; each needs at least 8"
@@ -139,6 +163,18 @@ class ExperimentConfig:
                 raise UserError(
                     f"{name.replace('_', ' ')} {revision!r} is not a revision name (e.g. step143000)"
                 )
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if self.bridge is not None and self.bridge not in BRIDGES:
+            raise UserError(f"unknown bridge {self.bridge!r}; choose one of {', '.join(BRIDGES)}")
+        if self.protocol == "split" and self.bridge not in (None, "ridge"):
+            raise UserError(f"--bridge {self.bridge} applies to --protocol seed only (split uses ridge)")
+        if self.protocol == "seed" and self.pair == "toy":
+            raise UserError(
+                "the seed protocol needs a pair with a shared natural-language tokenizer: use --pair pythia"
+            )
+        if self.max_new_tokens < 1:
+            raise UserError(f"max new tokens must be at least 1 (got {self.max_new_tokens})")
         for name in ("sender_layer", "receiver_layer"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -151,6 +187,11 @@ class ExperimentConfig:
     @property
     def receiver_name(self) -> str:
         return self.receiver or DEFAULT_MODELS[self.pair][1]
+
+    @property
+    def bridge_kind(self) -> str:
+        """The bridge recipe, with the protocol's default."""
+        return self.bridge or ("sgd-l2" if self.protocol == "seed" else "ridge")
 
     @property
     def n_test(self) -> int:

@@ -67,9 +67,16 @@ def middle_layer(n_layers: int) -> int:
     return (n_layers - 1) // 2
 
 
-def default_layer(pair: str, role: str, n_layers: int) -> int:
+SEED_LAYER_DEPTH = 0.67
+"""The seed paper's relative layer (``layer_rel``): blocks 8 of 12 and 16 of 24 for Pythia-160M/410M."""
+
+
+def default_layer(pair: str, role: str, n_layers: int, protocol: str = "split") -> int:
     """Middle layers, except the toy sender: it resolves hop 1 only in its last block (its middle-layer
-    state holds no trace of B: held-out normalized cosine ~0), so its last layer is the sensible default."""
+    state holds no trace of B: held-out normalized cosine ~0), so its last layer is the sensible default.
+    The seed protocol uses the paper's 67% depth."""
+    if protocol == "seed":
+        return int(SEED_LAYER_DEPTH * n_layers)
     if pair == "toy" and role == "sender":
         return n_layers - 1
     return middle_layer(n_layers)
@@ -78,7 +85,7 @@ def default_layer(pair: str, role: str, n_layers: int) -> int:
 def choose_layer(config: ExperimentConfig, role: str, name: str, n_layers: int) -> int:
     """The configured layer of ``role`` (default: ``default_layer``); out of range is a user error."""
     value = getattr(config, f"{role}_layer")
-    layer = default_layer(config.pair, role, n_layers) if value is None else value
+    layer = default_layer(config.pair, role, n_layers, config.protocol) if value is None else value
     if not 0 <= layer < n_layers:
         raise UserError(f"{role} layer {layer} is out of range: {name} has layers 0..{n_layers - 1}")
     return layer

@@ -100,7 +100,8 @@ def validity_rows(results: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-FIT_METRICS = ("normalized_cosine", "raw_cosine", "centered_cosine", "r2")
+FIT_METRICS = ("normalized_cosine", "raw_cosine", "centered_cosine", "r2", "l2_cosine", "l2_r2")
+FIT_HEADER = ("predictor", "normalized cos", "raw cos", "centered cos", "R²", "L2 cos (paper)", "L2 R²")
 
 
 def bridge_rows(results: dict) -> list[tuple[str, ...]]:
@@ -238,7 +239,7 @@ def render(results: dict, full: bool = False) -> None:
     _rich_table(
         out,
         f"Bridge fit on held-out items (target: {results['bridge']['target']})",
-        ("predictor", "normalized cos", "raw cos", "centered cos", "R²"),
+        FIT_HEADER,
         bridge_rows(results),
     )
     _condition_table(
@@ -297,7 +298,7 @@ def markdown(results: dict, figure: str | None = None) -> str:
         lines += ["", "Site class per receiver layer (replace mode):", ""]
         lines += md_table(SCAN_HEADER, scan_rows(results))
     lines += ["", f"## Bridge fit (held out, target {results['bridge']['target']})", ""]
-    lines += md_table(("predictor", "normalized cos", "raw cos", "centered cos", "R²"), bridge_rows(results))
+    lines += md_table(FIT_HEADER, bridge_rows(results))
     lines += ["", "## Best condition per vector kind (**bold**: that CI excludes 0)", ""]
     lines += conditions_md(best_per_kind(results))
     if figure:

@@ -31,6 +31,8 @@ def write_run_folder(folder: Path, results: dict, seeds, config: ExperimentConfi
 
 def default_out(config: ExperimentConfig, sender_layer: int, receiver_layer: int) -> Path:
     name = f"{config.pair}-{config.sender_name}-{config.receiver_name}-L{sender_layer}-L{receiver_layer}"
+    if config.protocol == "seed":
+        return Path("runs") / f"{name}-seed-{config.bridge_kind}".replace("/", "_")
     return Path("runs") / f"{name}-{config.position}-{config.target}".replace("/", "_")
 
 
@@ -57,6 +59,8 @@ def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) ->
     sender_layer, receiver_layer = resolve_layers(config, pair)
     folder = Path(config.out) if config.out else default_out(config, sender_layer, receiver_layer)
     cli.check_writable(folder)
+    if config.protocol == "seed":
+        return run_seed(config, pair, sender_layer, receiver_layer, folder)
     results, seeds = run_experiment(config, pair, sender_layer, receiver_layer, default_store(use_cache))
     results = {
         "config": config.to_dict(),
@@ -79,6 +83,31 @@ def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) ->
     }
     report.render(results, full=full)
     write_run_folder(folder, results, seeds, config)
+    report.console.print(f"run folder: {folder}")
+    return 0
+
+
+def run_seed(config: ExperimentConfig, pair, sender_layer: int, receiver_layer: int, folder: Path) -> int:
+    """The seed paper's protocol (``--protocol seed``): audit and table beside the published one."""
+    from mi_bridge import seed_report
+    from mi_bridge.seed_experiment import run_seed_experiment
+
+    results, predictions = run_seed_experiment(config, pair, sender_layer, receiver_layer)
+    results = {
+        "config": config.to_dict(),
+        "layers": {"sender": sender_layer, "receiver": receiver_layer},
+        "models": {"sender": {"name": pair.sender_name}, "receiver": {"name": pair.receiver_name}},
+        "n_items": results["conditions"][0]["n"],
+        "versions": cli.versions(),
+        **results,
+    }
+    seed_report.render(results)
+
+    def write_rest(staging: Path) -> None:
+        (staging / "report.md").write_text(seed_report.markdown(results))
+        cli.write_json(staging / "predictions.json", predictions)
+
+    cli.publish_run(folder, config, results, write_rest)
     report.console.print(f"run folder: {folder}")
     return 0
 

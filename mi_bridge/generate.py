@@ -1,0 +1,124 @@
+"""Greedy decoding with the paper's settings, on a TransformerLens model with a KV cache.
+
+The paper decodes with Hugging Face ``generate(do_sample=False, repetition_penalty=1.3,
+no_repeat_ngram_size=3)``. The two logits processors are pure functions here, with Hugging Face's
+semantics: the penalty and the n-gram ban look at the whole sequence, prompt included. Hooks given to
+:func:`greedy_generate` are active during the prefill (the prompt's forward pass) only, as the paper's
+``prefill_only`` injection; every new token then runs against the cached keys and values.
+
+Prompts of one batch must have the same length (no padding, so positions and attention are exactly
+those of a single prompt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+REPETITION_PENALTY = 1.3
+NO_REPEAT_NGRAM = 3
+
+
+def apply_repetition_penalty(
+    logits: Float[Tensor, "batch d_vocab"], sequences: Sequence[Sequence[int]], penalty: float
+) -> Float[Tensor, "batch d_vocab"]:
+    """Every token already in a sequence: positive logits divided by ``penalty``, negative multiplied."""
+    out = logits.clone()
+    for row, sequence in enumerate(sequences):
+        seen = torch.tensor(sorted(set(sequence)), dtype=torch.long, device=logits.device)
+        if seen.numel() == 0:
+            continue
+        values = out[row, seen]
+        out[row, seen] = torch.where(values < 0, values * penalty, values / penalty)
+    return out
+
+
+def banned_ngram_tokens(sequence: Sequence[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in ``sequence``."""
+    if n < 1 or len(sequence) < n - 1:
+        return set()
+    prefix = tuple(sequence[len(sequence) - (n - 1) :]) if n > 1 else ()
+    return {
+        sequence[i + n - 1] for i in range(len(sequence) - n + 1) if tuple(sequence[i : i + n - 1]) == prefix
+    }
+
+
+def ban_repeated_ngrams(
+    logits: Float[Tensor, "batch d_vocab"], sequences: Sequence[Sequence[int]], n: int
+) -> Float[Tensor, "batch d_vocab"]:
+    out = logits.clone()
+    for row, sequence in enumerate(sequences):
+        banned = sorted(banned_ngram_tokens(sequence, n))
+        if banned:
+            out[row, banned] = -torch.inf
+    return out
+
+
+def next_tokens(
+    logits: Float[Tensor, "batch d_vocab"],
+    sequences: Sequence[Sequence[int]],
+    *,
+    penalty: float = REPETITION_PENALTY,
+    no_repeat_ngram: int = NO_REPEAT_NGRAM,
+) -> Int[Tensor, " batch"]:
+    """The greedy choice after both processors (penalty first, then the ban, as Hugging Face orders them)."""
+    scores = ban_repeated_ngrams(
+        apply_repetition_penalty(logits, sequences, penalty), sequences, no_repeat_ngram
+    )
+    return scores.argmax(-1)
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    *,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    prefill_hooks: Sequence = (),
+    penalty: float = REPETITION_PENALTY,
+    no_repeat_ngram: int = NO_REPEAT_NGRAM,
+) -> list[list[int]]:
+    """The new tokens of each prompt (up to and excluding an end-of-text token)."""
+    batch = tokens.shape[0]
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, batch)
+    # Never padded: an explicit all-ones mask (with a cache TransformerLens would otherwise derive one
+    # from the tokenizer's pad token, which for Pythia is the end-of-text token 0).
+    no_padding = lambda t: torch.ones_like(t)
+    last_logits = lambda residual: model.unembed(model.ln_final(residual[:, -1:]))[:, 0]
+    full_depth = model.cfg.n_layers  # the residual before ln_final: unembed the last position only
+    with model.hooks(fwd_hooks=list(prefill_hooks)):
+        residual = model(
+            tokens, past_kv_cache=cache, attention_mask=no_padding(tokens), stop_at_layer=full_depth
+        )
+    logits = last_logits(residual)
+    sequences = tokens.tolist()
+    new: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    for step in range(max_new_tokens):
+        choice = next_tokens(logits.float(), sequences, penalty=penalty, no_repeat_ngram=no_repeat_ngram)
+        for row, token in enumerate(choice.tolist()):
+            sequences[row].append(token)
+            if done[row]:
+                continue
+            if token == eos_token_id:
+                done[row] = True
+            else:
+                new[row].append(token)
+        if all(done) or step == max_new_tokens - 1:
+            break
+        step_tokens = choice[:, None]
+        logits = last_logits(
+            model(
+                step_tokens,
+                past_kv_cache=cache,
+                attention_mask=no_padding(step_tokens),
+                stop_at_layer=full_depth,
+            )
+        )
+    return new

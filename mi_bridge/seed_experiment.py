@@ -1,0 +1,437 @@
+"""The seed paper's protocol as released (``--protocol seed``): both models read the same prompt; a
+bridge fitted on the same text through both models translates the sender's states at every position;
+the receiver generates greedily with the translated states injected during prefill at
+``blocks.{Lr}.hook_resid_post``; answers are scored with the paper's three metrics.
+
+Conditions (the published table, plus an oracle that the paper does not have):
+
+| condition | what the receiver's state h at every prompt position becomes |
+|---|---|
+| no injection | h |
+| text relay | h of another prompt: the sender's greedy "Key facts:" continuation, then the question |
+| additive | h + 0.01 · v_last (the last position's translated vector, at every position) |
+| receiver self-inject | the receiver's own h (captured in a separate pass): must equal no injection |
+| best alpha (0.3) | 0.3 · v·‖h‖/‖v‖ + 0.7 · h |
+| scale-corrected | v·‖h‖/‖v‖ |
+| replace | v (the bridge output as it is) |
+| shuffled translation | another item's v (same prompt length) · ‖h‖/‖v‖ |
+| same-norm random | a Gaussian direction · ‖h‖ |
+| zero replacement | 0 |
+| oracle | h of the prompt with the answer-bearing fact restated (``seed_task.oracle_prompt``) |
+
+Conditions that use a bridge or random numbers run once per seed (and per bridge with ``--bridge
+both``); the others are deterministic and run once, as in the paper.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mi_bridge import audit, progress
+from mi_bridge.bridge import LinearBridge, fit_quality, l2_fit_quality, l2_mean
+from mi_bridge.capture import batches, capture_resid_post
+from mi_bridge.config import ExperimentConfig, SeedOffset
+from mi_bridge.experiment import derangement, random_like
+from mi_bridge.generate import greedy_generate
+from mi_bridge.hooks import resid_post_name
+from mi_bridge.inject import rescale_to
+from mi_bridge.models import ModelPair
+from mi_bridge.seed_metrics import METRICS, score
+from mi_bridge.seed_task import (
+    MAX_PROMPT_TOKENS,
+    SeedItem,
+    load_eval,
+    load_fit_corpus,
+    load_published,
+    oracle_prompt,
+    paper_seed,
+    prompt,
+    relay_receiver_prompt,
+    relay_sender_prompt,
+)
+from mi_bridge.sgd_bridge import SGDL2Bridge
+from mi_bridge.stats import mean_with_ci
+
+DEFAULT_FIT_TEXTS = 5000
+"""The paper's fit corpus size (WikiText-103 texts)."""
+ADDITIVE_SCALE = 0.01
+BEST_ALPHA = 0.3
+PRIMARY_METRIC = "boundary_contains"
+FLOORS = ("zero replacement", "same-norm random")
+
+
+@dataclass(frozen=True)
+class SeedCondition:
+    name: str
+    vector: str | None = None
+    """``translated``, ``shuffled`` (both need a bridge), ``own``, ``random``, ``zero``, or None."""
+    op: str | None = None
+    """``add-last``, ``replace`` or ``blend`` (alpha · rescaled + (1 − alpha) · h)."""
+    alpha: float = 1.0
+    prompt: str = "full"
+    """``full``, ``relay`` or ``oracle``."""
+
+    @property
+    def uses_bridge(self) -> bool:
+        return self.vector in ("translated", "shuffled")
+
+    @property
+    def seeded(self) -> bool:
+        return self.uses_bridge or self.vector == "random"
+
+
+BASELINE = SeedCondition("no injection")
+ORACLE = SeedCondition("oracle (answer fact restated)", prompt="oracle")
+CONDITIONS = [
+    BASELINE,
+    SeedCondition("text relay", prompt="relay"),
+    SeedCondition("additive", "translated", "add-last", ADDITIVE_SCALE),
+    SeedCondition("receiver self-inject", "own", "replace"),
+    SeedCondition("best alpha (0.3)", "translated", "blend", BEST_ALPHA),
+    SeedCondition("scale-corrected", "translated", "blend"),
+    SeedCondition("replace", "translated", "replace"),
+    SeedCondition("shuffled translation", "shuffled", "blend"),
+    SeedCondition("same-norm random", "random", "blend"),
+    SeedCondition("zero replacement", "zero", "replace"),
+    ORACLE,
+]
+
+
+def injected_state(
+    h: Float[Tensor, "n pos d"], v: Float[Tensor, "n pos d"], op: str, alpha: float
+) -> Float[Tensor, "n pos d"]:
+    """The receiver's new state at every prompt position (pure)."""
+    v = v.to(h.dtype)
+    if op == "add-last":
+        return h + alpha * v[:, -1:, :]
+    if op == "replace":
+        return v.clone()
+    if op == "blend":
+        rescaled = rescale_to(v.reshape(-1, v.shape[-1]), h.reshape(-1, h.shape[-1])).reshape(h.shape)
+        return alpha * rescaled + (1 - alpha) * h
+    raise ValueError(f"unknown seed injection {op!r}")
+
+
+def prefill_hook(vectors: Float[Tensor, "n pos d"], op: str, alpha: float):
+    """A TransformerLens hook replacing the residual stream by :func:`injected_state`."""
+
+    def hook_fn(act: Float[Tensor, "n pos d"], hook) -> Float[Tensor, "n pos d"]:
+        return injected_state(act, vectors.to(act.device), op, alpha)
+
+    return hook_fn
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokens, states, fit pairs
+
+
+def encode(pair: ModelPair, texts: list[str]) -> list[list[int]]:
+    """Token ids as the paper's Hugging Face tokenizer gives them (no BOS, truncated at 256)."""
+    tokenizer = pair.receiver.tokenizer
+    return [tokenizer(t, truncation=True, max_length=MAX_PROMPT_TOKENS)["input_ids"] for t in texts]
+
+
+def length_groups(token_lists: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Item indices in batches of equal token length (never padded)."""
+    by_length = defaultdict(list)
+    for i, tokens in enumerate(token_lists):
+        by_length[len(tokens)].append(i)
+    return [
+        group[part]
+        for length in sorted(by_length)
+        for group in [by_length[length]]
+        for part in batches(len(group), batch_size)
+    ]
+
+
+def item_states(model, token_lists: list[list[int]], layer: int, batch_size: int) -> list[Tensor]:
+    """``resid_post`` at every position of each item, (pos, d) per item."""
+    out: list[Tensor | None] = [None] * len(token_lists)
+    for group in length_groups(token_lists, batch_size):
+        tokens = torch.tensor([token_lists[i] for i in group], device=model.cfg.device)
+        states = capture_resid_post(model, tokens, layers=[layer], positions=range(tokens.shape[1])).states[
+            layer
+        ]
+        for row, i in enumerate(group):
+            out[i] = states[row].cpu()
+    return out
+
+
+def fit_pairs(
+    pair: ModelPair, token_lists: list[list[int]], sender_layer: int, receiver_layer: int, batch_size: int
+) -> tuple[Float[Tensor, "n d_sender"], Float[Tensor, "n d_receiver"]]:
+    """Sender and receiver states of the same text paired per position, in corpus order."""
+    token_lists = [t for t in token_lists if t]
+    chunks = progress.track(range(0, len(token_lists), 256), "seed protocol: fit-corpus states")
+    xs, ys = [], []
+    for start in chunks:
+        part = token_lists[start : start + 256]
+        xs += item_states(pair.sender, part, sender_layer, batch_size)
+        ys += item_states(pair.receiver, part, receiver_layer, batch_size)
+    return torch.cat(xs), torch.cat(ys)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bridges
+
+
+@dataclass
+class FittedBridge:
+    kind: str
+    seed: int
+    translate: object
+    """Callable (..., d_sender) -> (..., d_receiver)."""
+    fit: dict[str, float]
+
+
+def fit_bridges(
+    kinds: list[str], x: Tensor, y: Tensor, seeds: list[int]
+) -> tuple[dict[str, list[FittedBridge]], dict]:
+    """Every bridge kind for every seed, on the first 90% of the pairs; fit quality on the last 10%
+    (the paper's held-out split), beside the receiver-mean predictor in the same spaces."""
+    n_val = max(1, int(len(x) * 0.1))
+    x_fit, y_fit, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
+    out: dict[str, list[FittedBridge]] = {kind: [] for kind in kinds}
+    for seed in seeds:
+        for kind in kinds:
+            if kind == "sgd-l2":
+                bridge = SGDL2Bridge.fit(x, y, seed=seed)  # holds out the same last 10% itself
+                fit = l2_fit_quality(bridge(x_val), y_val)
+                fit["best_epoch"] = bridge.history["best_epoch"]
+            else:
+                bridge = LinearBridge.fit(x_fit, y_fit, seed=seed)
+                fit = fit_quality(bridge(x_val), y_val, bridge.y_norm)
+            out[kind].append(FittedBridge(kind, seed, bridge, fit))
+    trivial = l2_fit_quality(l2_mean(y_fit).expand(len(y_val), -1), y_val)
+    return out, {"receiver_mean_direction": trivial, "n_fit_pairs": len(x_fit), "n_heldout_pairs": n_val}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running conditions
+
+
+@dataclass
+class SeedRun:
+    """One seed-protocol run's fixed inputs: models, layers, items, prompt tokens and captured states."""
+
+    config: ExperimentConfig
+    pair: ModelPair
+    sender_layer: int
+    receiver_layer: int
+    items: list[SeedItem]
+    tokens: list[list[int]]
+    sender_states: list[Tensor]
+    receiver_states: list[Tensor]
+
+    def generate(
+        self, model, token_lists, max_new_tokens: int, vectors=None, op=None, alpha=1.0
+    ) -> list[str]:
+        """Greedy continuations of every prompt, decoded; with ``vectors`` (one (pos, d) tensor per
+        item), the injection ``op`` at the receiver layer during prefill."""
+        out: list[str] = [""] * len(token_lists)
+        eos = model.tokenizer.eos_token_id
+        for group in length_groups(token_lists, self.config.batch_size):
+            tokens = torch.tensor([token_lists[i] for i in group], device=model.cfg.device)
+            hooks = []
+            if vectors is not None:
+                batch = torch.stack([vectors[i] for i in group])
+                hooks = [(resid_post_name(self.receiver_layer), prefill_hook(batch, op, alpha))]
+            new = greedy_generate(
+                model, tokens, max_new_tokens=max_new_tokens, eos_token_id=eos, prefill_hooks=hooks
+            )
+            for i, ids in zip(group, new, strict=True):
+                out[i] = model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return out
+
+    def vectors(self, condition: SeedCondition, bridge: FittedBridge | None, seed: int) -> list[Tensor]:
+        """The vector injected at every position, per item."""
+        own = self.receiver_states
+        if condition.vector == "own":
+            return own
+        if condition.vector == "zero":
+            return [torch.zeros_like(h) for h in own]
+        if condition.vector == "random":
+            generator = torch.Generator().manual_seed(SeedOffset.CONTROLS + seed)
+            return [random_like(h, generator) for h in own]
+        with torch.no_grad():
+            translated = [bridge.translate(x).float() for x in self.sender_states]
+        if condition.vector == "translated":
+            return translated
+        donor = same_length_derangement(self.tokens, seed)
+        return [translated[donor[i]] for i in range(len(translated))]
+
+    def prompts(self, condition: SeedCondition) -> list[list[int]]:
+        if condition.prompt == "oracle":
+            return encode(self.pair, [oracle_prompt(item) for item in self.items])
+        if condition.prompt == "relay":
+            sender_prompts = encode(self.pair, [relay_sender_prompt(item) for item in self.items])
+            relays = self.generate(self.pair.sender, sender_prompts, 2 * self.config.max_new_tokens)
+            return encode(
+                self.pair,
+                [relay_receiver_prompt(r, item) for r, item in zip(relays, self.items, strict=True)],
+            )
+        return self.tokens
+
+
+def same_length_derangement(token_lists: list[list[int]], seed: int) -> list[int]:
+    """A donor per item among the items of the same prompt length (the paper's shuffled control); an
+    item alone with its length keeps its own vector, as in the paper's non-strict default."""
+    by_length = defaultdict(list)
+    for i, tokens in enumerate(token_lists):
+        by_length[len(tokens)].append(i)
+    donor = list(range(len(token_lists)))
+    generator = torch.Generator().manual_seed(SeedOffset.CONTROLS + seed)
+    for group in by_length.values():
+        if len(group) > 1:
+            for i, j in enumerate(derangement(len(group), generator).tolist()):
+                donor[group[i]] = group[j]
+    return donor
+
+
+def injected_vector(h: Tensor, v: Tensor, op: str, alpha: float) -> Tensor:
+    """What the condition writes on top of (or instead of) h, for the strength audit."""
+    if op == "add-last":
+        return alpha * v[:, -1:, :].expand_as(h)
+    if op == "blend":
+        return alpha * rescale_to(v.reshape(-1, v.shape[-1]), h.reshape(-1, h.shape[-1])).reshape(h.shape)
+    return v
+
+
+def strength(run: SeedRun, vectors: list[Tensor], condition: SeedCondition) -> dict[str, float]:
+    norms = []
+    for h, v in zip(run.receiver_states, vectors, strict=True):
+        h, v = h[None], v[None].to(h.dtype)
+        new = injected_state(h, v, condition.op, condition.alpha)
+        norms.append(audit.relative_norms(h, new, injected_vector(h, v, condition.op, condition.alpha)))
+    return {key: float(np.mean([n[key] for n in norms])) for key in norms[0]}
+
+
+def run_condition(
+    run: SeedRun, condition: SeedCondition, bridge: FittedBridge | None, seed: int
+) -> tuple[list[str], dict | None]:
+    """Predictions of one condition run, and its injection strength (None without injection)."""
+    if condition.vector is None:
+        return run.generate(run.pair.receiver, run.prompts(condition), run.config.max_new_tokens), None
+    vectors = run.vectors(condition, bridge, seed)
+    predictions = run.generate(
+        run.pair.receiver, run.tokens, run.config.max_new_tokens, vectors, condition.op, condition.alpha
+    )
+    return predictions, strength(run, vectors, condition)
+
+
+def run_seed_experiment(
+    config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int
+) -> tuple[dict, dict]:
+    """results.json's seed-protocol sections, and every prediction (per condition and run)."""
+    items = load_eval()[: config.n_items]
+    tokens = encode(pair, [prompt(item) for item in items])
+    seeds = [paper_seed(i) for i in range(config.seeds)]
+    kinds = ["sgd-l2", "ridge"] if config.bridge_kind == "both" else [config.bridge_kind]
+    n_texts = DEFAULT_FIT_TEXTS if config.n_fit is None else config.n_fit
+    texts, corpus = load_fit_corpus(config.fit_corpus, items, n_texts)
+    x, y = fit_pairs(pair, encode(pair, texts), sender_layer, receiver_layer, config.batch_size)
+    bridges, trivial = fit_bridges(kinds, x, y, seeds)
+    del x, y
+    run = SeedRun(
+        config,
+        pair,
+        sender_layer,
+        receiver_layer,
+        items,
+        tokens,
+        item_states(pair.sender, tokens, sender_layer, config.batch_size),
+        item_states(pair.receiver, tokens, receiver_layer, config.batch_size),
+    )
+    outcomes: dict[str, dict[str, list[np.ndarray]]] = {}
+    strengths: dict[str, list[dict]] = {}
+    predictions: dict[str, list[list[str]]] = {}
+    meta: dict[str, dict] = {}
+    jobs = []
+    for condition in CONDITIONS:
+        if condition.uses_bridge:
+            for kind in kinds:
+                key = condition.name if kind == kinds[0] else f"{condition.name} [{kind}]"
+                jobs += [(key, condition, kind, b, b.seed) for b in bridges[kind]]
+        elif condition.seeded:
+            jobs += [(condition.name, condition, None, None, s) for s in seeds]
+        else:
+            jobs.append((condition.name, condition, None, None, None))
+    for key, condition, kind, bridge, seed in progress.track(jobs, "seed protocol: conditions"):
+        texts_out, norms = run_condition(run, condition, bridge, seed or 0)
+        scored = [score(p, item.answer) for p, item in zip(texts_out, items, strict=True)]
+        for metric in METRICS:
+            outcomes.setdefault(key, {}).setdefault(metric, []).append(
+                np.array([s[metric] for s in scored], float)
+            )
+        predictions.setdefault(key, []).append(texts_out)
+        if norms is not None:
+            strengths.setdefault(key, []).append(norms)
+        meta[key] = {"condition": condition.name, "bridge": kind}
+    results = summarize(config, outcomes, strengths, meta, run)
+    results["bridge_fit"] = {
+        "corpus": corpus,
+        "n_texts": len(texts),
+        **trivial,
+        "bridges": {kind: [{"seed": b.seed, **b.fit} for b in bridges[kind]] for kind in kinds},
+    }
+    return results, predictions
+
+
+def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun) -> dict:
+    """Per condition: every metric's mean with CI and n, the paired Δ vs no injection, the published
+    number and the difference; and the audit."""
+    published = load_published()
+    baseline = outcomes[BASELINE.name]
+    rows = []
+    for key, by_metric in outcomes.items():
+        name = meta[key]["condition"]
+        paper = published["conditions"].get(name)
+        row = {
+            "name": key,
+            "condition": name,
+            "bridge": meta[key]["bridge"],
+            "runs": len(by_metric[PRIMARY_METRIC]),
+        }
+        row["n"] = int(sum(len(a) for a in by_metric[PRIMARY_METRIC]))
+        for metric, runs in by_metric.items():
+            pooled = np.concatenate(runs)
+            diff = audit.paired_differences(runs, baseline[metric])
+            seed = zlib.crc32(f"{key}/{metric}".encode())
+            row[metric] = mean_with_ci(pooled, n_resamples=config.n_bootstrap, seed=seed) | {
+                "per_run": [float(r.mean()) for r in runs]
+            }
+            row[f"delta_{metric}"] = mean_with_ci(diff, n_resamples=config.n_bootstrap, seed=seed + 1)
+            if paper is not None and metric in paper:
+                row.setdefault("published", {})[metric] = paper[metric]
+                row.setdefault("difference", {})[metric] = row[metric]["mean"] - paper[metric]
+        rows.append(row)
+    primary = {key: by_metric[PRIMARY_METRIC] for key, by_metric in outcomes.items()}
+    audit_section = {
+        "metric": PRIMARY_METRIC,
+        "information_asymmetry": audit.information_asymmetry(run.tokens, run.tokens)
+        | {"note": "both models read the same prompt: the sender sees nothing the receiver lacks"},
+        "injection_strength": {key: audit.strength_entry(norms) for key, norms in strengths.items()},
+        "floor": audit.floor_equivalence(
+            {k: v for k, v in primary.items() if k != ORACLE.name}, FLOORS, n_resamples=config.n_bootstrap
+        ),
+        "validity": audit.task_validity(
+            primary[ORACLE.name],
+            primary[BASELINE.name],
+            min_gap=config.min_oracle_gap,
+            n_resamples=config.n_bootstrap,
+        )
+        | {"oracle": ORACLE.name},
+    }
+    return {
+        "protocol": "seed",
+        "audit": audit_section,
+        "conditions": rows,
+        "published_source": published["source"],
+    }

@@ -1,0 +1,221 @@
+"""Rendering of a seed-protocol run (the report layer, as ``report.py``): the protocol audit first, then
+the configuration, the bridge fit, and one row per condition beside the published table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.panel import Panel
+
+from mi_bridge.audit import NEAR_NULL
+from mi_bridge.report import _ci, _rich_table, console, md_table
+
+AUDIT_HEADER = ("check", "value", "reading")
+STRENGTH_HEADER = ("condition", "‖new − h‖/‖h‖", "‖injected‖/‖h‖", "‖h‖", "flag")
+FLOOR_HEADER = ("condition", "− zero replacement [95% CI]", "− same-norm random [95% CI]", "flag")
+CONDITION_HEADER = (
+    "condition",
+    "runs",
+    "n",
+    "boundary [95% CI]",
+    "paper",
+    "diff",
+    "legacy [95% CI]",
+    "paper",
+    "diff",
+    "norm. EM",
+    "Δ boundary vs no injection [95% CI]",
+)
+FIT_HEADER = ("predictor", "seed", "L2 cos (paper's metric)", "L2 R²", "raw cos", "normalized cos")
+
+
+def audit_rows(results: dict) -> list[tuple[str, str, str]]:
+    audit = results["audit"]
+    asym, validity = audit["information_asymmetry"], audit["validity"]
+    at_floor = [name for name, f in audit["floor"].items() if f["at_floor"]]
+    near_null = [name for name, s in audit["injection_strength"].items() if s["near_null"]]
+    return [
+        (
+            "information asymmetry",
+            f"identical inputs {asym['identical_inputs']:.0%}, sender-only tokens {asym['sender_only_tokens']:.0%}",
+            "the sender sees something the receiver lacks"
+            if asym["asymmetric"]
+            else "NONE: the sender sees nothing the receiver lacks; no transfer of missing information can be tested",
+        ),
+        (
+            "task validity (oracle − no injection)",
+            f"{validity['gap']:+.3f} {_ci(validity['ci'])}, n={validity['n']}",
+            ("valid" if validity["valid"] else "NOT VALID: no effect below can be read")
+            + f" (needs ≥ {validity['min_gap']} with CI above 0; oracle: {validity['oracle']})",
+        ),
+        (
+            f"near-null injections (change < {NEAR_NULL:.0%} of ‖h‖)",
+            ", ".join(near_null) or "none",
+            "indistinguishable from no injection by construction" if near_null else "",
+        ),
+        (
+            "at the floor (≈ zero or random replacement)",
+            ", ".join(at_floor) or "none",
+            "cannot tell an informative vector from noise" if at_floor else "",
+        ),
+    ]
+
+
+def strength_rows(results: dict) -> list[tuple[str, ...]]:
+    return [
+        (
+            name,
+            f"{s['change']:.2e}",
+            f"{s['vector']:.2e}",
+            f"{s['state_norm']:.1f}",
+            "near-null" if s["near_null"] else "",
+        )
+        for name, s in results["audit"]["injection_strength"].items()
+    ]
+
+
+def floor_rows(results: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for name, f in results["audit"]["floor"].items():
+        cells = [f"{v['mean']:+.3f} {_ci(v['ci'])}" for v in f["versus"].values()]
+        rows.append((name, *cells, "at floor" if f["at_floor"] else ""))
+    return rows
+
+
+def condition_rows(results: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for c in results["conditions"]:
+        published = c.get("published", {})
+        difference = c.get("difference", {})
+
+        def cell(metric: str, c=c) -> str:
+            return f"{c[metric]['mean']:.4f} {_ci(c[metric]['ci'])}"
+
+        def paper(metric: str, published=published, difference=difference) -> tuple[str, str]:
+            if metric not in published:
+                return "", ""
+            return f"{published[metric]:.4f}", f"{difference[metric]:+.4f}"
+
+        delta = c["delta_boundary_contains"]
+        rows.append(
+            (
+                c["name"],
+                str(c["runs"]),
+                str(c["n"]),
+                cell("boundary_contains"),
+                *paper("boundary_contains"),
+                cell("legacy_contains"),
+                *paper("legacy_contains"),
+                f"{c['normalized_exact_match']['mean']:.4f}",
+                f"{delta['mean']:+.4f} {_ci(delta['ci'])}",
+            )
+        )
+    return rows
+
+
+def fit_rows(results: dict) -> list[tuple[str, ...]]:
+    fit = results["bridge_fit"]
+    number = lambda d, k: f"{d[k]:.3f}" if k in d else "n/a"
+    rows = [
+        (
+            kind,
+            str(b["seed"]),
+            *(number(b, k) for k in ("l2_cosine", "l2_r2", "raw_cosine", "normalized_cosine")),
+        )
+        for kind, entries in fit["bridges"].items()
+        for b in entries
+    ]
+    trivial = fit["receiver_mean_direction"]
+    rows.append(
+        ("receiver-mean direction", "", number(trivial, "l2_cosine"), number(trivial, "l2_r2"), "", "")
+    )
+    return rows
+
+
+def configuration_rows(results: dict) -> list[tuple[str, str]]:
+    config, layers, models, fit = (
+        results["config"],
+        results["layers"],
+        results["models"],
+        results["bridge_fit"],
+    )
+    return [
+        ("protocol", "seed (arXiv 2606.03280 as released)"),
+        ("sender → receiver", f"{models['sender']['name']} → {models['receiver']['name']}"),
+        (
+            "layers",
+            f"blocks.{layers['sender']}.hook_resid_post → blocks.{layers['receiver']}.hook_resid_post (every position, prefill)",
+        ),
+        ("items", f"{results['n_items']} of the 396 released (SHA-256 verified)"),
+        (
+            "bridge",
+            f"{config['bridge'] or 'sgd-l2'}; seeds {', '.join(str(b['seed']) for b in next(iter(fit['bridges'].values())))}",
+        ),
+        (
+            "fit corpus",
+            f"{fit['corpus']}: {fit['n_texts']} texts, {fit['n_fit_pairs']} fit / {fit['n_heldout_pairs']} held-out position pairs",
+        ),
+        (
+            "decoding",
+            f"greedy, {config['max_new_tokens']} new tokens, repetition penalty 1.3, no repeated 3-grams",
+        ),
+    ]
+
+
+def verdict(results: dict) -> str:
+    audit = results["audit"]
+    validity = audit["validity"]
+    if not validity["valid"]:
+        return (
+            f"Task not valid: the oracle is {validity['gap']:+.3f} {_ci(validity['ci'])} above no injection "
+            f"(n={validity['n']}), short of {validity['min_gap']}. No effect in this table can be read as "
+            "evidence for or against transfer."
+        )
+    lines = ["Task valid under the oracle (which restates the answer-bearing fact, so it holds the answer)."]
+    if not audit["information_asymmetry"]["asymmetric"]:
+        lines.append(
+            "The sender reads exactly what the receiver reads, so no condition can show transfer of missing information."
+        )
+    at_floor = [n for n, f in audit["floor"].items() if f["at_floor"]]
+    if at_floor:
+        lines.append(
+            f"At the floor (indistinguishable from zero or random replacement): {', '.join(at_floor)}."
+        )
+    near_null = [n for n, s in audit["injection_strength"].items() if s["near_null"]]
+    if near_null:
+        lines.append(
+            f"Near-null injections (a null result is expected by construction): {', '.join(near_null)}."
+        )
+    return " ".join(lines)
+
+
+def render(results: dict) -> None:
+    out = Console(width=None if console.is_terminal else 160)
+    _rich_table(out, "Protocol audit (before any effect)", AUDIT_HEADER, audit_rows(results))
+    _rich_table(
+        out, "Injection strength (receiver layer, prompt positions)", STRENGTH_HEADER, strength_rows(results)
+    )
+    _rich_table(out, "Floor equivalence (boundary contains, paired)", FLOOR_HEADER, floor_rows(results))
+    _rich_table(out, "Configuration", ("setting", "value"), configuration_rows(results))
+    _rich_table(out, "Bridge fit (held-out last 10% of the fit pairs)", FIT_HEADER, fit_rows(results))
+    _rich_table(
+        out,
+        "Conditions beside the published table (mean over runs, items pooled)",
+        CONDITION_HEADER,
+        condition_rows(results),
+    )
+    out.print(f"published numbers: {results['published_source']}")
+    out.print(Panel(verdict(results), title="Verdict", expand=True))
+
+
+def markdown(results: dict) -> str:
+    lines = ["# mi_bridge run: seed protocol", "", "## Protocol audit", ""]
+    lines += md_table(AUDIT_HEADER, audit_rows(results))
+    lines += ["", "Injection strength:", ""] + md_table(STRENGTH_HEADER, strength_rows(results))
+    lines += ["", "Floor equivalence (boundary contains):", ""] + md_table(FLOOR_HEADER, floor_rows(results))
+    lines += ["", "## Verdict", "", verdict(results), "", "## Configuration", ""]
+    lines += md_table(("setting", "value"), configuration_rows(results))
+    lines += ["", "## Bridge fit", ""] + md_table(FIT_HEADER, fit_rows(results))
+    lines += ["", "## Conditions beside the published table", ""]
+    lines += md_table(CONDITION_HEADER, condition_rows(results))
+    lines += ["", f"Published numbers: {results['published_source']}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""The seed paper's protocol: released data verified, metrics as defined, injections exact against a plain
+TransformerLens hook, the SGD-L2 bridge recovers a planted map, and an offline end-to-end run whose audit
+flags the random-weight task as not valid."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mi_bridge.bridge import LinearBridge, fit_report, unit
+from mi_bridge.config import UserError
+from mi_bridge.generate import apply_repetition_penalty, banned_ngram_tokens, greedy_generate
+from mi_bridge.hooks import resid_post_name
+from mi_bridge.seed_experiment import injected_state, prefill_hook
+from mi_bridge.seed_metrics import boundary_contains, legacy_contains, normalized_exact_match
+from mi_bridge.seed_task import EVAL_SHA256, answer_fact, data_dir, load_eval, load_published
+from mi_bridge.sgd_bridge import SGDL2Bridge, SGDRecipe
+
+from .conftest import TOKENIZER_FILE
+from .hf_cache import build_pythia_cache
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared, loaded machine run several times faster without intra-op threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_shipped_eval_set_is_verified_by_its_hash(tmp_path):
+    items = load_eval()
+    assert len(items) == 396 and items[0].answer == "Asia"
+    damaged = tmp_path / "clean_eval.jsonl"
+    data = (data_dir() / "clean_eval.jsonl").read_bytes()
+    damaged.write_bytes(data.replace(b"Asia", b"Asja", 1))
+    with pytest.raises(UserError, match="SHA-256"):
+        load_eval(damaged)
+    assert (data_dir() / "LICENSE").read_text().startswith("Apache License")
+    assert EVAL_SHA256 in (data_dir() / "SOURCE.md").read_text()
+    assert set(load_published()["conditions"]) >= {"no injection", "replace", "zero replacement"}
+    # the oracle's answer-bearing fact exists and holds the answer for every released item
+    assert all(item.answer.lower() in answer_fact(item).lower() for item in items)
+
+
+def test_each_metric_rule_on_hand_made_examples():
+    # normalized exact match: case, punctuation and spaces are ignored, nothing else is
+    assert normalized_exact_match("  Asia. ", "asia")
+    assert not normalized_exact_match("Asia is big", "Asia")
+    # word-boundary contains: the normalized answer as a whole phrase, not inside a word
+    assert boundary_contains("It lies in  Asia, of course", "Asia")
+    assert not boundary_contains("Eurasian steppe", "Asia")
+    assert boundary_contains("they said the U.S. did", "U.S.")  # both sides lose their punctuation
+    # legacy contains: a plain lowercase substring (so it counts "Asia" inside "Eurasian")
+    assert legacy_contains("Eurasian steppe", "Asia")
+    assert not legacy_contains("the US did", "U.S.")
+
+
+def test_logits_processors_follow_hugging_face_semantics():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    out = apply_repetition_penalty(logits, [[0, 1]], 2.0)
+    torch.testing.assert_close(out, torch.tensor([[1.0, -4.0, 1.0, 0.5]]))
+    # the 3-gram (5, 6, 7) occurred: after (..., 5, 6) the token 7 is banned, nothing else
+    assert banned_ngram_tokens([5, 6, 7, 1, 5, 6], 3) == {7}
+    assert banned_ngram_tokens([5, 6, 7, 1], 3) == set()
+
+
+def test_cached_greedy_decoding_equals_full_recomputation(tiny_model, one_thread):
+    tokens = torch.randint(1, tiny_model.cfg.d_vocab, (3, 7), generator=torch.Generator().manual_seed(0))
+    fast = greedy_generate(
+        tiny_model, tokens, max_new_tokens=5, eos_token_id=None, penalty=1.0, no_repeat_ngram=0
+    )
+    sequence = tokens.clone()
+    for _ in range(5):
+        with torch.no_grad():
+            sequence = torch.cat([sequence, tiny_model(sequence)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert fast == sequence[:, 7:].tolist()
+
+
+@pytest.mark.parametrize(("op", "alpha"), [("replace", 1.0), ("add-last", 0.01)])
+def test_prefill_injection_matches_a_plain_forward_hook(tiny_model, op, alpha, one_thread):
+    layer = 1
+    tokens = torch.randint(1, tiny_model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(1))
+    v = torch.randn(2, 6, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(2))
+    _, clean = tiny_model.run_with_cache(tokens)
+    h = clean[resid_post_name(layer)]
+
+    def plain(act, hook):  # the edit written out by hand
+        if op == "replace":
+            return v.clone()
+        return act + alpha * v[:, -1:, :]
+
+    seen = {}
+    record = lambda act, hook: seen.__setitem__(hook.name, act.clone())
+    name = resid_post_name(layer)
+    ours = tiny_model.run_with_hooks(
+        tokens, fwd_hooks=[(name, prefill_hook(v, op, alpha)), (name, record), (resid_post_name(0), record)]
+    )
+    theirs = tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, plain)])
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(seen[resid_post_name(0)], clean[resid_post_name(0)], rtol=0, atol=0)
+    change = (seen[name] - h).norm(dim=-1)
+    if op == "replace":
+        torch.testing.assert_close(seen[name], v)  # every position replaced
+    else:  # every position moved by exactly 0.01 * |v_last|
+        torch.testing.assert_close(change, 0.01 * v[:, -1].norm(dim=-1, keepdim=True).expand(2, 6))
+    torch.testing.assert_close(injected_state(h, v, op, alpha), seen[name])
+
+
+def test_the_sgd_l2_bridge_recovers_a_planted_map_in_normalized_space(one_thread):
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(12, 8, generator=g))  # orthonormal columns: unit x̂ maps to unit ŷ
+    weight = q.T  # (8 -> 12)
+    x = torch.randn(1200, 8, generator=g) * 40 + 3
+    y = (unit(x) @ weight) * torch.rand(1200, 1, generator=g).add(0.5) * 70  # any positive scale per row
+    bridge = SGDL2Bridge.fit(x[:1000], y[:1000], seed=0, recipe=SGDRecipe(lr=1e-2))
+    predicted = bridge(x[1000:])
+    cosine = torch.nn.functional.cosine_similarity(predicted, unit(y[1000:]), dim=-1)
+    assert cosine.min() > 0.99
+    torch.testing.assert_close(bridge.weight, weight, rtol=0, atol=0.05)
+    assert bridge.bias.abs().max() < 0.05
+    assert bridge.history["best_epoch"] >= 1
+
+
+def test_fit_report_has_the_papers_l2_metrics_beside_trivial_predictors():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1500, 10, generator=g)
+    y = x @ torch.randn(10, 16, generator=g) + 30.0  # a large shared offset: anisotropy
+    bridge = LinearBridge.fit(x[:1000], y[:1000])
+    report = fit_report(bridge, x[:1000], y[:1000], x[1000:], y[1000:], seed=0)
+    for predictor in report.values():
+        assert {"l2_cosine", "l2_r2"} <= set(predictor)
+    assert report["bridge"]["l2_r2"] > 0.99
+    # the receiver-mean direction gets a high L2 cosine from the offset alone, and no R²
+    assert report["receiver_mean"]["l2_cosine"] > 0.9
+    assert abs(report["receiver_mean"]["l2_r2"]) < 0.05
+
+
+@pytest.fixture(scope="module")
+def pythia_cache() -> Path:
+    return build_pythia_cache(Path(os.environ["HF_HOME"]), TOKENIZER_FILE)
+
+
+@pytest.mark.slow
+def test_the_seed_protocol_runs_end_to_end_and_its_audit_flags_the_task(pythia_cache, tmp_path, one_thread):
+    from mi_bridge.run import main
+
+    out = tmp_path / "run"
+    argv = ["--protocol", "seed", "--pair", "pythia", "--sender", "pythia-14m", "--receiver", "pythia-14m"]
+    argv += ["--n-items", "3", "--n-fit", "3", "--seeds", "1", "--max-new-tokens", "2", "--bridge", "both"]
+    assert main([*argv, "--n-bootstrap", "200", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert results["layers"] == {"sender": 4, "receiver": 4}  # 67% depth of 6 blocks
+    names = {c["name"] for c in results["conditions"]}
+    assert {
+        "no injection",
+        "text relay",
+        "additive",
+        "replace",
+        "replace [ridge]",
+        "zero replacement",
+    } <= names
+    assert all(c["n"] == 3 for c in results["conditions"])
+    # self-injecting the receiver's own states changes nothing, token for token
+    assert predictions["receiver self-inject"] == predictions["no injection"]
+    audit = results["audit"]
+    assert audit["information_asymmetry"]["identical_inputs"] == 1.0
+    assert not audit["information_asymmetry"]["asymmetric"]
+    assert audit["injection_strength"]["additive"]["near_null"]
+    assert not audit["injection_strength"]["scale-corrected"]["near_null"]
+    assert audit["validity"]["valid"] is False  # random weights cannot use any fact
+    no_injection = next(c for c in results["conditions"] if c["name"] == "no injection")
+    assert no_injection["published"]["boundary_contains"] == 0.0884
+    assert "Task not valid" in (out / "report.md").read_text()
+
+
+def test_the_seed_protocol_refuses_the_toy_pair(tmp_path, capsys):
+    from mi_bridge.run import main
+
+    assert main(["--protocol", "seed", "--out", str(tmp_path / "out")]) == 2
+    assert "--pair pythia" in capsys.readouterr().err
