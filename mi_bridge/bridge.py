@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import einops
 import torch
 from jaxtyping import Float
 from safetensors import SafetensorError
@@ -51,7 +52,7 @@ def ridge_path(
     u, s, vh = torch.linalg.svd(x, full_matrices=False)
     uty = u.T @ y
     shrink = s[None, :] / (s[None, :] ** 2 + lambdas[:, None])
-    return torch.einsum("ir,lr,ro->lio", vh.T, shrink, uty)
+    return einops.einsum(vh.T, shrink, uty, "d_in rank, lam rank, rank d_out -> lam d_in d_out")
 
 
 def heldout_errors(
@@ -74,7 +75,7 @@ def heldout_errors(
     gram_a, gram_p = a.T @ a, p @ p.T
     c = ((a.T @ y_val.double()) * p).sum(1)
     g = 1.0 / (eigenvalues.clamp_min(0)[None, :] + lambdas[:, None])
-    quadratic = torch.einsum("lr,rs,ls->l", g, gram_a * gram_p, g)
+    quadratic = einops.einsum(g, gram_a * gram_p, g, "lam r, r s, lam s -> lam")
     return (y_val.double() ** 2).sum() - 2 * g @ c + quadratic
 
 
