@@ -1,0 +1,43 @@
+"""Random-weight Pythia architectures and items for the benchmarks (speed and memory do not depend on
+the weights' values)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from mi_bridge.task import TaskItems, load_neox_tokenizer, pythia_language, sample_items
+
+TOKENIZER = Path(__file__).resolve().parent.parent / "tests" / "data" / "gpt-neox-20b-tokenizer.json"
+PYTHIA = {  # (n_layers, d_model, n_heads): the published Pythia architectures
+    "pythia-160m": (12, 768, 12),
+    "pythia-410m": (24, 1024, 16),
+}
+
+
+def pythia_architecture(name: str) -> HookedTransformer:
+    n_layers, d_model, n_heads = PYTHIA[name]
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=64,
+        d_mlp=4 * d_model,
+        d_vocab=50304,
+        n_ctx=2048,
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        rotary_dim=16,
+        parallel_attn_mlp=True,
+        seed=0,
+    )
+    return HookedTransformer(cfg).eval()
+
+
+def pythia_items(n: int) -> TaskItems:
+    """n items of the Pythia prompts (k = 4), tokenized with the real GPT-NeoX tokenizer."""
+    if not TOKENIZER.exists():
+        raise SystemExit(f"the GPT-NeoX tokenizer is expected at {TOKENIZER}")
+    return sample_items(pythia_language(load_neox_tokenizer(TOKENIZER)), k=4, n_items=n, seed=0)
