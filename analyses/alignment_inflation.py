@@ -16,12 +16,12 @@ from mi_bridge.analysis import (
     AnalysisContext,
     AnalysisResult,
     Table,
-    bootstrap_statistic,
     per_item_cosine,
     run_script,
 )
-from mi_bridge.bridge import LinearBridge, fit_quality
+from mi_bridge.bridge import LinearBridge, fit_quality, reference_predictions
 from mi_bridge.report import FIT_METRICS, saved_figure
+from mi_bridge.stats import bootstrap_statistic
 
 NAME = "alignment_inflation"
 HYPOTHESIS = "A cosine of 0.97 mostly reflects shared anisotropy, not item-specific content."
@@ -43,13 +43,8 @@ def predictions(
     seed, sender_layer, receiver_layer
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, LinearBridge]:
     x_fit, y_fit, x_test, y_test = seed.bridge_data(sender_layer, receiver_layer)
-    bridge = LinearBridge.fit(x_fit, y_fit, seed=seed.seed)
-    permutation = torch.randperm(len(x_fit), generator=torch.Generator().manual_seed(seed.seed + 1))
-    out = {
-        "bridge": bridge(x_test),
-        "receiver_mean": bridge.y_norm.mean.expand_as(y_test),
-        "shuffled_pairs": LinearBridge.fit(x_fit, y_fit[permutation], seed=seed.seed)(x_test),
-    }
+    bridge = seed.fit_bridge(sender_layer, receiver_layer)
+    out = reference_predictions(bridge, x_fit, y_fit, x_test, seed=seed.seed)
     if x_test.shape[1] <= y_test.shape[1]:  # identity map, zero-padded to the receiver's width
         out["identity_padded"] = torch.nn.functional.pad(x_test, (0, y_test.shape[1] - x_test.shape[1]))
     return out, y_test, bridge

@@ -16,13 +16,14 @@ from mi_bridge.analysis import (
     AnalysisContext,
     AnalysisResult,
     Table,
-    bootstrap_statistic,
     evaluate_on_test,
     per_item_cosine,
     run_script,
 )
 from mi_bridge.evaluate import BASELINE, Condition
+from mi_bridge.inject import MODES
 from mi_bridge.report import saved_figure
+from mi_bridge.stats import bootstrap_statistic
 
 NAME = "alignment_vs_usability"
 HYPOTHESIS = "Per-item alignment does not predict per-item benefit."
@@ -33,7 +34,7 @@ SITE_DEPENDENT = True
 def add_arguments(parser) -> None:
     parser.add_argument(
         "--scatter-mode",
-        choices=("add", "replace", "rescale", "rescale-add"),
+        choices=MODES,
         default="replace",
         help="injection mode whose benefit is correlated with alignment (default replace)",
     )
@@ -44,7 +45,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def analyze(ctx: AnalysisContext) -> AnalysisResult:
-    mode = getattr(ctx.options, "scatter_mode", "replace")
+    mode = ctx.options.scatter_mode
     cosines, benefits = [], []
     for seed in ctx.seeds:
         bridge = seed.fit_bridge(ctx.sender_layer, ctx.receiver_layer)

@@ -16,14 +16,13 @@ from mi_bridge.analysis import (
     AnalysisResult,
     condition_table,
     evaluate_on_test,
-    fmt_delta,
-    helps,
     run_script,
     summarize_all,
     translated_vectors,
 )
 from mi_bridge.evaluate import Condition
 from mi_bridge.report import saved_figure
+from mi_bridge.stats import error_bars, fmt_delta, helps
 
 NAME = "direction_ablation"
 HYPOTHESIS = "Only the part of the translated vector that lies along the receiver's own state carries B."
@@ -65,7 +64,7 @@ CONDITIONS = [
 
 
 def analyze(ctx: AnalysisContext) -> AnalysisResult:
-    layer, k = ctx.receiver_layer, getattr(ctx.options, "pca_k", 8)
+    layer, k = ctx.receiver_layer, ctx.options.pca_k
     seed_scores = []
     for seed in ctx.seeds:
         states = seed.receiver_states([layer])[layer]
@@ -117,17 +116,15 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
 def plot(result: AnalysisResult, path) -> None:
     conditions = result.data["conditions"]
     with saved_figure(path, figsize=(9, 3.8)) as (fig, ax):
-        for i, c in enumerate(conditions):
-            low, high = c["delta_accuracy_ci"]
-            color = "tab:blue" if c["mode"] == "add" else "tab:red"
-            ax.bar(i, c["delta_accuracy"], color=color, alpha=0.7)
-            ax.errorbar(
-                i,
-                c["delta_accuracy"],
-                yerr=[[c["delta_accuracy"] - low], [high - c["delta_accuracy"]]],
-                color="black",
-                capsize=2,
-            )
+        means = [c["delta_accuracy"] for c in conditions]
+        ax.bar(
+            range(len(conditions)),
+            means,
+            yerr=error_bars(means, [c["delta_accuracy_ci"] for c in conditions]),
+            color=["tab:blue" if c["mode"] == "add" else "tab:red" for c in conditions],
+            alpha=0.7,
+            capsize=2,
+        )
         ax.set_xticks(
             range(len(conditions)), [c["name"] for c in conditions], rotation=60, ha="right", fontsize=7
         )

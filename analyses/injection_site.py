@@ -14,7 +14,6 @@ from mi_bridge.analysis import (
     AnalysisResult,
     Table,
     evaluate_on_test,
-    fmt_delta,
     run_script,
     summarize_all,
     translated_vectors,
@@ -22,7 +21,7 @@ from mi_bridge.analysis import (
 from mi_bridge.evaluate import BASELINE, Condition, standard_conditions
 from mi_bridge.experiment import summarize_condition
 from mi_bridge.report import saved_figure
-from mi_bridge.stats import excludes_zero
+from mi_bridge.stats import error_bars, excludes_zero, fmt_delta
 
 NAME = "injection_site"
 HYPOTHESIS = (
@@ -101,15 +100,7 @@ def plot(result: AnalysisResult, path) -> None:
     with saved_figure(path, figsize=(10, 4)) as (fig, ax):
         for offset, site, color in ((-0.2, "slot", "tab:blue"), (0.2, "final", "tab:orange")):
             means = [sites[n][site]["delta_accuracy"] for n in names]
-            errors = np.array(
-                [
-                    [
-                        sites[n][site]["delta_accuracy"] - sites[n][site]["delta_accuracy_ci"][0],
-                        sites[n][site]["delta_accuracy_ci"][1] - sites[n][site]["delta_accuracy"],
-                    ]
-                    for n in names
-                ]
-            ).T
+            errors = error_bars(means, [sites[n][site]["delta_accuracy_ci"] for n in names])
             ax.bar(
                 np.arange(len(names)) + offset, means, 0.4, yerr=errors, color=color, label=site, capsize=2
             )

@@ -16,15 +16,15 @@ from mi_bridge.analysis import (
     AnalysisResult,
     Table,
     evaluate_on_test,
-    fmt_delta,
-    helps,
     run_script,
     summarize_all,
 )
 from mi_bridge.bridge import fit_quality
 from mi_bridge.evaluate import BASELINE, Condition
 from mi_bridge.experiment import site_vectors
+from mi_bridge.inject import MODES
 from mi_bridge.report import saved_figure
+from mi_bridge.stats import fmt_delta, helps
 
 NAME = "layer_sweep"
 HYPOTHESIS = "No sender/receiver layer pair makes the bridge useful."
@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--sweep-mode",
-        choices=("add", "replace", "rescale", "rescale-add"),
+        choices=MODES,
         default="replace",
         help="injection mode of the grid (default replace)",
     )
@@ -52,8 +52,7 @@ def grid(n_layers: int, stride: int | None) -> list[int]:
 
 
 def analyze(ctx: AnalysisContext) -> AnalysisResult:
-    stride = getattr(ctx.options, "sweep_stride", None)
-    mode = getattr(ctx.options, "sweep_mode", "replace")
+    stride, mode = ctx.options.sweep_stride, ctx.options.sweep_mode
     sender_layers = grid(ctx.pair.sender.cfg.n_layers, stride)
     receiver_layers = grid(ctx.pair.receiver.cfg.n_layers, stride)
     cells = {(ls, lr): {"scores": [], "cosine": []} for ls in sender_layers for lr in receiver_layers}

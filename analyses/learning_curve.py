@@ -29,7 +29,7 @@ from mi_bridge.experiment import site_vectors
 from mi_bridge.prepare import SeedContext
 from mi_bridge.report import saved_figure
 from mi_bridge.stats import error_bars, fmt_delta, helps
-from mi_bridge.usability import usability_bridge
+from mi_bridge.usability import add_training_arguments, usability_bridge
 
 NAME = "learning_curve"
 HYPOTHESIS = (
@@ -41,6 +41,7 @@ KINDS = ("alignment", "usability", "context-free self-patch")
 
 
 def add_arguments(parser) -> None:
+    add_training_arguments(parser)
     parser.add_argument(
         "--curve-sizes",
         type=lambda text: tuple(int(x) for x in text.split(",")),
@@ -63,10 +64,12 @@ def pre_lookup_layer(ctx: AnalysisContext) -> int | None:
 
 def analyze(ctx: AnalysisContext) -> AnalysisResult:
     options = ctx.options
-    mode = getattr(options, "train_mode", "replace")
-    sizes = getattr(options, "curve_sizes", (250, 500, 1000, 2000, 4000, 8000, 16000))
-    epochs = getattr(options, "curve_epochs", 2.0)
-    min_steps = getattr(options, "train_steps", 300)
+    mode, sizes, epochs, min_steps = (
+        options.train_mode,
+        options.curve_sizes,
+        options.curve_epochs,
+        options.train_steps,
+    )
     layer = pre_lookup_layer(ctx)
     if layer is None:
         explanation = (

@@ -16,13 +16,13 @@ from mi_bridge.analysis import (
     AnalysisContext,
     AnalysisResult,
     Table,
-    bootstrap_statistic,
     run_script,
     translated_vectors,
 )
 from mi_bridge.capture import answer_logits, batches
 from mi_bridge.inject import inject_residual
 from mi_bridge.report import saved_figure
+from mi_bridge.stats import bootstrap_statistic
 
 NAME = "logit_lens"
 HYPOTHESIS = "Translated vectors do not decode to the bridge entity in the receiver."

@@ -17,8 +17,6 @@ from mi_bridge.analysis import (
     AnalysisResult,
     condition_table,
     evaluate_on_test,
-    fmt_delta,
-    hurts,
     run_script,
     summarize_all,
     translated_vectors,
@@ -28,6 +26,7 @@ from mi_bridge.evaluate import Condition
 from mi_bridge.experiment import random_like
 from mi_bridge.inject import rescale_to
 from mi_bridge.report import saved_figure
+from mi_bridge.stats import fmt_delta, hurts
 
 NAME = "norm_ablation"
 HYPOTHESIS = "Norm, not direction, is why replacement destroys."
@@ -68,7 +67,7 @@ def conditions_for(scales) -> list[Condition]:
 
 
 def analyze(ctx: AnalysisContext) -> AnalysisResult:
-    scales = tuple(getattr(ctx.options, "scales", DEFAULT_SCALES))
+    scales = tuple(ctx.options.scales)
     conditions = conditions_for(scales)
     seed_scores = []
     for seed in ctx.seeds:

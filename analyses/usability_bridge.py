@@ -19,8 +19,6 @@ from mi_bridge.analysis import (
     Table,
     condition_table,
     evaluate_on_test,
-    fmt_delta,
-    helps,
     run_script,
     summarize_all,
 )
@@ -28,7 +26,8 @@ from mi_bridge.bridge import fit_quality
 from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import site_vectors, summarize_condition
 from mi_bridge.report import saved_figure
-from mi_bridge.usability import usability_bridge
+from mi_bridge.stats import error_bars, fmt_delta, helps
+from mi_bridge.usability import add_training_arguments, usability_bridge
 
 NAME = "usability_bridge"
 HYPOTHESIS = "A bridge trained for usability communicates where the alignment fit does not."
@@ -38,23 +37,12 @@ SITE_DEPENDENT = True
 """Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--train-steps", type=int, default=300, help="optimizer steps of the usability bridge (default 300)"
-    )
-    parser.add_argument("--train-lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
-    parser.add_argument(
-        "--train-mode",
-        choices=("add", "replace", "rescale", "rescale-add"),
-        default="replace",
-        help="injection mode the bridge is trained for (default replace)",
-    )
+add_arguments = add_training_arguments
 
 
 def analyze(ctx: AnalysisContext) -> AnalysisResult:
     options = ctx.options
-    steps, lr = getattr(options, "train_steps", 300), getattr(options, "train_lr", 3e-3)
-    mode = getattr(options, "train_mode", "replace")
+    steps, lr, mode = options.train_steps, options.train_lr, options.train_mode
     conditions = [c for c in standard_conditions(ctx.config.alphas, KINDS) if c.is_injection]
     seed_scores, curves, cosines = [], [], {"alignment": [], "usability": []}
     for seed in ctx.seeds:
@@ -172,15 +160,7 @@ def plot(result: AnalysisResult, path) -> None:
         for offset, kind, color in ((-0.2, "alignment", "tab:gray"), (0.2, "usability", "tab:green")):
             rows = [next(c for c in conditions if c["name"] == f"{kind} {n}") for n in names]
             means = [c["delta_accuracy"] for c in rows]
-            errors = np.array(
-                [
-                    [
-                        c["delta_accuracy"] - c["delta_accuracy_ci"][0],
-                        c["delta_accuracy_ci"][1] - c["delta_accuracy"],
-                    ]
-                    for c in rows
-                ]
-            ).T
+            errors = error_bars(means, [c["delta_accuracy_ci"] for c in rows])
             axes[1].bar(
                 np.arange(len(names)) + offset, means, 0.4, yerr=errors, color=color, label=kind, capsize=2
             )

@@ -43,8 +43,8 @@ def load_script(name: str) -> ModuleType:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mi_bridge.analysis import analyze_and_publish, prepare_context
-    from mi_bridge.cli import build_parser, check_writable, config_from_args
+    from mi_bridge.analysis import analyze_and_publish, build_parser, prepare_context
+    from mi_bridge.cli import check_writable, config_from_args
     from mi_bridge.files import write_text_atomic
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -57,16 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"name the analyses to run, or 'all' ({', '.join(ORDER)})")
         names = list(ORDER) if names == ["all"] else names
         modules = [load_script(name) for name in names]
-        parser = build_parser("python -m mi_bridge.analyses", __doc__.split("\n\n")[0])
-        for module in modules:
-            if hasattr(module, "add_arguments"):
-                module.add_arguments(parser)
+        parser = build_parser("python -m mi_bridge.analyses", __doc__.split("\n\n")[0], modules)
         options = parser.parse_args(argv)
         config = config_from_args(options)
         root = Path(config.out) if config.out else Path("runs") / "analyses" / f"all-{config.pair}"
         check_writable(root)
         ctx = prepare_context(config, options)  # models loaded once, activations shared by every script
-        config.out = None
         root.mkdir(parents=True, exist_ok=True)
         results = []
         for module in modules:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -23,8 +23,8 @@ from mi_bridge.config import ExperimentConfig
 from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions
 from mi_bridge.experiment import summarize_condition
 from mi_bridge.models import ModelPair
-from mi_bridge.prepare import ActivationStore, SeedContext, check_finite, seed_contexts
-from mi_bridge.stats import bootstrap_statistic, fmt_delta, helps, hurts  # noqa: F401 (the scripts' API)
+from mi_bridge.prepare import ActivationStore, SeedContext, seed_contexts
+from mi_bridge.stats import fmt_delta
 
 VERDICTS = ("supported", "not supported", "inconclusive")
 
@@ -91,10 +91,7 @@ class AnalysisResult:
 
 def translated_vectors(seed: SeedContext, sender_layer: int, receiver_layer: int, **bridge_options) -> Tensor:
     """The bridge's output for the seed's held-out items."""
-    bridge = seed.fit_bridge(sender_layer, receiver_layer, **bridge_options)
-    vectors = bridge(seed.sender_states([sender_layer])[sender_layer][seed.test_idx])
-    check_finite(vectors, what="bridge outputs")
-    return vectors
+    return seed.translated(seed.fit_bridge(sender_layer, receiver_layer, **bridge_options), sender_layer)
 
 
 def evaluate_on_test(
@@ -150,10 +147,13 @@ def per_item_cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[T
 # Running scripts
 
 
-def build_parser(module: ModuleType):
-    parser = cli.build_parser(f"python analyses/{module.NAME}.py", module.HYPOTHESIS)
-    if hasattr(module, "add_arguments"):
-        module.add_arguments(parser)
+def build_parser(prog: str, description: str, modules: Sequence[ModuleType]):
+    """The config flags plus every script's own. Scripts that share flags (the usability bridge's
+    training settings) declare them through one library function; "resolve" lets both declare them."""
+    parser = cli.build_parser(prog, description, conflict_handler="resolve")
+    for module in modules:
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser)
     return parser
 
 
@@ -183,9 +183,10 @@ def analyze_and_publish(module: ModuleType, ctx: AnalysisContext, folder: Path) 
     result = qualify_by_site(module, module.analyze(ctx), site)
     report.render_analysis(result)
 
+    config = replace(ctx.config, out=str(folder))  # config.json repeats exactly this script run
     payload = {
         "analysis": result.to_dict(),
-        "config": ctx.config.to_dict(),
+        "config": config.to_dict(),
         "layers": {"sender": ctx.sender_layer, "receiver": ctx.receiver_layer},
         "site": site,
         "options": {k: v for k, v in vars(ctx.options).items() if _is_json(v)},
@@ -196,7 +197,7 @@ def analyze_and_publish(module: ModuleType, ctx: AnalysisContext, folder: Path) 
         module.plot(result, staging / "figure.png")
         (staging / "report.md").write_text(report.analysis_markdown(result, figure="figure.png", site=site))
 
-    cli.publish_run(folder, ctx.config, payload, write_rest)
+    cli.publish_run(folder, config, payload, write_rest)
     report.console.print(f"{module.NAME}: {folder}")
     return result
 
@@ -230,7 +231,9 @@ def run_script(module: ModuleType, argv: list[str] | None = None) -> int:
     """``main`` of every script: one clear line and exit 2 on bad input."""
 
     def body() -> int:
-        options = build_parser(module).parse_args(argv)
+        options = build_parser(f"python analyses/{module.NAME}.py", module.HYPOTHESIS, [module]).parse_args(
+            argv
+        )
         config = cli.config_from_args(options)
         if config.out:
             cli.check_writable(Path(config.out))

@@ -262,6 +262,29 @@ def l2_mean(y: Float[Tensor, "n d"]) -> Float[Tensor, " d"]:
 PREDICTORS = ("bridge", "receiver_mean", "shuffled_pairs")
 
 
+def reference_predictions(
+    bridge: LinearBridge,
+    x_fit: Float[Tensor, "n_fit d_sender"],
+    y_fit: Float[Tensor, "n_fit d_receiver"],
+    x_test: Float[Tensor, "n_test d_sender"],
+    *,
+    seed: int,
+) -> dict[str, Float[Tensor, "n_test d_receiver"]]:
+    """Held-out predictions of the bridge and of two trivial predictors (the keys of PREDICTORS).
+
+    ``receiver_mean`` predicts the receiver's training-mean state for every item; ``shuffled_pairs`` is
+    a bridge fitted on the same states with the pairing destroyed. Both share whatever anisotropy the
+    residual stream has, so the bridge's margin over them is its item-specific content.
+    """
+    permutation = torch.randperm(x_fit.shape[0], generator=torch.Generator().manual_seed(seed + 1))
+    shuffled = LinearBridge.fit(x_fit, y_fit[permutation], seed=seed)
+    return {
+        "bridge": bridge(x_test),
+        "receiver_mean": bridge.y_norm.mean.expand(x_test.shape[0], -1),
+        "shuffled_pairs": shuffled(x_test),
+    }
+
+
 def fit_report(
     bridge: LinearBridge,
     x_fit: Float[Tensor, "n_fit d_sender"],
@@ -271,22 +294,10 @@ def fit_report(
     *,
     seed: int,
 ) -> dict[str, dict[str, float]]:
-    """Held-out fit quality of the bridge and of two trivial predictors.
-
-    ``receiver_mean`` predicts the receiver's training-mean state for every item (in L2-normalized space:
-    the mean of the training targets' unit vectors, see :func:`l2_mean`); ``shuffled_pairs`` is
-    a bridge fitted on the same states with the pairing destroyed. Both share whatever anisotropy the
-    residual stream has, so the bridge's margin over them is its item-specific content.
-    """
-    permutation = torch.randperm(x_fit.shape[0], generator=torch.Generator().manual_seed(seed + 1))
-    shuffled = LinearBridge.fit(x_fit, y_fit[permutation], seed=seed)
-    reference = bridge.y_norm
-    mean_prediction = reference.mean.expand_as(y_test)
-    mean_direction = l2_mean(y_fit).expand(y_test.shape[0], -1)
-    return {
-        "bridge": fit_quality(bridge(x_test), y_test, reference),
-        # raw-space metrics of the training-mean state; L2-space ones of the mean unit vector
-        "receiver_mean": fit_quality(mean_prediction, y_test, reference)
-        | l2_fit_quality(mean_direction, y_test),
-        "shuffled_pairs": fit_quality(shuffled(x_test), y_test, reference),
-    }
+    """Held-out fit quality of the bridge and of the two trivial predictors of
+    :func:`reference_predictions`. In L2-normalized space the receiver-mean predictor is the mean of
+    the training targets' unit vectors (see :func:`l2_mean`)."""
+    predicted = reference_predictions(bridge, x_fit, y_fit, x_test, seed=seed)
+    report = {name: fit_quality(p, y_test, bridge.y_norm) for name, p in predicted.items()}
+    report["receiver_mean"] |= l2_fit_quality(l2_mean(y_fit).expand(y_test.shape[0], -1), y_test)
+    return report

@@ -99,9 +99,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, choices=CHOICES.get(spec.name), help=help_text)
 
 
-def build_parser(prog: str, description: str) -> OneLineParser:
+def build_parser(prog: str, description: str, **parser_options) -> OneLineParser:
     """Every config field as a flag, plus ``--config``, ``--no-cache`` and ``--full``."""
-    parser = OneLineParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description, **parser_options)
     parser.add_argument(
         "--config", type=Path, help="repeat a run from its config.json (other flags override it)"
     )

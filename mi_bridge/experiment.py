@@ -19,7 +19,7 @@ from mi_bridge.bridge import PREDICTORS, LinearBridge, fit_report
 from mi_bridge.config import ExperimentConfig, SeedOffset
 from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions, standard_conditions
 from mi_bridge.models import ModelPair
-from mi_bridge.prepare import ActivationStore, SeedContext, check_finite, seed_contexts
+from mi_bridge.prepare import ActivationStore, SeedContext, seed_contexts
 from mi_bridge.stats import mean_and_seeds, mean_with_ci, paired_bootstrap_ci
 
 SITE_CONDITIONS = [
@@ -53,8 +53,7 @@ def run_seed(ctx: SeedContext, sender_layer: int, receiver_layer: int) -> SeedDa
     sender_logits = ctx.sender_logits()[ctx.test_idx]
     bridge = ctx.fit_bridge(sender_layer, receiver_layer)
     fit = fit_report(bridge, *ctx.bridge_data(sender_layer, receiver_layer), seed=ctx.seed)
-    translated = bridge(ctx.sender_states([sender_layer])[sender_layer][ctx.test_idx])
-    check_finite(translated, what="bridge outputs")
+    translated = ctx.translated(bridge, sender_layer)
     scores = evaluate_conditions(
         pair.receiver,
         ctx.test_prompts(),

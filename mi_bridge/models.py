@@ -13,14 +13,17 @@ import contextlib
 import io
 import os
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer
 
 from mi_bridge import identity, progress
 from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.task import TOY_WORDS, Language, pythia_language, toy_language
 from mi_bridge.toy import TOY_MODELS, load_toy_model
+
+if TYPE_CHECKING:  # TransformerLens loads with the first model, after every input check
+    from transformer_lens import HookedTransformer
 
 
 @dataclass
@@ -188,6 +191,8 @@ def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransfor
         if dtype != "float32":
             model = model.to(getattr(torch, dtype), print_details=False)
         return model, exact
+    from transformer_lens import HookedTransformer
+
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # TL prints a "Loaded pretrained model" line
             model = HookedTransformer.from_pretrained(

@@ -30,6 +30,7 @@ from mi_bridge.bridge import LinearBridge
 from mi_bridge.capture import capture_resid_post
 from mi_bridge.config import ExperimentConfig, SeedOffset, UserError
 from mi_bridge.files import sha256_tensor, write_atomic, write_text_atomic
+from mi_bridge.hooks import resid_post_name
 from mi_bridge.models import ModelPair
 from mi_bridge.task import TaskItems, sample_items
 from mi_bridge.toy import cache_root
@@ -303,13 +304,19 @@ class SeedContext:
         metadata = {
             "sender": self.pair.sender_name,
             "receiver": self.pair.receiver_name,
-            "sender_hook": f"blocks.{sender_layer}.hook_resid_post",
-            "receiver_hook": f"blocks.{receiver_layer}.hook_resid_post",
+            "sender_hook": resid_post_name(sender_layer),
+            "receiver_hook": resid_post_name(receiver_layer),
             "target": target or self.config.target,
             "position": site or self.config.position,
             "seed": self.seed,
         }
         return LinearBridge.fit(x_fit, y_fit, seed=self.seed, metadata=metadata)
+
+    def translated(self, bridge: LinearBridge, sender_layer: int) -> Float[Tensor, "n_test d_receiver"]:
+        """The bridge's outputs for the held-out items' sender states."""
+        vectors = bridge(self.sender_states([sender_layer])[sender_layer][self.test_idx])
+        check_finite(vectors, what="bridge outputs")
+        return vectors
 
     def test_prompts(self) -> dict[str, Int[Tensor, "n_test pos"]]:
         test = self.test

@@ -39,6 +39,8 @@ def _checkpoint(model: dict) -> str:
 
 
 def configuration_rows(results: dict) -> list[tuple[str, str]]:
+    from mi_bridge.hooks import resid_post_name  # loads TransformerLens: only once results exist
+
     config, layers, models = results["config"], results["layers"], results["models"]
     return [
         ("pair", config["pair"]),
@@ -53,8 +55,8 @@ def configuration_rows(results: dict) -> list[tuple[str, str]]:
             f"{_checkpoint(models['receiver'])})",
         ),
         ("dtype", config.get("dtype", "float32")),
-        ("sender state", f"blocks.{layers['sender']}.hook_resid_post @ final"),
-        ("injection site", f"blocks.{layers['receiver']}.hook_resid_post @ {config['position']}"),
+        ("sender state", f"{resid_post_name(layers['sender'])} @ final"),
+        ("injection site", f"{resid_post_name(layers['receiver'])} @ {config['position']}"),
         ("bridge target", config["target"]),
         (
             "k / items / seeds",

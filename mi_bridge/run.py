@@ -49,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) -> int:
-    # Heavy imports after argument checks, so that bad flags fail fast.
-    from mi_bridge.experiment import run_experiment
     from mi_bridge.models import load_pair, record_identities, resolve_layers
+
+    pair = load_pair(config)  # checks every input first (without TransformerLens), then loads
+    # Heavy imports after the checks, so that bad input fails fast.
+    from mi_bridge.experiment import run_experiment
     from mi_bridge.prepare import default_store
 
-    pair = load_pair(config)  # checks every input first, then loads
     config = record_identities(config, pair)
     sender_layer, receiver_layer = resolve_layers(config, pair)
     folder = Path(config.out) if config.out else default_out(config, sender_layer, receiver_layer)

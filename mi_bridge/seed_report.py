@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from mi_bridge.audit import NEAR_NULL
+from mi_bridge.hooks import resid_post_name
 from mi_bridge.report import _ci, _rich_table, console, md_table
 
 AUDIT_HEADER = ("check", "value", "reading")
@@ -143,7 +144,7 @@ def configuration_rows(results: dict) -> list[tuple[str, str]]:
         ("sender → receiver", f"{models['sender']['name']} → {models['receiver']['name']}"),
         (
             "layers",
-            f"blocks.{layers['sender']}.hook_resid_post → blocks.{layers['receiver']}.hook_resid_post (every position, prefill)",
+            f"{resid_post_name(layers['sender'])} → {resid_post_name(layers['receiver'])} (every position, prefill)",
         ),
         ("items", f"{results['n_items']} of the 396 released (SHA-256 verified)"),
         (

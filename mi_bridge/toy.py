@@ -23,17 +23,18 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Bool, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+if TYPE_CHECKING:  # TransformerLens loads when a model is built, so input checks stay fast
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mi_bridge import progress
-from mi_bridge.capture import capture_resid_post
 from mi_bridge.config import UserError
-from mi_bridge.evaluate import score
 from mi_bridge.files import sha256_file, write_atomic, write_text_atomic
 from mi_bridge.task import TOY_INDEX, TOY_PERSONS, TOY_PLACES, TOY_WORDS, sample_items, toy_language
 
@@ -63,6 +64,8 @@ class ToyRecipe:
     """Early stop once the running whole-row accuracy on ``own_hop`` reaches this."""
 
     def model_config(self) -> HookedTransformerConfig:
+        from transformer_lens import HookedTransformerConfig
+
         d_head = self.d_model // self.n_heads
         return HookedTransformerConfig(
             n_layers=self.n_layers,
@@ -114,13 +117,20 @@ def cached_folder(name: str) -> Path:
     return cache_root() / "toy" / folder_name(name)
 
 
+def build_model(recipe: ToyRecipe) -> HookedTransformer:
+    """An untrained model of the recipe's architecture, initialized from its seed."""
+    from transformer_lens import HookedTransformer
+
+    return HookedTransformer(recipe.model_config())
+
+
 def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
     """The trained toy model ``name``: the shipped weights for the current recipe; for a recipe that
     ships none, the cached ones, or trained now (a progress bar shows it)."""
     if name not in TOY_MODELS:
         raise UserError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
     recipe = TOY_MODELS[name]
-    model = HookedTransformer(recipe.model_config())
+    model = build_model(recipe)
     shipped = shipped_folder(name)
     if shipped.exists():  # a damaged shipped file is the installation's fault: say so, never retrain silently
         problem = _load_cached(model, shipped, recipe)
@@ -137,7 +147,7 @@ def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
         return model.to(device, print_details=False).eval()
     if problem != "absent":  # a damaged cache entry is reported and retrained, never used
         progress.warn(f"cached toy model in {folder} is {problem}; retraining")
-        model = HookedTransformer(recipe.model_config())
+        model = build_model(recipe)
     train_toy_model(model, recipe, description=f"training {name}")
     _save_atomic(model, recipe, folder)
     return model.to(device, print_details=False).eval()
@@ -330,7 +340,7 @@ def _train_into_cache(name: str) -> Retrained:
     """Train ``name`` from its recipe in this (worker) process and save it to the cache."""
     recipe = TOY_MODELS[name]
     start = time.perf_counter()
-    model = HookedTransformer(recipe.model_config())
+    model = build_model(recipe)
     losses = train_toy_model(model, recipe, description=None)
     folder = cached_folder(name)
     _save_atomic(model, recipe, folder)
@@ -368,6 +378,9 @@ def toy_validity(
     with the placeholder in the slot (chance is 1/k)."""
     items = sample_items(toy_language(), k=k, n_items=n_items, seed=seed)
 
+    from mi_bridge.capture import capture_resid_post
+    from mi_bridge.evaluate import score
+
     def accuracy(model: HookedTransformer, tokens: Tensor, candidates: Tensor) -> float:
         capture = capture_resid_post(model, tokens, layers=[0], positions=[-1], with_answer_logits=True)
         return float(score(capture.answer_logits, candidates, items.gold_index).correct.mean())
@@ -382,7 +395,7 @@ def toy_validity(
 
 
 def _load_from(folder: Path, name: str) -> HookedTransformer:
-    model = HookedTransformer(TOY_MODELS[name].model_config())
+    model = build_model(TOY_MODELS[name])
     problem = _load_cached(model, folder, TOY_MODELS[name])
     if problem is not None:
         raise UserError(f"toy model in {folder} is {problem}")

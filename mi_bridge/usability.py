@@ -15,8 +15,22 @@ import torch
 from mi_bridge.bridge import LinearBridge, Standardizer
 from mi_bridge.capture import answer_logits, batches, capture_resid_post
 from mi_bridge.config import SeedOffset
-from mi_bridge.inject import inject_residual
+from mi_bridge.inject import MODES, inject_residual
 from mi_bridge.prepare import SeedContext
+
+
+def add_training_arguments(parser) -> None:
+    """The training flags of every script that trains a usability bridge."""
+    parser.add_argument(
+        "--train-steps", type=int, default=300, help="optimizer steps of the usability bridge (default 300)"
+    )
+    parser.add_argument("--train-lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
+    parser.add_argument(
+        "--train-mode",
+        choices=MODES,
+        default="replace",
+        help="injection mode the bridge is trained for (default replace)",
+    )
 
 
 def usability_bridge(
