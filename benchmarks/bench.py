@@ -35,7 +35,7 @@ from transformer_lens import HookedTransformer
 from benchmarks.pythia_arch import pythia_architecture, pythia_items
 from mi_bridge.bridge import LinearBridge, Standardizer, ridge_path
 from mi_bridge.capture import capture_resid_post
-from mi_bridge.evaluate import Condition, condition_logits
+from mi_bridge.evaluate import Condition, condition_logits, standard_conditions
 from mi_bridge.files import write_text_atomic
 from mi_bridge.inject import run_with_injection
 from mi_bridge.task import TaskItems, sample_items, toy_language
@@ -277,24 +277,56 @@ def pythia_estimate(sender, receiver, items: TaskItems, repeats: int) -> dict:
     ):
         seconds, _ = timed(lambda m=model, t=tokens: m(t, stop_at_layer=m.cfg.n_layers), repeats)
         rate[name] = seconds / (tokens.numel() * model.cfg.n_layers)
-    n_items, seeds, n_test, conditions, prompts = 1000, 3, 500, 53, 3
-    t_s, t_r = items.sender_tokens.shape[1], items.oracle_tokens.shape[1]
-    site = items.slot_position
-    tail = t_r - site
-    ls, lr, n_layers = 5, 11, receiver.cfg.n_layers
-    sender_work = n_items * t_s * (ls + 1 + sender.cfg.n_layers)  # state capture + greedy run
-    receiver_work = n_items * t_r * (lr + 1)  # oracle states at the site
-    # evaluation: the prefix shared by the three prompts over all layers, each prompt's tail through
-    # layers 0..L, then each condition's tail from L+1
+    shape = {
+        "sender_tokens": items.sender_tokens.shape[1],
+        "receiver_tokens": items.oracle_tokens.shape[1],
+        "site": items.slot_position,
+        "sender_layers": sender.cfg.n_layers,
+        "receiver_layers": receiver.cfg.n_layers,
+    }
+    return {"seconds_per_token_layer": rate, **default_run_estimate(rate, **shape)}
+
+
+def default_run_estimate(
+    rate: dict[str, float],
+    *,
+    sender_tokens: int,
+    receiver_tokens: int,
+    site: int,
+    sender_layers: int,
+    receiver_layers: int,
+    n_items: int = 1000,
+    seeds: int = 3,
+    sender_layer: int = 5,
+    receiver_layer: int = 11,
+) -> dict:
+    """Token-layers of work of a default run (``mi_bridge.run``'s defaults, site scan on), priced at the
+    measured seconds per token-layer. Pure arithmetic, so a reader can redo it for other hardware."""
+    n_test, tail = n_items // 2, receiver_tokens - site
+    conditions = len(standard_conditions((0.25, 0.5, 1.0, 2.0)))
+    prompts = 3  # placeholder, relay and oracle prompts, each with its own tail
+    sender_work = n_items * sender_tokens * (sender_layer + 1 + sender_layers)  # state + greedy answer
+    # receiver states at the site from the oracle, counterfactual and context-free prompts (every layer,
+    # for the site scan), then the evaluation: the shared prefix over all layers, each prompt's tail
+    # through layers 0..L, each condition's tail from L+1
+    receiver_work = 3 * n_items * receiver_tokens * receiver_layers
     receiver_work += n_test * (
-        site * n_layers + prompts * tail * (lr + 1) + conditions * tail * (n_layers - lr - 1)
+        site * receiver_layers
+        + prompts * tail * (receiver_layer + 1)
+        + conditions * tail * (receiver_layers - receiver_layer - 1)
     )
-    seconds = seeds * (sender_work * rate["sender"] + receiver_work * rate["receiver"])
+    # the site scan: at every layer l, the placeholder prompt's prefix and three replace controls
+    scan_work = n_test * sum(
+        site * receiver_layers + tail * (layer + 1) + 3 * tail * (receiver_layers - layer - 1)
+        for layer in range(receiver_layers)
+    )
+    seconds = seeds * (sender_work * rate["sender"] + (receiver_work + scan_work) * rate["receiver"])
     return {
-        "seconds_per_token_layer": rate,
         "default_pythia_run_estimate_s": seconds,
-        "assumptions": f"{seeds} seeds x {n_items} items, {n_test} held out, {conditions} conditions, "
-        f"sender L{ls}, receiver L{lr}, prompts {t_s}/{t_r} tokens, tail {tail}",
+        "site_scan_s": seeds * scan_work * rate["receiver"],
+        "assumptions": f"{seeds} seeds x {n_items} items, {n_test} held out, {conditions} conditions and "
+        f"the site scan, sender L{sender_layer}, receiver L{receiver_layer}, prompts "
+        f"{sender_tokens}/{receiver_tokens} tokens, tail {tail}",
     }
 
 

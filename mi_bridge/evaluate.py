@@ -247,14 +247,23 @@ def condition_logits(
             cache = prefix.cache if prefix is not None and prefix.shares_prefix(tokens) else None
             prefix = None  # the previous prompt's cache is freed first, unless this prompt reuses it
             prefix = SharedPrefix(model, tokens, layer=layer, position=position, cache=cache)
-            per_pass = max(1, tail_budget_bytes // prefix.condition_bytes())
-            for start in range(0, len(group), per_pass):
-                stacked = group[start : start + per_pass]
-                residual = torch.cat([_edited_tail(prefix, c, vectors, chunk) for c in stacked])
-                logits = prefix.logits(residual)
-                yield from (
-                    (chunk, c, rows) for c, rows in zip(stacked, logits.split(len(prefix.tail)), strict=True)
-                )
+            yield from _stacked_logits(prefix, group, vectors, chunk, tail_budget_bytes)
+
+
+def _stacked_logits(
+    prefix: SharedPrefix,
+    conditions: Sequence[Condition],
+    vectors: dict[str, Tensor],
+    chunk: slice,
+    tail_budget_bytes: int,
+) -> Iterator[tuple[slice, Condition, Float[Tensor, "batch d_vocab"]]]:
+    """One prompt's conditions: edited tails stacked into as few passes as the budget allows."""
+    per_pass = max(1, tail_budget_bytes // prefix.condition_bytes())
+    for start in range(0, len(conditions), per_pass):
+        stacked = conditions[start : start + per_pass]
+        residual = torch.cat([_edited_tail(prefix, c, vectors, chunk) for c in stacked])
+        logits = prefix.logits(residual)
+        yield from ((chunk, c, rows) for c, rows in zip(stacked, logits.split(len(prefix.tail)), strict=True))
 
 
 def _edited_tail(
@@ -294,3 +303,36 @@ def evaluate_conditions(
     ):
         parts[condition.name].append(score(logits, candidates[chunk], gold_index[chunk]))
     return {name: ItemScores.concat(p) for name, p in parts.items()}
+
+
+@torch.no_grad()
+def evaluate_layers(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "n_items pos"],
+    candidates: Int[Tensor, "n_items k"],
+    gold_index: Int[Tensor, " n_items"],
+    *,
+    layers: Sequence[int],
+    position: int,
+    vectors: dict[int, dict[str, Float[Tensor, "n_items d_model"]]],
+    conditions: Sequence[Condition],
+    batch_size: int = 64,
+    description: str = "evaluating layers",
+    tail_budget_bytes: int = TAIL_BUDGET_BYTES,
+) -> dict[int, dict[str, ItemScores]]:
+    """``evaluate_conditions`` of one prompt at several injection layers (``vectors`` per layer). The
+    frozen cache of the positions before the site does not depend on the layer, so it is computed once
+    per batch and serves every layer; the scores are those of one ``evaluate_conditions`` per layer."""
+    parts = {layer: {c.name: [] for c in conditions} for layer in layers}
+    for chunk in progress.track(batches(tokens.shape[0], batch_size), description):
+        cache = None
+        for layer in layers:
+            prefix = SharedPrefix(model, tokens[chunk], layer=layer, position=position, cache=cache)
+            cache = prefix.cache
+            for _, condition, logits in _stacked_logits(
+                prefix, conditions, vectors[layer], chunk, tail_budget_bytes
+            ):
+                parts[layer][condition.name].append(score(logits, candidates[chunk], gold_index[chunk]))
+    return {
+        layer: {name: ItemScores.concat(p) for name, p in by_name.items()} for layer, by_name in parts.items()
+    }

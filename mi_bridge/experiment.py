@@ -17,7 +17,14 @@ from torch import Tensor
 from mi_bridge import diagnosis
 from mi_bridge.bridge import PREDICTORS, LinearBridge, fit_report
 from mi_bridge.config import ExperimentConfig, SeedOffset
-from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions, standard_conditions
+from mi_bridge.evaluate import (
+    BASELINE,
+    Condition,
+    ItemScores,
+    evaluate_conditions,
+    evaluate_layers,
+    standard_conditions,
+)
 from mi_bridge.models import ModelPair
 from mi_bridge.prepare import ActivationStore, SeedContext, seed_contexts
 from mi_bridge.stats import mean_and_seeds, mean_with_ci, paired_bootstrap_ci
@@ -98,21 +105,18 @@ def site_scan(ctx: SeedContext, layers: list[int] | None = None) -> dict[int, di
     test = ctx.test
     for prompt in ("oracle", "counterfactual", "context-free"):
         ctx.receiver_states(layers, prompt)  # one pass per prompt for every layer
-    return {
-        layer: evaluate_conditions(
-            ctx.pair.receiver,
-            {"placeholder": test.placeholder_tokens},
-            test.answer_candidates,
-            test.gold_index,
-            layer=layer,
-            position=ctx.position(),
-            vectors=site_vectors(ctx, layer),
-            conditions=[BASELINE, *SITE_CONDITIONS],
-            batch_size=ctx.config.batch_size,
-            description=f"seed {ctx.seed}: site scan, layer {layer}",
-        )
-        for layer in layers
-    }
+    return evaluate_layers(
+        ctx.pair.receiver,
+        test.placeholder_tokens,
+        test.answer_candidates,
+        test.gold_index,
+        layers=layers,
+        position=ctx.position(),
+        vectors={layer: site_vectors(ctx, layer) for layer in layers},
+        conditions=[BASELINE, *SITE_CONDITIONS],
+        batch_size=ctx.config.batch_size,
+        description=f"seed {ctx.seed}: site scan, {len(layers)} layers",
+    )
 
 
 def sender_probe(ctx: SeedContext, sender_layer: int) -> Float[Tensor, " n_test"]:

@@ -5,7 +5,14 @@ import torch
 from jaxtyping import TypeCheckError
 
 from mi_bridge.capture import answer_logits, capture_resid_post
-from mi_bridge.evaluate import Condition, SharedPrefix, condition_logits, evaluate_conditions, score
+from mi_bridge.evaluate import (
+    Condition,
+    SharedPrefix,
+    condition_logits,
+    evaluate_conditions,
+    evaluate_layers,
+    score,
+)
 from mi_bridge.hooks import resid_post_name
 from mi_bridge.inject import MODES, apply_injection, inject_residual, rescale_to, run_with_injection
 
@@ -193,3 +200,48 @@ def test_one_vector_and_one_position_broadcast_to_every_item(tiny_model, tokens)
     torch.testing.assert_close(one, many, rtol=0, atol=0)
     with pytest.raises(ValueError):
         run_with_injection(tiny_model, tokens, layer=9, position=3, vector=vector, mode="add")
+
+
+@pytest.mark.parametrize("position", [0, 5])  # 0: no cached prefix
+def test_one_prefix_for_every_layer_gives_each_layers_own_scores(tiny_model, tokens, position):
+    """evaluate_layers shares the frozen prefix across layers; each layer's scores must be exactly those
+    of evaluate_conditions at that layer alone (a cache built at the wrong layer or reused stale would
+    show here)."""
+    k, layers = 3, list(range(tiny_model.cfg.n_layers))
+    candidates = torch.randint(0, tiny_model.cfg.d_vocab, (N, k))
+    gold = torch.randint(0, k, (N,))
+    vectors = {layer: {"v": torch.randn(N, tiny_model.cfg.d_model) * (layer + 1)} for layer in layers}
+    conditions = [Condition("baseline"), Condition("v replace", vector="v", mode="replace")]
+    conditions.append(Condition("v add", vector="v", mode="add", alpha=0.5))
+    scanned = evaluate_layers(
+        tiny_model,
+        tokens,
+        candidates,
+        gold,
+        layers=layers,
+        position=position,
+        vectors=vectors,
+        conditions=conditions,
+        batch_size=2,
+    )
+    for layer in layers:
+        alone = evaluate_conditions(
+            tiny_model,
+            {"placeholder": tokens},
+            candidates,
+            gold,
+            layer=layer,
+            position=position,
+            vectors=vectors[layer],
+            conditions=conditions,
+            batch_size=2,
+        )
+        for condition in conditions:
+            assert torch.equal(
+                scanned[layer][condition.name].gold_logprob, alone[condition.name].gold_logprob
+            )
+            assert torch.equal(scanned[layer][condition.name].choice, alone[condition.name].choice)
+    # the injected layers differ, so a scan that ignored its layer would give equal scores
+    assert not torch.equal(
+        scanned[0]["v replace"].gold_logprob, scanned[layers[-1]]["v replace"].gold_logprob
+    )
