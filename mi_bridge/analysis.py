@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mi_bridge import cli, report
-from mi_bridge.config import ExperimentConfig
+from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions
 from mi_bridge.experiment import summarize_condition
 from mi_bridge.models import ModelPair
@@ -163,6 +163,13 @@ def prepare_context(
     from mi_bridge.models import load_pair, record_identities, resolve_layers
     from mi_bridge.prepare import default_store
 
+    if config.protocol != "split":
+        # The scripts measure the split protocol's single-site injections and k-way scores; the seed
+        # protocol injects at every position and scores generations, which none of them reads yet.
+        raise UserError(
+            f"the analyses run under --protocol split only; --protocol {config.protocol} is not supported "
+            "by any analysis yet (its own run, python -m mi_bridge.run --protocol seed, has the audit)"
+        )
     pair = load_pair(config)
     config = record_identities(config, pair)
     sender_layer, receiver_layer = resolve_layers(config, pair)
