@@ -21,6 +21,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mi_bridge import cli, grid, report
@@ -227,7 +228,14 @@ def heatmaps(cells: list[grid.Cell], outcomes: dict, folder: Path) -> list[str]:
         numbers = outcomes[cell.name].numbers
         if outcomes[cell.name].status == "done":
             c = cell.config
-            title = f"{cell.name.split('-L')[0]} {c.position} {c.target}"
+            title = " ".join(
+                f"{name}@{revision}" if revision else name
+                for name, revision in (
+                    (c.sender_name, c.sender_revision),
+                    (c.receiver_name, c.receiver_revision),
+                )
+            )
+            title += f" {c.position} {c.target}"
             panels.setdefault(title, {})[(numbers["layers"]["sender"], numbers["layers"]["receiver"])] = (
                 numbers
             )
@@ -246,7 +254,15 @@ def heatmaps(cells: list[grid.Cell], outcomes: dict, folder: Path) -> list[str]:
                     [panel.get((s, r), {}).get(metric, {}).get("mean", float("nan")) for r in receivers]
                     for s in senders
                 ]
-                image = ax.imshow(values, cmap="RdBu_r" if metric != "normalized_cosine" else "viridis")
+                values = np.array(values, dtype=float)
+                if metric == "normalized_cosine":
+                    image = ax.imshow(values, cmap="viridis")
+                else:  # Δ accuracy: white at 0, gains red, losses blue
+                    bound = max(float(np.nanmax(np.abs(values), initial=0.0)), 1e-6)
+                    image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
+                if values.size <= 200:  # small grids: the numbers themselves
+                    for (i, j), value in np.ndenumerate(values):
+                        ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=7)
                 ax.set_xticks(range(len(receivers)), receivers)
                 ax.set_yticks(range(len(senders)), senders)
                 ax.set_xlabel("receiver layer")

@@ -57,6 +57,24 @@ def test_a_ray_flag_without_ray_names_the_extra(tmp_path, capsys, monkeypatch):
     assert "pip install -e '.[ray]'" in capsys.readouterr().err
 
 
+def test_a_failing_cell_is_recorded_and_the_exit_code_says_so(tmp_path):
+    out = tmp_path / "sweep"
+    assert sweep.main([*TINY, "--receiver-layer", "9", "--local", "--out", str(out)]) == 1
+    (row,) = cells(out).values()
+    assert row["status"] == "failed" and "receiver layer 9" in row["error"]
+    assert not (out / row["name"]).exists()  # nothing half-written
+
+
+def test_a_sweep_folder_of_another_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    (cell,) = grid.expand(ExperimentConfig(n_items=40, receiver_layer=0), {}, out)
+    Path(cell.config.out).mkdir(parents=True)
+    (Path(cell.config.out) / "config.json").write_text(json.dumps(cell.config.to_dict()))
+    (Path(cell.config.out) / "results.json").write_text("{}")
+    assert sweep.main(["--n-items", "60", "--receiver-layer", "0", "--local", "--out", str(out)]) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
     """A local Ray instance with two CPUs, its workers pointed at a private activation cache."""
