@@ -300,7 +300,9 @@ def write_summary(folder: Path, values: dict, base: ExperimentConfig, cells, out
         "# Sweep",
         "",
         f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending. "
-        f"Grid: {json.dumps(values)}.",
+        "Grid: "
+        + ("; ".join(f"{k} {json.dumps(v)}" for k, v in values.items() if v != [None]) or "one cell")
+        + ".",
         "",
     ]
     lines += report.md_table(
