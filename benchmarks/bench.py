@@ -299,33 +299,38 @@ def default_run_estimate(
     seeds: int = 3,
     sender_layer: int = 5,
     receiver_layer: int = 11,
+    site_scan: bool = True,
 ) -> dict:
-    """Token-layers of work of a default run (``mi_bridge.run``'s defaults, site scan on), priced at the
-    measured seconds per token-layer. Pure arithmetic, so a reader can redo it for other hardware."""
+    """Token-layers of work of a default run (``mi_bridge.run``'s defaults), priced at the measured
+    seconds per token-layer. Pure arithmetic, so a reader can redo it for other hardware."""
     n_test, tail = n_items // 2, receiver_tokens - site
     conditions = len(standard_conditions((0.25, 0.5, 1.0, 2.0)))
     prompts = 3  # placeholder, relay and oracle prompts, each with its own tail
     sender_work = n_items * sender_tokens * (sender_layer + 1 + sender_layers)  # state + greedy answer
-    # receiver states at the site from the oracle, counterfactual and context-free prompts (every layer,
-    # for the site scan), then the evaluation: the shared prefix over all layers, each prompt's tail
-    # through layers 0..L, each condition's tail from L+1
-    receiver_work = 3 * n_items * receiver_tokens * receiver_layers
+    # receiver states at the site from the oracle, counterfactual and context-free prompts (every layer
+    # for the site scan, else up to L), then the evaluation: the shared prefix over all layers, each
+    # prompt's tail through layers 0..L, each condition's tail from L+1
+    receiver_work = 3 * n_items * receiver_tokens * (receiver_layers if site_scan else receiver_layer + 1)
     receiver_work += n_test * (
         site * receiver_layers
         + prompts * tail * (receiver_layer + 1)
         + conditions * tail * (receiver_layers - receiver_layer - 1)
     )
     # the site scan: at every layer l, the placeholder prompt's prefix and three replace controls
-    scan_work = n_test * sum(
-        site * receiver_layers + tail * (layer + 1) + 3 * tail * (receiver_layers - layer - 1)
-        for layer in range(receiver_layers)
+    scan_work = (
+        site_scan
+        * n_test
+        * sum(
+            site * receiver_layers + tail * (layer + 1) + 3 * tail * (receiver_layers - layer - 1)
+            for layer in range(receiver_layers)
+        )
     )
     seconds = seeds * (sender_work * rate["sender"] + (receiver_work + scan_work) * rate["receiver"])
     return {
         "default_pythia_run_estimate_s": seconds,
         "site_scan_s": seeds * scan_work * rate["receiver"],
-        "assumptions": f"{seeds} seeds x {n_items} items, {n_test} held out, {conditions} conditions and "
-        f"the site scan, sender L{sender_layer}, receiver L{receiver_layer}, prompts "
+        "assumptions": f"{seeds} seeds x {n_items} items, {n_test} held out, {conditions} conditions, "
+        f"site scan {'on' if site_scan else 'off'}, sender L{sender_layer}, receiver L{receiver_layer}, prompts "
         f"{sender_tokens}/{receiver_tokens} tokens, tail {tail}",
     }
 

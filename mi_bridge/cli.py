@@ -80,8 +80,9 @@ def _default_text(value) -> str:
     return str(value)
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ExperimentConfig field, its help the field's docstring and its default."""
+def add_config_flags(parser: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> None:
+    """One flag per ExperimentConfig field, its help the field's docstring and its default; the fields
+    named in ``lists`` take their value as text (a sweep's list or range, parsed by ``mi_bridge.grid``)."""
     hints = typing.get_type_hints(ExperimentConfig)
     docs = field_docs()
     for spec in fields(ExperimentConfig):
@@ -93,7 +94,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             help_text += f" (default: {_default_text(default)})"
         flag = "--" + spec.name.replace("_", "-")
         kind = _flag_type(hints[spec.name])
-        if kind is None:
+        if spec.name in lists:
+            help_text += "; a list or range (e.g. 0-11 or 0,4,8) sweeps it"
+            parser.add_argument(flag, type=str, help=help_text)
+        elif kind is None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             parser.add_argument(flag, type=kind, choices=CHOICES.get(spec.name), help=help_text)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
@@ -25,5 +26,5 @@ def warn(message: str) -> None:
 
 
 def error(message: str) -> None:
-    """One line, no traceback."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line, no traceback (the message is text, not markup: ``.[ray]`` stays)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

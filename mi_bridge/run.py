@@ -49,11 +49,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) -> int:
-    from mi_bridge.models import load_pair, record_identities, resolve_layers
+    from mi_bridge.models import load_pair
 
     pair = load_pair(config)  # checks every input first (without TransformerLens), then loads
-    # Heavy imports after the checks, so that bad input fails fast.
+    run_loaded(config, pair, use_cache, full)
+    return 0
+
+
+def run_loaded(
+    config: ExperimentConfig, pair, use_cache: bool = True, full: bool = False, quiet: bool = False
+) -> tuple[Path, dict]:
+    """One run on an already loaded pair (a sweep's worker loads it once for many cells): the run folder
+    published, and ``(folder, results)``. ``quiet`` skips the terminal report."""
+    # Heavy imports after the checks (load_pair has made them), so that bad input fails fast.
     from mi_bridge.experiment import run_experiment
+    from mi_bridge.models import record_identities, resolve_layers
     from mi_bridge.prepare import default_store
 
     config = record_identities(config, pair)
@@ -61,7 +71,7 @@ def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) ->
     folder = Path(config.out) if config.out else default_out(config, sender_layer, receiver_layer)
     cli.check_writable(folder)
     if config.protocol == "seed":
-        return run_seed(config, pair, sender_layer, receiver_layer, folder)
+        return folder, run_seed(config, pair, sender_layer, receiver_layer, folder, quiet)
     results, seeds = run_experiment(config, pair, sender_layer, receiver_layer, default_store(use_cache))
     results = {
         "config": config.to_dict(),
@@ -82,13 +92,17 @@ def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) ->
         "versions": cli.versions(),
         **results,
     }
-    report.render(results, full=full)
+    if not quiet:
+        report.render(results, full=full)
     write_run_folder(folder, results, seeds, config)
-    report.console.print(f"run folder: {folder}")
-    return 0
+    if not quiet:
+        report.console.print(f"run folder: {folder}")
+    return folder, results
 
 
-def run_seed(config: ExperimentConfig, pair, sender_layer: int, receiver_layer: int, folder: Path) -> int:
+def run_seed(
+    config: ExperimentConfig, pair, sender_layer: int, receiver_layer: int, folder: Path, quiet: bool = False
+) -> dict:
     """The seed paper's protocol (``--protocol seed``): audit and table beside the published one."""
     from mi_bridge import seed_report
     from mi_bridge.seed_experiment import run_seed_experiment
@@ -102,15 +116,17 @@ def run_seed(config: ExperimentConfig, pair, sender_layer: int, receiver_layer: 
         "versions": cli.versions(),
         **results,
     }
-    seed_report.render(results)
+    if not quiet:
+        seed_report.render(results)
 
     def write_rest(staging: Path) -> None:
         (staging / "report.md").write_text(seed_report.markdown(results))
         cli.write_json(staging / "predictions.json", predictions)
 
     cli.publish_run(folder, config, results, write_rest)
-    report.console.print(f"run folder: {folder}")
-    return 0
+    if not quiet:
+        report.console.print(f"run folder: {folder}")
+    return results
 
 
 if __name__ == "__main__":

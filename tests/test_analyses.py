@@ -186,7 +186,9 @@ def test_site_dependent_verdicts_are_withheld_off_a_pre_lookup_site(site_class):
 def test_the_analyses_refuse_the_seed_protocol_in_one_line(capsys, tmp_path):
     """No script reads the seed protocol's every-position injections or generated answers yet, so
     running one under it must say so instead of quietly analysing the split protocol."""
-    assert main(["norm_ablation", "--protocol", "seed", "--pair", "pythia", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["norm_ablation", "--protocol", "seed", "--pair", "pythia", "--out", str(tmp_path / "x")]) == 2
+    )
     err = capsys.readouterr().err
     assert "--protocol split only" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()

@@ -1,0 +1,402 @@
+"""``python -m mi_bridge.sweep``: a grid of runs on Ray (or in process with ``--local``), resumable.
+
+Takes the flags of ``mi_bridge.run``; the models, revisions, layers, position and target may be lists or
+ranges. Every cell writes the run folder ``mi_bridge.run`` writes for its config, under the sweep folder;
+a cell whose run folder exists is skipped on rerun. The sweep folder also gets ``sweep.json`` (the grid and
+every cell's key numbers), ``report.md`` and heatmaps (sender layer x receiver layer).
+
+Examples:
+    python -m mi_bridge.sweep --pair toy --receiver-layer 0-3 --sender-layer 0-2     # local Ray
+    python -m mi_bridge.sweep --pair toy --receiver-layer 0-3 --local                # in process
+    python -m mi_bridge.sweep --pair pythia --receiver-layer 0-23 --address auto     # join a cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mi_bridge import cli, grid, report
+from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.files import write_text_atomic
+from mi_bridge.progress import console
+
+METRICS = {
+    "translated": "best translated Δ accuracy",
+    "context_free": "context-free ceiling (Δ accuracy)",
+    "normalized_cosine": "normalized cosine",
+}
+"""The numbers kept per cell in sweep.json, each drawn as a heatmap."""
+WORKER_ENV = ("MI_BRIDGE_CACHE", "MI_BRIDGE_CACHE_MAX_GB", "HF_HOME", "HF_HUB_OFFLINE")
+"""Environment variables handed to the Ray workers when the driver sets them (where the caches are)."""
+RAY_MISSING = "Ray is not installed: pip install -e '.[ray]' (or run the cells in process with --local)"
+
+
+def build_parser() -> cli.OneLineParser:
+    parser = cli.OneLineParser(prog="python -m mi_bridge.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config", type=Path, help="the base config from a config.json (other flags override it)"
+    )
+    cli.add_config_flags(parser, lists=grid.GRID_FIELDS)
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached activations")
+    parser.add_argument("--local", action="store_true", help="run the cells in this process, without Ray")
+    parser.add_argument("--address", help="join this Ray cluster (e.g. auto or ray://host:10001)")
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        default=1,
+        help="CPUs each Ray worker (one loaded pair) takes (default: 1)",
+    )
+    parser.add_argument(
+        "--max-retries", type=int, default=2, help="reruns of a cell whose worker died (default: 2)"
+    )
+    return parser
+
+
+@dataclass
+class Outcome:
+    """One cell's state in the sweep."""
+
+    status: str = "pending"
+    """``pending``, ``done`` or ``failed``."""
+    attempts: int = 0
+    """Times the cell was started (a worker that died costs one)."""
+    numbers: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def key_numbers(results: dict) -> dict:
+    """The cell's numbers in sweep.json: resolved layers, site class, and (Δ accuracy with its CI) the best
+    translated condition and the context-free ceiling (the best context-free self-patch, as in the
+    decomposition), and the normalized cosine. A seed-protocol run has only its layers."""
+    from mi_bridge.diagnosis import best
+
+    numbers = {"layers": results["layers"]}
+    if "site" not in results:
+        return numbers
+    numbers["site_class"] = results["site"]["class"]
+    for key, vector in (("translated", "translated"), ("context_free", "context-free self-patch")):
+        chosen = best(results["conditions"], vector)
+        if chosen is not None:
+            numbers[key] = {
+                "condition": chosen["name"],
+                "mean": chosen["delta_accuracy"],
+                "ci": chosen["delta_accuracy_ci"],
+            }
+    numbers["normalized_cosine"] = {"mean": results["bridge"]["normalized_cosine"]["mean"]}
+    return numbers
+
+
+def run_cell(config: ExperimentConfig, pair, use_cache: bool) -> dict:
+    """One cell on a loaded pair: the same code path as ``mi_bridge.run``; its key numbers."""
+    from mi_bridge.run import run_loaded
+
+    _, results = run_loaded(config, pair, use_cache, quiet=True)
+    return key_numbers(results)
+
+
+class PairWorker:
+    """Holds one loaded model pair and runs the cells that share it (a Ray actor)."""
+
+    def __init__(self, config: dict):
+        from mi_bridge.models import load_pair
+
+        self.pair = load_pair(ExperimentConfig.from_dict(config))
+
+    def run(self, config: dict, use_cache: bool) -> dict:
+        return run_cell(ExperimentConfig.from_dict(config), self.pair, use_cache)
+
+
+def finished(cell: grid.Cell) -> dict | None:
+    """The results of a cell whose run folder is published, else None; a folder of another config is a
+    UserError (the sweep folder belongs to another sweep)."""
+    folder = Path(cell.config.out)
+    if not (folder / "results.json").is_file():
+        return None
+    recorded = json.loads((folder / "config.json").read_text())
+    comparable = lambda data: {k: v for k, v in data.items() if k not in ("extra", "out")}
+    if comparable(recorded) != comparable(cell.config.to_dict()):
+        raise UserError(
+            f"{folder} holds a run of another configuration; choose another sweep folder with --out"
+        )
+    return json.loads((folder / "results.json").read_text())
+
+
+def run_local(pending: list[grid.Cell], outcomes: dict, use_cache: bool, bar) -> None:
+    """Cells in this process, one pair loaded per group of cells; a failing cell does not stop the rest."""
+    from mi_bridge.models import load_pair
+
+    pair, key = None, None
+    for cell in sorted(pending, key=lambda c: c.pair_key()):
+        outcome = outcomes[cell.name]
+        outcome.attempts += 1
+        bar(running=1)
+        try:
+            if cell.pair_key() != key:
+                pair, key = None, None  # free the previous pair first
+                pair, key = load_pair(cell.config), cell.pair_key()
+            outcome.numbers, outcome.status = run_cell(cell.config, pair, use_cache), "done"
+        except Exception as err:  # noqa: BLE001 -- one cell's failure is recorded, the grid goes on
+            outcome.status, outcome.error = "failed", f"{type(err).__name__}: {err}"
+        bar(running=0)
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Join ``address`` or start a local instance (loopback only, no dashboard); False if Ray was
+    already initialized by the caller."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(RAY_MISSING) from None
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {name: os.environ[name] for name in WORKER_ENV if name in os.environ}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            runtime_env=env,
+            log_to_driver=False,
+        )
+    return True
+
+
+def run_ray(
+    pending: list[grid.Cell], outcomes: dict, use_cache: bool, bar, cpus_per_worker: int, max_retries: int
+) -> None:
+    """Cells on Ray actors, one loaded pair per actor. A worker that dies costs its cell one attempt
+    (retried up to ``max_retries`` times, then failed); an error inside a cell fails that cell only."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    gpu = pending[0].config.device.startswith("cuda")
+    resources = ray.cluster_resources()
+    slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1) // cpus_per_worker)
+    slots = max(1, min(slots, len(pending)))
+    worker = ray.remote(PairWorker).options(num_cpus=0 if gpu else cpus_per_worker, num_gpus=int(gpu))
+    queue = deque(sorted(pending, key=lambda c: c.pair_key()))
+    idle: list[tuple[tuple, object]] = []
+    running: dict = {}
+    while queue or running:
+        while queue and len(running) < slots:
+            cell = queue.popleft()
+            match = [i for i, (key, _) in enumerate(idle) if key == cell.pair_key()]
+            if match:
+                _, actor = idle.pop(match[0])
+            else:
+                if len(idle) + len(running) >= slots:
+                    ray.kill(idle.pop(0)[1])  # its slot goes to another pair
+                actor = worker.remote(cell.config.to_dict())
+            outcomes[cell.name].attempts += 1
+            running[actor.run.remote(cell.config.to_dict(), use_cache)] = (cell, actor)
+            bar(running=len(running))
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        cell, actor = running.pop(ref)
+        outcome = outcomes[cell.name]
+        try:
+            outcome.numbers, outcome.status = ray.get(ref), "done"
+            idle.append((cell.pair_key(), actor))
+        except RayActorError as err:  # the worker died: retry the cell on a fresh one
+            if outcome.attempts <= max_retries:
+                queue.appendleft(cell)
+            else:
+                outcome.status, outcome.error = "failed", f"worker died {outcome.attempts} times: {err}"
+        except RayTaskError as err:
+            cause = err.cause if err.cause is not None else err
+            outcome.status, outcome.error = "failed", f"{type(cause).__name__}: {cause}"
+            idle.append((cell.pair_key(), actor))
+        bar(running=len(running))
+    for _, actor in idle:
+        ray.kill(actor)
+
+
+def heatmaps(cells: list[grid.Cell], outcomes: dict, folder: Path) -> list[str]:
+    """One figure per metric: sender layer x receiver layer, one panel per other grid combination."""
+    panels: dict[str, dict] = {}
+    for cell in cells:
+        numbers = outcomes[cell.name].numbers
+        if outcomes[cell.name].status == "done":
+            c = cell.config
+            title = " ".join(
+                f"{name}@{revision}" if revision else name
+                for name, revision in (
+                    (c.sender_name, c.sender_revision),
+                    (c.receiver_name, c.receiver_revision),
+                )
+            )
+            title += f" {c.position} {c.target}"
+            panels.setdefault(title, {})[(numbers["layers"]["sender"], numbers["layers"]["receiver"])] = (
+                numbers
+            )
+    names = []
+    for metric, label in METRICS.items():
+        if not any(metric in n for panel in panels.values() for n in panel.values()):
+            continue
+        name = f"heatmap_{metric}.png"
+        with report.saved_figure(
+            folder / name, 1, len(panels), squeeze=False, figsize=(4.5 * len(panels), 3.8)
+        ) as (fig, axes):
+            for ax, (title, panel) in zip(axes[0], panels.items(), strict=True):
+                senders = sorted({s for s, _ in panel})
+                receivers = sorted({r for _, r in panel})
+                values = [
+                    [panel.get((s, r), {}).get(metric, {}).get("mean", float("nan")) for r in receivers]
+                    for s in senders
+                ]
+                values = np.array(values, dtype=float)
+                if metric == "normalized_cosine":
+                    image = ax.imshow(values, cmap="viridis")
+                else:  # Δ accuracy: white at 0, gains red, losses blue
+                    bound = max(float(np.nanmax(np.abs(values), initial=0.0)), 1e-6)
+                    image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
+                if values.size <= 200:  # small grids: the numbers themselves
+                    for (i, j), value in np.ndenumerate(values):
+                        ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=7)
+                ax.set_xticks(range(len(receivers)), receivers)
+                ax.set_yticks(range(len(senders)), senders)
+                ax.set_xlabel("receiver layer")
+                ax.set_ylabel("sender layer")
+                ax.set_title(title, fontsize=9)
+                fig.colorbar(image, ax=ax, label=label)
+        names.append(name)
+    return names
+
+
+def write_summary(folder: Path, values: dict, base: ExperimentConfig, cells, outcomes: dict) -> None:
+    """sweep.json, report.md and the heatmaps, each written atomically (also after Ctrl-C)."""
+    rows = [
+        {
+            "name": cell.name,
+            "folder": cell.name,
+            **{k: v for k, v in vars(outcomes[cell.name]).items() if v is not None},
+        }
+        for cell in cells
+    ]
+    base_dict = {k: v for k, v in base.to_dict().items() if k not in grid.GRID_FIELDS + ("out", "extra")}
+    data = {"grid": values, "config": base_dict, "cells": rows}
+    write_text_atomic(folder / "sweep.json", json.dumps(data, indent=2) + "\n")
+    figures = heatmaps(cells, outcomes, folder)
+
+    def number(numbers: dict, key: str) -> str:
+        if key not in numbers:
+            return ""
+        value = numbers[key]
+        ci = f" [{value['ci'][0]:+.3f}, {value['ci'][1]:+.3f}]" if "ci" in value else ""
+        return f"{value['mean']:+.3f}{ci}"
+
+    counts = Counter(o.status for o in outcomes.values())
+    lines = [
+        "# Sweep",
+        "",
+        f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending. "
+        "Grid: "
+        + ("; ".join(f"{k} {json.dumps(v)}" for k, v in values.items() if v != [None]) or "one cell")
+        + ".",
+        "",
+    ]
+    lines += report.md_table(
+        ("cell", "status", "site", "best translated Δ acc", "context-free ceiling", "norm. cosine", "error"),
+        [
+            (
+                f"[{cell.name}]({cell.name}/report.md)" if o.status == "done" else cell.name,
+                o.status,
+                o.numbers.get("site_class", ""),
+                number(o.numbers, "translated"),
+                number(o.numbers, "context_free"),
+                number(o.numbers, "normalized_cosine"),
+                o.error or "",
+            )
+            for cell in cells
+            for o in [outcomes[cell.name]]
+        ],
+    )
+    lines += ["", *(f"![{name}]({name})" for name in figures)]
+    write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        if args.local and (args.address or args.cpus_per_worker != 1):
+            raise UserError("--local runs in this process: --address and --cpus-per-worker are Ray flags")
+        if args.cpus_per_worker < 1 or args.max_retries < 0:
+            raise UserError("--cpus-per-worker must be >= 1 and --max-retries >= 0")
+        texts = {name: getattr(args, name) for name in grid.GRID_FIELDS}
+        base = cli.config_from_args(argparse.Namespace(**{**vars(args), **dict.fromkeys(texts)}))
+        values = {
+            name: grid.parse_values(name, text) if text is not None else [getattr(base, name)]
+            for name, text in texts.items()
+        }
+        folder = Path(base.out or f"runs/sweep-{base.pair}").resolve()
+        cli.check_writable(folder)
+        cells = grid.expand(base, values, folder)
+        if not args.local:
+            try:
+                import ray  # noqa: F401 -- fail before any work when the extra is missing
+            except ImportError:
+                raise UserError(RAY_MISSING) from None
+        return sweep(cells, values, base, folder, args)
+
+    return cli.one_line_errors(body, "finished cells are kept; rerun the same command to resume")
+
+
+def sweep(cells: list[grid.Cell], values: dict, base: ExperimentConfig, folder: Path, args) -> int:
+    outcomes = {cell.name: Outcome() for cell in cells}
+    for cell in cells:
+        results = finished(cell)
+        if results is not None:
+            outcomes[cell.name] = Outcome("done", numbers=key_numbers(results))
+    pending = [cell for cell in cells if outcomes[cell.name].status == "pending"]
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("running {task.fields[running]} · failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+    )
+    started_ray = False
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("cells", total=len(cells), running=0, failed=0)
+
+        def bar(running: int) -> None:
+            counts = Counter(o.status for o in outcomes.values())
+            progress.update(
+                task, completed=counts["done"] + counts["failed"], running=running, failed=counts["failed"]
+            )
+
+        bar(running=0)
+        try:
+            if pending and args.local:
+                run_local(pending, outcomes, not args.no_cache, bar)
+            elif pending:
+                started_ray = start_ray(args.address)
+                run_ray(pending, outcomes, not args.no_cache, bar, args.cpus_per_worker, args.max_retries)
+        finally:
+            write_summary(folder, values, base, cells, outcomes)
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    counts = Counter(o.status for o in outcomes.values())
+    skipped = len(cells) - len(pending)
+    console.print(
+        f"{counts['done']} of {len(cells)} cells done ({skipped} already done), {counts['failed']} failed; "
+        f"sweep folder: {folder}"
+    )
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
