@@ -2,13 +2,14 @@
 
 A pretrained model is its repository, the commit its revision resolves to in the Hugging Face cache
 (``refs/<revision>`` names a folder ``snapshots/<commit>``) and the dtype it runs in; a toy model is its
-recipe hash, the SHA-256 of its weights and its dtype. Everything here reads the local cache only: no
-network, no weights.
+recipe hash, the SHA-256 of its weights and its dtype. Everything here reads the local cache (online,
+``config_shape`` may download the small ``config.json``), never weights.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -54,6 +55,31 @@ def weights_cached(repository: str, commit: str) -> bool:
     """Whether the snapshot holds a weights file (safetensors, PyTorch .bin or .pth, sharded or not)."""
     snapshot = repo_folder(repository) / "snapshots" / commit
     return snapshot.is_dir() and any(p.suffix in WEIGHT_SUFFIXES for p in snapshot.rglob("*"))
+
+
+def hub_file(repository: str, filename: str, revision: str | None) -> Path:
+    """A small file of a snapshot: from the cache offline, else possibly downloaded. ``OSError`` if missing."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repository, filename, revision=revision))
+    except EntryNotFoundError as error:  # not an OSError in every version
+        raise OSError(str(error)) from None
+
+
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+"""Where Hugging Face configs keep the layer count (GPT-NeoX/Llama/OPT, GPT-2/GPT-J, GPT-Neo, others)."""
+
+
+def config_shape(repository: str, revision: str | None) -> tuple[int, int] | None:
+    """``(n_layers, d_vocab)`` from the checkpoint's ``config.json`` (from the cache offline; online this
+    small file may be downloaded), or None if it names them otherwise. Raises ``OSError`` if the file
+    cannot be had."""
+    config = json.loads(hub_file(repository, "config.json", revision).read_text())
+    n_layers = next((config[key] for key in LAYER_KEYS if isinstance(config.get(key), int)), None)
+    d_vocab = config.get("vocab_size")
+    return (n_layers, d_vocab) if isinstance(n_layers, int) and isinstance(d_vocab, int) else None
 
 
 def weights_sha256(model) -> str:

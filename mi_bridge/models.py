@@ -2,7 +2,7 @@
 
 Every check a configuration can fail (model names, revisions, weights in the cache, layer ranges, k
 against the entity pool, the tokenizers) runs first, on what is known without weights: a toy model's
-recipe, a pretrained model's config file (TransformerLens' own config loader) and its tokenizer. Only
+recipe, a pretrained model's name (TransformerLens' table), config file and tokenizer. Only
 then are weights loaded (or the toy pair trained). After loading, everything downstream addresses the
 models by hook name only, so a toy model and a Pythia checkpoint go through the same code.
 """
@@ -10,9 +10,11 @@ models by hook name only, so a toy model and a Pythia checkpoint go through the 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -111,18 +113,78 @@ def toy_spec(name: str) -> ModelSpec:
     return ModelSpec(name=name, n_layers=TOY_MODELS[name].n_layers, d_vocab=len(TOY_WORDS))
 
 
-def pretrained_spec(name: str, revision: str | None = None) -> ModelSpec:
-    """Config and tokenizer of a TransformerLens pretrained model, without its weights (offline, they come
-    from the Hugging Face cache; online, these small files may be downloaded)."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name, get_pretrained_model_config
+def official_name(name: str) -> str:
+    """TransformerLens' official name (the Hugging Face repository) of a model name or alias, from the
+    table its ``get_official_model_name`` reads. That table, ``transformer_lens/supported_models.py``,
+    is pure data: it is read from the installed package without importing TransformerLens (~6 s here),
+    so that a bad name fails fast."""
+    package = importlib.util.find_spec("transformer_lens")  # locates, does not import
+    table_file = Path(package.origin).with_name("supported_models.py") if package and package.origin else None
+    if table_file is None or not table_file.is_file():  # another layout: TransformerLens' own function
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        try:
+            return get_official_model_name(name)
+        except ValueError:
+            raise UserError(
+                f"unknown model {name!r}: not a TransformerLens model name (e.g. pythia-160m)"
+            ) from None
+    spec = importlib.util.spec_from_file_location("_transformer_lens_supported_models", table_file)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    names = {official.lower(): official for official in table.OFFICIAL_MODEL_NAMES}
+    for official in table.OFFICIAL_MODEL_NAMES:
+        names.update({alias.lower(): official for alias in table.MODEL_ALIASES.get(official, [])})
+    if name.lower() not in names:
+        raise UserError(f"unknown model {name!r}: not a TransformerLens model name (e.g. pythia-160m)")
+    return names[name.lower()]
+
+
+class CheckTokenizer:
+    """What the checks need of a tokenizer (vocabulary, encoding), read from its ``tokenizer.json`` with the
+    Rust ``tokenizers`` library, which imports in milliseconds where ``transformers`` takes about 3 s here.
+    The models run with the Hugging Face tokenizer ``load_model`` builds from the same snapshot;
+    ``load_pair`` checks that both encode the task's text alike."""
+
+    bos_token_id = None  # the checks build no prompt
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(str(path))
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend.get_vocab(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids)
+
+
+def hf_tokenizer(repository: str, revision: str | None):
+    """The Hugging Face tokenizer the model runs with. ``add_bos_token=True`` as TransformerLens' own loader
+    sets it (else TransformerLens reloads the tokenizer from ``main``). Raises ``OSError`` if missing."""
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(repository, revision=revision, add_bos_token=True)
+
+
+def check_tokenizer(repository: str, revision: str | None):
+    """The fast ``CheckTokenizer`` where the snapshot has a ``tokenizer.json``, else the Hugging Face one."""
     try:
-        repository = get_official_model_name(name)
-    except ValueError:
-        raise UserError(
-            f"unknown model {name!r}: not a TransformerLens model name (e.g. pythia-160m)"
-        ) from None
+        return CheckTokenizer(identity.hub_file(repository, "tokenizer.json", revision))
+    except OSError:
+        return hf_tokenizer(repository, revision)
+
+
+def pretrained_spec(name: str, revision: str | None = None) -> ModelSpec:
+    """Config and tokenizer of a TransformerLens pretrained model, without its weights (offline, they come
+    from the Hugging Face cache; online, these small files may be downloaded). The layer count and
+    vocabulary come from the checkpoint's ``config.json``; ``load_model`` checks them against the model
+    TransformerLens builds."""
+    repository = official_name(name)
     label = repository if revision is None else f"{repository} (revision {revision})"
     commit = identity.resolve_commit(repository, revision)
     if identity.offline() and (commit is None or not identity.weights_cached(repository, commit)):
@@ -132,12 +194,16 @@ def pretrained_spec(name: str, revision: str | None = None) -> ModelSpec:
     # and stanford-crfm steps only, and reads the config and tokenizer from main). A resolved commit pins it.
     at = commit or revision
     try:
-        config = get_pretrained_model_config(repository, revision=at)
-        # add_bos_token=True as TransformerLens' own loader sets it (else it reloads the tokenizer at main)
-        tokenizer = AutoTokenizer.from_pretrained(repository, revision=at, add_bos_token=True)
+        shape = identity.config_shape(repository, at)
+        tokenizer = check_tokenizer(repository, at)
     except OSError:
         raise _missing(label, "config and tokenizer files") from None
-    return ModelSpec(name, config.n_layers, config.d_vocab, repository, revision, commit, tokenizer)
+    if shape is None:  # a config.json without the usual names: TransformerLens' converter reads it
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+        config = get_pretrained_model_config(repository, revision=at)
+        shape = config.n_layers, config.d_vocab
+    return ModelSpec(name, *shape, repository, revision, commit, tokenizer)
 
 
 def check_pair(config: ExperimentConfig) -> CheckedPair:
@@ -152,17 +218,18 @@ def check_pair(config: ExperimentConfig) -> CheckedPair:
     else:
         sender = pretrained_spec(config.sender_name, config.sender_revision)
         receiver = pretrained_spec(config.receiver_name, config.receiver_revision)
-        if sender.tokenizer.get_vocab() != receiver.tokenizer.get_vocab():
+        vocab = receiver.tokenizer.get_vocab()
+        if sender.tokenizer.get_vocab() != vocab:
             raise UserError(
                 f"{sender.name} and {receiver.name} have different tokenizers; sender and receiver must "
                 "share one (the text relay writes the sender's token ids into the receiver's prompt)"
             )
+        for spec in (sender, receiver):
+            if max(vocab.values()) >= spec.d_vocab:
+                raise UserError(
+                    f"the tokenizer of {spec.name} has token ids beyond its vocabulary ({spec.d_vocab})"
+                )
         language = pythia_language(receiver.tokenizer)
-    for spec in (sender, receiver):
-        if spec.tokenizer is not None and max(spec.tokenizer.get_vocab().values()) >= spec.d_vocab:
-            raise UserError(
-                f"the tokenizer of {spec.name} has token ids beyond its vocabulary ({spec.d_vocab})"
-            )
     for entity in (*language.persons, *language.places, language.placeholder):
         language.token_id(entity)  # every entity must be one token
     if config.k > language.max_k():
@@ -194,16 +261,23 @@ def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransfor
     from transformer_lens import HookedTransformer
 
     try:
+        tokenizer = hf_tokenizer(spec.repository, spec.commit or spec.revision)
         with contextlib.redirect_stdout(io.StringIO()):  # TL prints a "Loaded pretrained model" line
             model = HookedTransformer.from_pretrained(
                 spec.repository,
                 device=device,
                 dtype=dtype,
-                tokenizer=spec.tokenizer,
+                tokenizer=tokenizer,
                 revision=spec.commit or spec.revision,
             )
     except OSError:
         raise _missing(spec.repository, "weights") from None
+    built = model.cfg.n_layers, model.cfg.d_vocab
+    if built != (spec.n_layers, spec.d_vocab):  # the checks must have seen the model that runs
+        raise RuntimeError(
+            f"{spec.repository}: config.json gave (n_layers, d_vocab) = {(spec.n_layers, spec.d_vocab)}, "
+            f"TransformerLens built {built}"
+        )
     # Resolved again after loading: a download may have just put the revision in the cache.
     commit = spec.commit or identity.resolve_commit(spec.repository, spec.revision)
     if commit is None:
@@ -222,12 +296,19 @@ def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> M
                 f"cannot resolve the exact checkpoint of {spec.name} in the Hugging Face cache; its "
                 "activations are kept in memory only, not cached"
             )
+    language = checked.language
+    if checked.receiver.repository is not None:  # from here on, the receiver's own Hugging Face tokenizer
+        language = pythia_language(models["receiver"].tokenizer)
+        if any(language.encode(text) != checked.language.encode(text) for text in language.texts()):
+            raise RuntimeError(
+                f"the tokenizers of {checked.receiver.name} checked and loaded encode differently"
+            )
     return ModelPair(
         models["sender"],
         models["receiver"],
         config.sender_name,
         config.receiver_name,
-        checked.language,
+        language,
         identities["sender"],
         identities["receiver"],
     )

@@ -28,7 +28,8 @@ class Language:
     """How prompts of one model pair are written and tokenized."""
 
     name: str
-    bos_id: int
+    bos_id: int | None
+    """None only in the language the input checks build before a model is loaded: it writes no prompt."""
     encode: Callable[[str], list[int]]
     """Literal text -> token ids (no special tokens)."""
     decode: Callable[[Sequence[int]], str]
@@ -48,6 +49,12 @@ class Language:
         if len(ids) != 1:
             raise UserError(f"entity {entity!r} is {len(ids)} tokens in language {self.name!r}; must be 1")
         return ids[0]
+
+    def texts(self) -> list[str]:
+        """Every text the prompts are built from: entities, the placeholder, the templates' pieces."""
+        templates = (self.sender_fact, self.sender_query, self.receiver_fact, self.receiver_query)
+        pieces = [piece for template in templates for piece in template if piece not in ENTITY_FIELDS]
+        return [*self.persons, *self.places, self.placeholder, *pieces]
 
     def max_k(self) -> int:
         """Largest k for which an item can draw 2k distinct persons and k distinct places."""

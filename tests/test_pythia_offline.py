@@ -108,3 +108,37 @@ def test_the_cli_names_missing_weights_in_one_line(pythia_cache, tmp_path, capsy
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "pythia-70m" in lines[0] and "HF_HOME" in lines[0]
     assert not out.exists()
+
+
+def test_the_checks_read_the_model_that_loads(pythia_cache, pythia):
+    """The input checks read names, config.json and tokenizer.json without TransformerLens or transformers;
+    what they learn must be what the loaded model is: its shape, and its tokenizer's ids for every text
+    the prompts are built from."""
+    from mi_bridge.config import ExperimentConfig
+    from mi_bridge.models import check_pair
+
+    checked = check_pair(ExperimentConfig(pair="pythia", sender="pythia-14m", receiver="pythia-14m"))
+    assert (checked.receiver.n_layers, checked.receiver.d_vocab) == (pythia.cfg.n_layers, pythia.cfg.d_vocab)
+    loaded = pythia_language(pythia.tokenizer)
+    texts = loaded.texts()
+    assert len(texts) > 40 and all(checked.language.encode(t) == loaded.encode(t) for t in texts)
+    assert checked.language.encode(" lives in Paris.") == loaded.encode(" lives in Paris.")
+
+
+def test_a_bad_pythia_command_imports_neither_transformer_lens_nor_transformers(pythia_cache, tmp_path):
+    """Why a bad Pythia command exits in seconds: in a fresh process, the checks that reject it import
+    neither package (TransformerLens takes ~6 s to import here, transformers ~3 s)."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "from mi_bridge.run import main\n"
+        "code = main(['--pair', 'pythia', '--sender', 'pythia-14m', '--receiver', 'pythia-14m',\n"
+        f"             '--receiver-layer', '6', '--out', {str(tmp_path / 'out')!r}])\n"
+        "print(sorted(m for m in ('transformer_lens', 'transformers') if m in sys.modules))\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "pythia-14m has layers 0..5" in done.stderr, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
