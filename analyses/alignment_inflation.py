@@ -12,19 +12,16 @@ import sys
 import numpy as np
 import torch
 
-from mi_bridge.analysis import (
-    AnalysisContext,
-    AnalysisResult,
-    Table,
-    per_item_cosine,
-    run_script,
-)
+from mi_bridge.analysis import AnalysisContext, per_item_cosine, run_script
 from mi_bridge.bridge import LinearBridge, fit_quality, reference_predictions
 from mi_bridge.report import FIT_METRICS, saved_figure
+from mi_bridge.result import Result, Table
 from mi_bridge.stats import bootstrap_statistic
 
 NAME = "alignment_inflation"
 HYPOTHESIS = "A cosine of 0.97 mostly reflects shared anisotropy, not item-specific content."
+SEED_PROTOCOL = "the seed run itself reports the paper's normalized cosine beside the receiver-mean direction in the same L2-normalized space (results.json, bridge_fit); the shuffled-pair and identity predictors are built on the split protocol's items"
+"""Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 
 
 def top_direction_share(states: torch.Tensor) -> dict[str, float]:
@@ -50,7 +47,7 @@ def predictions(
     return out, y_test, bridge
 
 
-def analyze(ctx: AnalysisContext) -> AnalysisResult:
+def analyze(ctx: AnalysisContext) -> Result:
     metrics: dict[str, dict[str, list[float]]] = {}
     raw_cos: dict[str, list[np.ndarray]] = {"bridge": [], "receiver_mean": []}
     shares = {"sender": [], "receiver": []}
@@ -115,10 +112,10 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         "top_direction_share": share_summary,
         "n": int(len(bridge_cos)),
     }
-    return AnalysisResult(NAME, HYPOTHESIS, verdict, explanation, tables, data)
+    return Result(NAME, HYPOTHESIS, verdict, explanation, tables, data)
 
 
-def plot(result: AnalysisResult, path) -> None:
+def plot(result: Result, path) -> None:
     fit = result.data["fit"]
     names = list(fit)
     with saved_figure(path, figsize=(8, 3.5)) as (fig, ax):

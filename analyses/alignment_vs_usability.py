@@ -12,21 +12,17 @@ import sys
 import numpy as np
 from scipy import stats
 
-from mi_bridge.analysis import (
-    AnalysisContext,
-    AnalysisResult,
-    Table,
-    evaluate_on_test,
-    per_item_cosine,
-    run_script,
-)
+from mi_bridge.analysis import AnalysisContext, evaluate_on_test, per_item_cosine, run_script
 from mi_bridge.evaluate import BASELINE, Condition
 from mi_bridge.inject import MODES
 from mi_bridge.report import saved_figure
+from mi_bridge.result import Result, Table
 from mi_bridge.stats import bootstrap_statistic
 
 NAME = "alignment_vs_usability"
 HYPOTHESIS = "Per-item alignment does not predict per-item benefit."
+SEED_PROTOCOL = "not built for the seed protocol: it would pair a per-item alignment (averaged over the prompt positions) with the per-item Δ log p(answer) of mi_bridge.seed_analysis"
+"""Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 SITE_DEPENDENT = True
 """Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
 
@@ -44,7 +40,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.spearmanr(x, y).statistic)
 
 
-def analyze(ctx: AnalysisContext) -> AnalysisResult:
+def analyze(ctx: AnalysisContext) -> Result:
     mode = ctx.options.scatter_mode
     cosines, benefits = [], []
     for seed in ctx.seeds:
@@ -88,10 +84,10 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         "cosine": x.tolist(),
         "delta_logprob": y.tolist(),
     }
-    return AnalysisResult(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
+    return Result(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
 
 
-def plot(result: AnalysisResult, path) -> None:
+def plot(result: Result, path) -> None:
     data = result.data
     with saved_figure(path, figsize=(5.5, 4)) as (fig, ax):
         ax.scatter(data["cosine"], data["delta_logprob"], s=6, alpha=0.4)

@@ -13,7 +13,6 @@ import torch
 
 from mi_bridge.analysis import (
     AnalysisContext,
-    AnalysisResult,
     condition_table,
     evaluate_on_test,
     run_script,
@@ -22,10 +21,13 @@ from mi_bridge.analysis import (
 )
 from mi_bridge.evaluate import Condition
 from mi_bridge.report import saved_figure
+from mi_bridge.result import Result
 from mi_bridge.stats import error_bars, fmt_delta, helps
 
 NAME = "direction_ablation"
 HYPOTHESIS = "Only the part of the translated vector that lies along the receiver's own state carries B."
+SEED_PROTOCOL = "not built for the seed protocol: its parts (along the receiver's own state, inside its principal subspace) could be defined per position as norm_ablation's swaps are; under this protocol the own state is no injection, so the 'parallel' part reads differently"
+"""Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 PAIRS = (("parallel", "orthogonal"), ("top-k subspace", "complement"), ("item-specific", "mean"))
 SITE_DEPENDENT = True
 """Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
@@ -63,7 +65,7 @@ CONDITIONS = [
 ]
 
 
-def analyze(ctx: AnalysisContext) -> AnalysisResult:
+def analyze(ctx: AnalysisContext) -> Result:
     layer, k = ctx.receiver_layer, ctx.options.pca_k
     seed_scores = []
     for seed in ctx.seeds:
@@ -103,7 +105,7 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         )
     data = {"k": k, "conditions": list(summaries.values())}
     ordered = [summaries[c.name] for c in CONDITIONS]
-    return AnalysisResult(
+    return Result(
         NAME,
         HYPOTHESIS,
         verdict,
@@ -113,7 +115,7 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
     )
 
 
-def plot(result: AnalysisResult, path) -> None:
+def plot(result: Result, path) -> None:
     conditions = result.data["conditions"]
     with saved_figure(path, figsize=(9, 3.8)) as (fig, ax):
         means = [c["delta_accuracy"] for c in conditions]

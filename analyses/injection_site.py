@@ -11,8 +11,6 @@ import sys
 
 from mi_bridge.analysis import (
     AnalysisContext,
-    AnalysisResult,
-    Table,
     evaluate_on_test,
     run_script,
     summarize_all,
@@ -21,6 +19,7 @@ from mi_bridge.analysis import (
 from mi_bridge.evaluate import BASELINE, Condition, standard_conditions
 from mi_bridge.experiment import summarize_condition
 from mi_bridge.report import saved_figure
+from mi_bridge.result import Result, Table
 from mi_bridge.stats import error_bars, excludes_zero, fmt_delta
 
 NAME = "injection_site"
@@ -28,12 +27,14 @@ HYPOTHESIS = (
     "The AC recipe (Ramesh & Li, 2025: replace the receiver's last-token state at a mid-to-late layer) "
     "behaves differently from slot injection."
 )
+SEED_PROTOCOL = "the seed protocol has one site by definition: every prompt position of the receiver layer"
+"""Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 SITE_DEPENDENT = True
 """Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""
 SITES = ("slot", "final")
 
 
-def analyze(ctx: AnalysisContext) -> AnalysisResult:
+def analyze(ctx: AnalysisContext) -> Result:
     layer = ctx.receiver_layer
     conditions = [
         c for c in standard_conditions(ctx.config.alphas, ("translated", "self-patch")) if c.is_injection
@@ -89,10 +90,10 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         "sites": {name: {site: s for site, s in v.items()} for name, v in per_site.items()},
         "final_minus_slot": differences,
     }
-    return AnalysisResult(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
+    return Result(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
 
 
-def plot(result: AnalysisResult, path) -> None:
+def plot(result: Result, path) -> None:
     import numpy as np
 
     sites = result.data["sites"]

@@ -11,23 +11,19 @@ import sys
 
 import numpy as np
 
-from mi_bridge.analysis import (
-    AnalysisContext,
-    AnalysisResult,
-    Table,
-    evaluate_on_test,
-    run_script,
-    summarize_all,
-)
+from mi_bridge.analysis import AnalysisContext, evaluate_on_test, run_script, summarize_all
 from mi_bridge.bridge import fit_quality
 from mi_bridge.evaluate import BASELINE, Condition
 from mi_bridge.experiment import site_vectors
 from mi_bridge.inject import MODES
 from mi_bridge.report import saved_figure
+from mi_bridge.result import Result, Table
 from mi_bridge.stats import fmt_delta, helps
 
 NAME = "layer_sweep"
 HYPOTHESIS = "No sender/receiver layer pair makes the bridge useful."
+SEED_PROTOCOL = "not built for the seed protocol: it would refit the paper's bridge on the fit corpus for every layer pair; run python -m mi_bridge.run --protocol seed per layer pair (or python -m mi_bridge.sweep) instead"
+"""Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 
 
 def add_arguments(parser) -> None:
@@ -51,7 +47,7 @@ def grid(n_layers: int, stride: int | None) -> list[int]:
     return layers if layers[-1] == n_layers - 1 else layers + [n_layers - 1]
 
 
-def analyze(ctx: AnalysisContext) -> AnalysisResult:
+def analyze(ctx: AnalysisContext) -> Result:
     stride, mode = ctx.options.sweep_stride, ctx.options.sweep_mode
     sender_layers = grid(ctx.pair.sender.cfg.n_layers, stride)
     receiver_layers = grid(ctx.pair.receiver.cfg.n_layers, stride)
@@ -123,10 +119,10 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         if useful
         else " No cell of the grid helps."
     )
-    return AnalysisResult(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
+    return Result(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
 
 
-def plot(result: AnalysisResult, path) -> None:
+def plot(result: Result, path) -> None:
     data = result.data
     with saved_figure(path, 1, 2, figsize=(10, 4)) as (fig, axes):
         panels = (

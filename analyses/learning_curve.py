@@ -16,18 +16,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from mi_bridge.analysis import (
-    AnalysisContext,
-    AnalysisResult,
-    Table,
-    evaluate_on_test,
-    run_script,
-    summarize_all,
-)
+from mi_bridge.analysis import AnalysisContext, evaluate_on_test, run_script, summarize_all
 from mi_bridge.evaluate import Condition
 from mi_bridge.experiment import site_vectors
 from mi_bridge.prepare import SeedContext
 from mi_bridge.report import saved_figure
+from mi_bridge.result import Result, Table
 from mi_bridge.stats import error_bars, fmt_delta, helps
 from mi_bridge.usability import add_training_arguments, usability_bridge
 
@@ -36,6 +30,8 @@ HYPOTHESIS = (
     "With enough fit items, a bridge trained through the receiver closes at least 80% of the gap between "
     "the baseline and the context-free ceiling at a pre-lookup site."
 )
+SEED_PROTOCOL = "the positive control needs a pre-lookup site, and the seed protocol has no site classes (both models read the same prompt, and a perfect fit of the receiver's own states is no injection)"
+"""Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 TARGET_SHARE = 0.8
 KINDS = ("alignment", "usability", "context-free self-patch")
 
@@ -62,7 +58,7 @@ def pre_lookup_layer(ctx: AnalysisContext) -> int | None:
     return next((layer for layer in dict.fromkeys(order) if ctx.site(layer)["class"] == "pre-lookup"), None)
 
 
-def analyze(ctx: AnalysisContext) -> AnalysisResult:
+def analyze(ctx: AnalysisContext) -> Result:
     options = ctx.options
     mode, sizes, epochs, min_steps = (
         options.train_mode,
@@ -75,9 +71,7 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         explanation = (
             "No receiver layer is pre-lookup at this position, so no sender-derived vector can help anywhere."
         )
-        return AnalysisResult(
-            NAME, HYPOTHESIS, "inconclusive", explanation, [], {"layer": None, "points": []}
-        )
+        return Result(NAME, HYPOTHESIS, "inconclusive", explanation, [], {"layer": None, "points": []})
     conditions = [Condition(f"{kind} {mode}", vector=kind, mode=mode, alpha=1.0) for kind in KINDS]
     points = []
     for size in sizes:
@@ -146,16 +140,14 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
             for p in points
         ],
     )
-    return AnalysisResult(
-        NAME, HYPOTHESIS, verdict, numbers + tail, [table], {"layer": layer, "points": points}
-    )
+    return Result(NAME, HYPOTHESIS, verdict, numbers + tail, [table], {"layer": layer, "points": points})
 
 
 def share_text(share: float | None) -> str:
     return "undefined" if share is None else f"{share:.0%}"
 
 
-def plot(result: AnalysisResult, path) -> None:
+def plot(result: Result, path) -> None:
     points = result.data["points"]
     with saved_figure(path, figsize=(7, 4)) as (fig, ax):
         if not points:

@@ -14,24 +14,20 @@ import sys
 import numpy as np
 
 from mi_bridge import diagnosis
-from mi_bridge.analysis import (
-    AnalysisContext,
-    AnalysisResult,
-    Table,
-    evaluate_on_test,
-    run_script,
-    translated_vectors,
-)
+from mi_bridge.analysis import AnalysisContext, evaluate_on_test, run_script, translated_vectors
 from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import SITE_CONDITIONS, site_vectors, summarize_condition
 from mi_bridge.report import saved_figure
+from mi_bridge.result import Result, Table
 from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, helps
 
 NAME = "lookup_phase"
 HYPOTHESIS = "A sender-derived vector can only help before the receiver has looked the answer up."
+SEED_PROTOCOL = "the site classes need prompts with the answers permuted among the facts and a context-free prompt per item, which the seed items do not have; under this protocol every analysis prints the seed site statement instead (a perfect fit of the receiver's own states is no injection)"
+"""Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 
 
-def analyze(ctx: AnalysisContext) -> AnalysisResult:
+def analyze(ctx: AnalysisContext) -> Result:
     layers = list(range(ctx.pair.receiver.cfg.n_layers))
     translated = [c for c in standard_conditions(ctx.config.alphas, ("translated",)) if c.is_injection]
     conditions = [*SITE_CONDITIONS, *translated]
@@ -86,14 +82,14 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
             for r in rows
         ],
     )
-    return AnalysisResult(NAME, HYPOTHESIS, verdict, numbers + tail, [table], {"layers": rows})
+    return Result(NAME, HYPOTHESIS, verdict, numbers + tail, [table], {"layers": rows})
 
 
 def fmt_delta_site(value: dict) -> str:
     return f"{value['mean']:+.3f} {fmt_ci(value['ci'])}"
 
 
-def plot(result: AnalysisResult, path) -> None:
+def plot(result: Result, path) -> None:
     rows = result.data["layers"]
     layers = np.array([r["layer"] for r in rows])
     series = (

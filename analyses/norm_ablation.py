@@ -5,6 +5,9 @@
 Scale sweep of the translated vector (x0.125 ... x8, add and replace), the translated direction with
 the self-patch norm and the self-patch direction with the translated norm, and norm-matched random
 directions at the same scales.
+
+Under ``--protocol seed`` the same vectors replace (or are added to) the receiver's state at every
+prompt position, the self-patch state is the receiver's own, and Δ log p(answer) is the score.
 """
 
 import sys
@@ -12,9 +15,9 @@ import sys
 import numpy as np
 import torch
 
+from mi_bridge import progress
 from mi_bridge.analysis import (
     AnalysisContext,
-    AnalysisResult,
     condition_table,
     evaluate_on_test,
     run_script,
@@ -26,7 +29,9 @@ from mi_bridge.evaluate import Condition
 from mi_bridge.experiment import random_like
 from mi_bridge.inject import rescale_to
 from mi_bridge.report import saved_figure
-from mi_bridge.stats import fmt_delta, hurts
+from mi_bridge.result import Result, Table
+from mi_bridge.seed_analysis import SeedProtocolContext, delta_summary
+from mi_bridge.stats import fmt_ci, fmt_delta, hurts
 
 NAME = "norm_ablation"
 HYPOTHESIS = "Norm, not direction, is why replacement destroys."
@@ -66,7 +71,7 @@ def conditions_for(scales) -> list[Condition]:
     ]
 
 
-def analyze(ctx: AnalysisContext) -> AnalysisResult:
+def analyze(ctx: AnalysisContext) -> Result:
     scales = tuple(ctx.options.scales)
     conditions = conditions_for(scales)
     seed_scores = []
@@ -80,10 +85,46 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         )
     summaries = {s["name"]: s for s in summarize_all(ctx, seed_scores, conditions)}
     plain = summaries["translated x1 replace"]
+    table = condition_table("Norm ablations (Δ vs baseline)", [summaries[c.name] for c in conditions])
+    return judged(summaries, scales, f", Δacc {fmt_delta(plain)}", table)
+
+
+def analyze_seed(ctx: SeedProtocolContext) -> Result:
+    """The same sweep under ``--protocol seed``: every vector replaces (or is added to) the receiver's
+    state at every prompt position; scored by Δ log p(answer) (``mi_bridge.seed_analysis``)."""
+    scales = tuple(ctx.options.scales)
+    own = ctx.run.receiver_states
+    lengths = [len(h) for h in own]
+    # One (positions, d) matrix of every item's positions, so the vectors are built as in the split protocol.
+    flat = ablation_vectors(torch.cat(ctx.translated()), torch.cat(own), scales, ctx.bridge.seed)
+    vectors = {name: list(v.split(lengths)) for name, v in flat.items()}
+    baseline = ctx.logprobs()
+    conditions = conditions_for(scales)
+    summaries = {}
+    for i, c in enumerate(progress.track(conditions, "norm ablation: conditions")):
+        values = ctx.logprobs(vectors[c.vector], c.mode)
+        summaries[c.name] = delta_summary(c.name, values, baseline, ctx.config.n_bootstrap, seed=i)
+    title = "Norm ablations, every prompt position (Δ log p(answer) vs no injection)"
+    rows = [
+        (
+            s["name"],
+            f"{s['logprob']:.2f}",
+            f"{s['delta_logprob']:+.3f} {fmt_ci(s['delta_logprob_ci'])}",
+            str(s["n"]),
+        )
+        for s in (summaries[c.name] for c in conditions)
+    ]
+    table = Table(title, ("condition", "log p(answer)", "Δlog p [95% CI]", "n"), rows)
+    return judged(summaries, scales, "", table, score="log p(answer)")
+
+
+def judged(summaries: dict[str, dict], scales, extra: str, table, score: str = "log p(C)") -> Result:
+    """The verdict, read from Δ log p of the replacements (both protocols)."""
+    plain = summaries["translated x1 replace"]
     norm_fixed = summaries["translated dir, self-patch norm replace"]
     direction_swapped = summaries["self-patch dir, translated norm replace"]
     numbers = (
-        f"Replacing with the translated vector: Δlog p {fmt_delta(plain, 'logprob')}, Δacc {fmt_delta(plain)}. "
+        f"Replacing with the translated vector: Δlog p {fmt_delta(plain, 'logprob')}{extra}. "
         f"With the self-patch norm: Δlog p {fmt_delta(norm_fixed, 'logprob')}. Self-patch direction with the "
         f"translated norm: Δlog p {fmt_delta(direction_swapped, 'logprob')} (n={plain['n']})."
     )
@@ -110,19 +151,11 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         for kind in LINES
         for mode in ("add", "replace")
     }
-    data = {"scales": list(scales), "lines": lines, "conditions": list(summaries.values())}
-    ordered = [summaries[c.name] for c in conditions]
-    return AnalysisResult(
-        NAME,
-        HYPOTHESIS,
-        verdict,
-        numbers + tail,
-        [condition_table("Norm ablations (Δ vs baseline)", ordered)],
-        data,
-    )
+    data = {"scales": list(scales), "lines": lines, "conditions": list(summaries.values()), "score": score}
+    return Result(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
 
 
-def plot(result: AnalysisResult, path) -> None:
+def plot(result: Result, path) -> None:
     scales = result.data["scales"]
     with saved_figure(path, 1, 2, figsize=(10, 3.8), sharey=True) as (fig, axes):
         for ax, mode in zip(axes, ("add", "replace"), strict=True):
@@ -135,7 +168,7 @@ def plot(result: AnalysisResult, path) -> None:
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xlabel("scale of the injected vector")
             ax.set_title(f"{mode}: h + s·v" if mode == "add" else "replace: s·v", fontsize=9)
-        axes[0].set_ylabel("Δ log p(C) vs baseline (95% CI)")
+        axes[0].set_ylabel(f"Δ {result.data['score']} vs baseline (95% CI)")
         axes[0].legend(fontsize=8)
 
 

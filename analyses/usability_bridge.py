@@ -13,24 +13,19 @@ import sys
 
 import numpy as np
 
-from mi_bridge.analysis import (
-    AnalysisContext,
-    AnalysisResult,
-    Table,
-    condition_table,
-    evaluate_on_test,
-    run_script,
-    summarize_all,
-)
+from mi_bridge.analysis import AnalysisContext, condition_table, evaluate_on_test, run_script, summarize_all
 from mi_bridge.bridge import fit_quality
 from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import site_vectors, summarize_condition
 from mi_bridge.report import saved_figure
+from mi_bridge.result import Result, Table
 from mi_bridge.stats import error_bars, fmt_delta, helps
 from mi_bridge.usability import add_training_arguments, usability_bridge
 
 NAME = "usability_bridge"
 HYPOTHESIS = "A bridge trained for usability communicates where the alignment fit does not."
+SEED_PROTOCOL = "not built for the seed protocol: it trains a bridge through the frozen receiver on the split protocol's k-way answer distribution; under the seed protocol it would train on the teacher-forced log p(answer) of mi_bridge.seed_analysis"
+"""Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 KINDS = ("alignment", "usability", "context-free self-patch")
 """The context-free self-patch is the ceiling: the receiver's own state for B without this item's answer."""
 SITE_DEPENDENT = True
@@ -40,7 +35,7 @@ SITE_DEPENDENT = True
 add_arguments = add_training_arguments
 
 
-def analyze(ctx: AnalysisContext) -> AnalysisResult:
+def analyze(ctx: AnalysisContext) -> Result:
     options = ctx.options
     steps, lr, mode = options.train_steps, options.train_lr, options.train_mode
     conditions = [c for c in standard_conditions(ctx.config.alphas, KINDS) if c.is_injection]
@@ -126,7 +121,7 @@ def analyze(ctx: AnalysisContext) -> AnalysisResult:
         "usability_minus_alignment": head_to_head,
         "train": {"steps": steps, "lr": lr, "mode": mode},
     }
-    return AnalysisResult(NAME, HYPOTHESIS, verdict, numbers + tail, tables, data)
+    return Result(NAME, HYPOTHESIS, verdict, numbers + tail, tables, data)
 
 
 def gap_closed(summary: dict, ceiling: dict) -> str:
@@ -136,7 +131,7 @@ def gap_closed(summary: dict, ceiling: dict) -> str:
     return f"{summary['delta_accuracy'] / ceiling['delta_accuracy']:.0%}"
 
 
-def plot(result: AnalysisResult, path) -> None:
+def plot(result: Result, path) -> None:
     with saved_figure(path, 1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 2]}) as (fig, axes):
         for i, curve in enumerate(result.data["loss_curves"]):
             (line,) = axes[0].plot(curve["train"], linewidth=0.6, alpha=0.6, label=f"seed {i} train")

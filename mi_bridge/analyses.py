@@ -43,7 +43,14 @@ def load_script(name: str) -> ModuleType:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mi_bridge.analysis import analyze_and_publish, build_parser, prepare_context
+    from mi_bridge.analysis import (
+        analyze_and_publish,
+        applies,
+        build_parser,
+        check_applies,
+        not_applicable,
+        prepare_context,
+    )
     from mi_bridge.cli import check_writable, config_from_args
     from mi_bridge.files import write_text_atomic
 
@@ -55,11 +62,16 @@ def main(argv: list[str] | None = None) -> int:
             names.append(argv.pop(0))
         if not names:
             raise UserError(f"name the analyses to run, or 'all' ({', '.join(ORDER)})")
-        names = list(ORDER) if names == ["all"] else names
-        modules = [load_script(name) for name in names]
+        everything = names == ["all"]
+        modules = [load_script(name) for name in (ORDER if everything else names)]
         parser = build_parser("python -m mi_bridge.analyses", __doc__.split("\n\n")[0], modules)
         options = parser.parse_args(argv)
         config = config_from_args(options)
+        skipped = [m for m in modules if not applies(m, config.protocol)]
+        if not everything:  # a script named explicitly that does not apply is bad input
+            for module in skipped:
+                check_applies(module, config.protocol)
+        modules = [m for m in modules if m not in skipped]
         root = Path(config.out) if config.out else Path("runs") / "analyses" / f"all-{config.pair}"
         check_writable(root)
         ctx = prepare_context(config, options)  # models loaded once, activations shared by every script
@@ -68,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             results.append(analyze_and_publish(module, ctx, root / module.NAME))
         combined = ["# mi_bridge analyses", ""]
-        combined += [f"- **{r.name}**: {r.verdict}" for r in results] + [""]
+        combined += [f"- **{r.name}**: {r.verdict}" for r in results]
+        for module in skipped:
+            line = not_applicable(module, config.protocol)
+            report.console.print(line)
+            combined.append(f"- {line}")
+        combined.append("")
         for r in results:
-            combined.append(report.analysis_markdown(r, figure=f"{r.name}/figure.png", heading="##"))
+            combined.append(report.result_markdown(r, figure=f"{r.name}/figure.png", heading="##"))
         combined.insert(2, f"**{report.site_summary(ctx.site())}** {ctx.site()['explanation']}\n")
 
         write_text_atomic(root / "report.md", "\n".join(combined))

@@ -1,6 +1,6 @@
 """The shared runner of the hypothesis scripts in ``analyses/``.
 
-A script defines ``NAME``, ``HYPOTHESIS``, ``analyze(ctx) -> AnalysisResult`` and ``plot(result, path)``
+A script defines ``NAME``, ``HYPOTHESIS``, ``analyze(ctx) -> Result`` and ``plot(result, path)``
 (and optionally ``add_arguments(parser)``); everything else (flags, models, seeds, cached activations,
 report, run folder) lives here, so every script reuses one copy of it.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -24,9 +24,9 @@ from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditi
 from mi_bridge.experiment import summarize_condition
 from mi_bridge.models import ModelPair
 from mi_bridge.prepare import ActivationStore, SeedContext, seed_contexts
-from mi_bridge.stats import fmt_delta
-
-VERDICTS = ("supported", "not supported", "inconclusive")
+from mi_bridge.report import condition_table  # noqa: F401 (the scripts' condition table)
+from mi_bridge.result import VERDICTS, Result, Table  # noqa: F401 (what the scripts build)
+from mi_bridge.seed_analysis import SeedProtocolContext, prepare_seed_context
 
 
 @dataclass
@@ -56,33 +56,6 @@ class AnalysisContext:
             summaries = {c.name: summarize_condition(self.config, scores, c, follow) for c in SITE_CONDITIONS}
             self._sites[layer] = site_section(summaries, layer)
         return self._sites[layer]
-
-
-@dataclass
-class Table:
-    title: str
-    header: tuple[str, ...]
-    rows: list[tuple[str, ...]]
-
-
-@dataclass
-class AnalysisResult:
-    name: str
-    hypothesis: str
-    verdict: str
-    """One of ``supported``, ``not supported``, ``inconclusive``."""
-    explanation: str
-    """The numbers and CIs behind the verdict, in one paragraph."""
-    tables: list[Table]
-    data: dict
-    """Everything the figure and results.json need (plain JSON types)."""
-
-    def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, not {self.verdict!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -124,21 +97,6 @@ def summarize_all(
     return [summarize_condition(ctx.config, seed_scores, c) for c in conditions]
 
 
-def condition_table(title: str, summaries: Sequence[dict]) -> Table:
-    rows = [
-        (
-            s["name"],
-            f"{s['accuracy']:.3f}",
-            fmt_delta(s),
-            f"{s['gold_logprob']:.2f}",
-            fmt_delta(s, "logprob"),
-            str(s["n"]),
-        )
-        for s in summaries
-    ]
-    return Table(title, ("condition", "acc", "Δacc [95% CI]", "log p(C)", "Δlog p [95% CI]", "n"), rows)
-
-
 def per_item_cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[Tensor, " n"]:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
 
@@ -163,13 +121,8 @@ def prepare_context(
     from mi_bridge.models import load_pair, record_identities, resolve_layers
     from mi_bridge.prepare import default_store
 
-    if config.protocol != "split":
-        # The scripts measure the split protocol's single-site injections and k-way scores; the seed
-        # protocol injects at every position and scores generations, which none of them reads yet.
-        raise UserError(
-            f"the analyses run under --protocol split only; --protocol {config.protocol} is not supported "
-            "by any analysis yet (its own run, python -m mi_bridge.run --protocol seed, has the audit)"
-        )
+    if config.protocol == "seed":
+        return prepare_seed_context(config, options)
     pair = load_pair(config)
     config = record_identities(config, pair)
     sender_layer, receiver_layer = resolve_layers(config, pair)
@@ -177,18 +130,40 @@ def prepare_context(
     return AnalysisContext(config, pair, sender_layer, receiver_layer, seeds, options)
 
 
-def default_folder(name: str, ctx: AnalysisContext) -> Path:
+def applies(module: ModuleType, protocol: str) -> bool:
+    """Every script reads the split protocol; under ``seed`` only those with ``analyze_seed``."""
+    return protocol == "split" or hasattr(module, "analyze_seed")
+
+
+def not_applicable(module: ModuleType, protocol: str) -> str:
+    return f"{module.NAME} does not apply under --protocol {protocol}: {module.SEED_PROTOCOL}"
+
+
+def check_applies(module: ModuleType, protocol: str) -> None:
+    """Before any model loads: a script that does not apply to the protocol says why, in one line."""
+    if not applies(module, protocol):
+        raise UserError(not_applicable(module, protocol))
+
+
+def default_folder(name: str, ctx: AnalysisContext | SeedProtocolContext) -> Path:
     config = ctx.config
     tag = f"{config.pair}-L{ctx.sender_layer}-L{ctx.receiver_layer}-{config.position}-{config.target}"
+    if config.protocol == "seed":
+        tag = f"{config.pair}-L{ctx.sender_layer}-L{ctx.receiver_layer}-seed-{config.bridge_kind}"
     return Path("runs") / "analyses" / f"{name}-{tag}"
 
 
-def analyze_and_publish(module: ModuleType, ctx: AnalysisContext, folder: Path) -> AnalysisResult:
+def analyze_and_publish(
+    module: ModuleType, ctx: AnalysisContext | SeedProtocolContext, folder: Path
+) -> Result:
     cli.check_writable(folder)
     site = ctx.site()
     report.render_site(site)  # before any effect: what this site can show at all
-    result = qualify_by_site(module, module.analyze(ctx), site)
-    report.render_analysis(result)
+    if ctx.config.protocol == "seed":
+        result = qualify_by_validity(module.analyze_seed(ctx), site)
+    else:
+        result = qualify_by_site(module, module.analyze(ctx), site)
+    report.render_result(result)
 
     config = replace(ctx.config, out=str(folder))  # config.json repeats exactly this script run
     payload = {
@@ -202,26 +177,51 @@ def analyze_and_publish(module: ModuleType, ctx: AnalysisContext, folder: Path) 
 
     def write_rest(staging: Path) -> None:
         module.plot(result, staging / "figure.png")
-        (staging / "report.md").write_text(report.analysis_markdown(result, figure="figure.png", site=site))
+        (staging / "report.md").write_text(report.result_markdown(result, figure="figure.png", site=site))
 
     cli.publish_run(folder, config, payload, write_rest)
     report.console.print(f"{module.NAME}: {folder}")
     return result
 
 
-def qualify_by_site(module: ModuleType, result: AnalysisResult, site: dict) -> AnalysisResult:
+def qualify_by_site(module: ModuleType, result: Result, site: dict) -> Result:
     """A script that declares ``SITE_DEPENDENT`` judges a cause (norm, direction, alignment) that only a
     pre-lookup site can isolate: elsewhere no sender vector can help at all, so its verdict is withheld."""
     if not getattr(module, "SITE_DEPENDENT", False) or site["class"] == "pre-lookup":
         return result
+    return withheld(
+        result,
+        f"The site is {site['class']} (context-free ceiling {site['context_free']['mean']:+.3f}, follow rate "
+        f"{site['follow_rate']['mean']:.3f}): no vector from the sender can help here, so this analysis cannot "
+        "separate its cause from that",
+        "Rerun at a pre-lookup layer.",
+    )
+
+
+def qualify_by_validity(result: Result, site: dict) -> Result:
+    """Under the seed protocol: where the injection hook fails its exactness check (self-inject must equal
+    no injection), or the oracle does not beat the baseline (the run's gate), no effect can be read."""
+    if not site["hook_exact"]:
+        mean = site["self_inject_logprob"]["mean"]
+        return withheld(
+            result, f"Self-inject differs from no injection ({mean:+.2e} in log p): the hook is not exact"
+        )
+    if site["validity"]["valid"]:
+        return result
+    gap, (low, high) = site["validity"]["gap"], site["validity"]["ci"]
+    return withheld(
+        result,
+        f"The task is not valid here (oracle minus no injection {gap:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}]), "
+        "so no effect can be read",
+    )
+
+
+def withheld(result: Result, reason: str, advice: str = "") -> Result:
+    """``result`` with its verdict withheld (``inconclusive``), saying why and what it would have read."""
     if result.verdict == "inconclusive":
         return result
-    note = (
-        f" The site is {site['class']} (context-free ceiling {site['context_free']['mean']:+.3f}, follow rate "
-        f"{site['follow_rate']['mean']:.3f}): no vector from the sender can help here, so this analysis cannot "
-        f"separate its cause from that; it would otherwise read '{result.verdict}'. Rerun at a pre-lookup layer."
-    )
-    return AnalysisResult(
+    note = f" {reason}; it would otherwise read '{result.verdict}'." + (f" {advice}" if advice else "")
+    return Result(
         result.name, result.hypothesis, "inconclusive", result.explanation + note, result.tables, result.data
     )
 
@@ -242,6 +242,7 @@ def run_script(module: ModuleType, argv: list[str] | None = None) -> int:
             argv
         )
         config = cli.config_from_args(options)
+        check_applies(module, config.protocol)
         if config.out:
             cli.check_writable(Path(config.out))
         ctx = prepare_context(config, options)

@@ -134,6 +134,26 @@ def pre_lookup_layers(site_scan: Sequence[dict]) -> list[int]:
     return [row["layer"] for row in site_scan if row["class"] == "pre-lookup"]
 
 
+HYPOTHESIS = (
+    "The published negative result: injecting the bridge's translated states does not help the receiver "
+    "answer, at a site where a vector from the sender could."
+)
+
+
+def verdict_label(results: dict) -> str:
+    """The run's verdict on :data:`HYPOTHESIS`, read from the decomposition's translation stage (the best
+    translated condition, chosen by its mean among all of them, without correction for that choice):
+    ``not supported`` where it helps (Δ accuracy CI above 0); ``supported`` where it does not, at a
+    valid task and a pre-lookup site (whose context-free ceiling does clear 0 at this n, so the run
+    could have seen a help); ``inconclusive`` where the task is not valid or no sender vector could
+    help at this site."""
+    if not results["validity"]["valid"]:
+        return "inconclusive"
+    if helps(best(results["conditions"], "translated")):
+        return "not supported"
+    return "supported" if results["site"]["class"] == "pre-lookup" else "inconclusive"
+
+
 def verdict(results: dict) -> str:
     """One paragraph: where the signal is lost, with the numbers behind it, and what cannot be said."""
     validity, site, bridge = results["validity"], results["site"], results["bridge"]

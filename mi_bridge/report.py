@@ -9,9 +9,10 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.panel import Panel
-from rich.table import Table
+from rich.table import Table as RichTable
 
 from mi_bridge import progress
+from mi_bridge.result import Result, Table
 
 console = progress.console
 
@@ -198,120 +199,106 @@ def decomposition_rows(results: dict) -> list[tuple[str, ...]]:
 DECOMPOSITION_HEADER = ("stage", "value [95% CI]", "n", "status", "what it measures")
 
 
-def _rich_table(out: Console, title: str, header: tuple[str, ...], rows, styles=None) -> None:
-    table = Table(title=title, box=box.SIMPLE)
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for i, row in enumerate(rows):
-        table.add_row(*row, style=styles[i] if styles else None)
-    out.print(table)
+def transfer_result(results: dict) -> Result:
+    """The split protocol's run as a :class:`Result`: decomposition and site first, then validity, fit,
+    the best condition per vector kind, and every condition (report.md, or ``--full``)."""
+    from mi_bridge.diagnosis import HYPOTHESIS, verdict_label
 
-
-def render(results: dict, full: bool = False) -> None:
-    """The rich terminal report: decomposition and site first, then validity, fit, best conditions, verdict.
-
-    The full condition table is printed with ``full`` (it is always in report.md)."""
-    out = Console(width=None if console.is_terminal else 132)
-    lost = results["decomposition"]["first_lost"]
-    _rich_table(
-        out,
-        f"Where is the signal lost? (first lost: {lost or 'none'})",
-        DECOMPOSITION_HEADER,
-        decomposition_rows(results),
-        ["bold red" if r[3] == "LOST here" else None for r in decomposition_rows(results)],
-    )
-    table = Table(title="Configuration", box=box.SIMPLE, show_header=False)
-    for key, value in configuration_rows(results):
-        table.add_row(key, value)
-    out.print(table)
+    decomposition = decomposition_rows(results)
     validity = validity_rows(results)
-    styles = ["bold red" if r[0] == "task valid" and r[1] == "NO" else None for r in validity]
-    _rich_table(
-        out,
-        "Task validity (held-out items, all seeds)",
-        ("measure", "mean", "per seed / note"),
-        validity,
-        styles,
-    )
-    _rich_table(
-        out, "Site diagnosis (before any effect)", ("measure", "value [95% CI]", "note"), site_rows(results)
-    )
+    best, every = best_per_kind(results), results["conditions"]
+    tables = [
+        Table(
+            f"Where is the signal lost? (first lost: {results['decomposition']['first_lost'] or 'none'})",
+            DECOMPOSITION_HEADER,
+            decomposition,
+            alerts=[r[3] == "LOST here" for r in decomposition],
+        ),
+        Table("Configuration", ("setting", "value"), configuration_rows(results)),
+        Table(
+            "Task validity (held-out items, all seeds)",
+            ("measure", "mean", "per seed / note"),
+            validity,
+            alerts=[r[0] == "task valid" and r[1] == "NO" for r in validity],
+        ),
+        Table(
+            "Site diagnosis (before any effect)", ("measure", "value [95% CI]", "note"), site_rows(results)
+        ),
+    ]
     if results.get("site_scan"):
-        _rich_table(out, "Site class per receiver layer (replace mode)", SCAN_HEADER, scan_rows(results))
-    _rich_table(
-        out,
-        f"Bridge fit on held-out items (target: {results['bridge']['target']})",
-        FIT_HEADER,
-        bridge_rows(results),
+        tables.append(Table("Site class per receiver layer (replace mode)", SCAN_HEADER, scan_rows(results)))
+    tables += [
+        Table(
+            f"Bridge fit on held-out items (target: {results['bridge']['target']})",
+            FIT_HEADER,
+            bridge_rows(results),
+        ),
+        condition_table("Best condition per vector kind (Δ vs baseline, paired bootstrap 95% CI)", best),
+        condition_table(
+            f"All {len(every)} conditions (Δ vs baseline, paired bootstrap 95% CI)", every, in_terminal=False
+        ),
+    ]
+    return Result("transfer", HYPOTHESIS, verdict_label(results), results["verdict"], tables, results)
+
+
+def condition_table(title: str, conditions: list[dict], in_terminal: bool = True) -> Table:
+    cells = [condition_cells(c) for c in conditions]
+    return Table(
+        title, CONDITION_HEADER, [c for c, _ in cells], [m for _, m in cells], in_terminal=in_terminal
     )
-    _condition_table(
-        out, "Best condition per vector kind (Δ vs baseline, paired bootstrap 95% CI)", best_per_kind(results)
-    )
-    if full:
-        _condition_table(out, "All conditions", results["conditions"])
-    else:
-        out.print(f"({len(results['conditions'])} conditions in all: report.md, or --full)")
-    out.print(Panel(results["verdict"], title="Verdict", expand=True))
 
 
-def _condition_table(out: Console, title: str, conditions: list[dict]) -> None:
-    table = Table(title=title + " (green/red: that CI excludes 0)", box=box.SIMPLE)
-    for i, column in enumerate(CONDITION_HEADER):
-        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
-    for c in conditions:
-        cells, signs = condition_cells(c)
-        style = {1: "green", -1: "red", 0: ""}
-        table.add_row(
-            *(f"[{style[sign]}]{cell}[/]" if sign else cell for cell, sign in zip(cells, signs, strict=True))
-        )
-    out.print(table)
-
-
-def md_table(header: tuple[str, ...], rows) -> list[str]:
+def md_table(header: tuple[str, ...], rows, marks=None) -> list[str]:
+    """A markdown table; a cell marked +1 / -1 (its CI excludes 0) is bold."""
+    marks = marks or [(0,) * len(header)] * len(rows)
+    cells = [
+        tuple(f"**{cell}**" if mark else cell for cell, mark in zip(row, row_marks, strict=True))
+        for row, row_marks in zip(rows, marks, strict=True)
+    ]
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(r) + " |" for r in rows
+        "| " + " | ".join(r) + " |" for r in cells
     ]
 
 
-def markdown(results: dict, figure: str | None = None) -> str:
-    def conditions_md(conditions: list[dict]) -> list[str]:
-        rows = []
-        for c in conditions:
-            cells, signs = condition_cells(c)
-            rows.append(
-                tuple(f"**{cell}**" if sign else cell for cell, sign in zip(cells, signs, strict=True))
-            )
-        return md_table(CONDITION_HEADER, rows)
+VERDICT_STYLE = {"supported": "bold green", "not supported": "bold red", "inconclusive": "bold yellow"}
+MARK_STYLE = {1: "green", -1: "red"}
 
-    lines = [
-        "# mi_bridge run",
-        "",
-        f"## Where is the signal lost? (first lost: {results['decomposition']['first_lost'] or 'none'})",
-        "",
-    ]
-    lines += md_table(DECOMPOSITION_HEADER, decomposition_rows(results))
-    lines += ["", "## Verdict", "", results["verdict"], "", "## Configuration", ""]
-    lines += md_table(("setting", "value"), configuration_rows(results))
-    lines += ["", "## Task validity", ""]
-    lines += md_table(("measure", "mean", "per seed / note"), validity_rows(results))
-    lines += ["", "## Site diagnosis", ""]
-    lines += md_table(("measure", "value [95% CI]", "note"), site_rows(results))
-    if results.get("site_scan"):
-        lines += ["", "Site class per receiver layer (replace mode):", ""]
-        lines += md_table(SCAN_HEADER, scan_rows(results))
-    lines += ["", f"## Bridge fit (held out, target {results['bridge']['target']})", ""]
-    lines += md_table(FIT_HEADER, bridge_rows(results))
-    lines += ["", "## Best condition per vector kind (**bold**: that CI excludes 0)", ""]
-    lines += conditions_md(best_per_kind(results))
+
+def render_result(result: Result, full: bool = False) -> None:
+    """The terminal report of any result: hypothesis, tables, verdict. Tables kept for report.md are
+    named in one line, unless ``full``."""
+    out = Console(width=None if console.is_terminal else 160)
+    out.print(Panel(result.hypothesis, title=f"{result.name}: hypothesis", expand=True))
+    for spec in result.tables:
+        if not (spec.in_terminal or full):
+            out.print(f"({spec.title}: in report.md, or --full)")
+            continue
+        table = RichTable(title=spec.title, box=box.SIMPLE)
+        for i, column in enumerate(spec.header):
+            table.add_column(column, justify="left" if i == 0 else "right", no_wrap=spec.marks is not None)
+        for i, row in enumerate(spec.rows):
+            marks = spec.marks[i] if spec.marks else (0,) * len(row)
+            cells = (f"[{MARK_STYLE[m]}]{cell}[/]" if m else cell for cell, m in zip(row, marks, strict=True))
+            table.add_row(*cells, style="bold red" if spec.alerts and spec.alerts[i] else None)
+        out.print(table)
+    style = VERDICT_STYLE[result.verdict]
+    out.print(
+        Panel(f"[{style}]{result.verdict.upper()}[/]: {result.explanation}", title="Verdict", expand=True)
+    )
+
+
+def result_markdown(
+    result: Result, figure: str | None = None, heading: str = "#", site: dict | None = None
+) -> str:
+    """report.md of any result: hypothesis, verdict, (site), tables, figure. Marked cells are bold."""
+    lines = [f"{heading} {result.name}", "", f"**Hypothesis.** {result.hypothesis}", ""]
+    lines += [f"**Verdict: {result.verdict}.** {result.explanation}", ""]
+    if site is not None:
+        lines += [f"**{site_summary(site)}** {site['explanation']}", ""]
+    for spec in result.tables:
+        lines += [f"{heading}# {spec.title}", ""] + md_table(spec.header, spec.rows, spec.marks) + [""]
     if figure:
-        lines += ["", f"![Δ accuracy per condition]({figure})"]
-    lines += [
-        "",
-        "## All conditions (Δ vs baseline, paired bootstrap 95% CI; **bold**: that CI excludes 0)",
-        "",
-    ]
-    lines += conditions_md(results["conditions"])
-    lines.append("")
+        lines += [f"![{result.name}]({figure})", ""]
     return "\n".join(lines)
 
 
@@ -388,26 +375,14 @@ def conditions_figure(results: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Analyses (analyses/*.py)
 
-VERDICT_STYLE = {"supported": "bold green", "not supported": "bold red", "inconclusive": "bold yellow"}
-
-
-def render_analysis(result) -> None:
-    out = Console(width=None if console.is_terminal else 132)
-    out.print(Panel(result.hypothesis, title=f"{result.name}: hypothesis", expand=True))
-    for spec in result.tables:
-        table = Table(title=spec.title, box=box.SIMPLE)
-        for i, column in enumerate(spec.header):
-            table.add_column(column, justify="left" if i == 0 else "right")
-        for row in spec.rows:
-            table.add_row(*row)
-        out.print(table)
-    style = VERDICT_STYLE[result.verdict]
-    out.print(
-        Panel(f"[{style}]{result.verdict.upper()}[/]: {result.explanation}", title="Verdict", expand=True)
-    )
-
 
 def site_summary(site: dict) -> str:
+    if site.get("protocol") == "seed":
+        validity = site["validity"]
+        return (
+            f"Site: {site['class']} under --protocol seed (receiver layer {site['layer']}, every prompt "
+            f"position); task validity {validity['gap']:+.3f} {_ci(validity['ci'])}, n={validity['n']}."
+        )
     return (
         f"Site: {site['class']} (receiver layer {site['layer']}, {site['mode']}): self-patch "
         f"{site['self_patch']['mean']:+.3f} {_ci(site['self_patch']['ci'])}, context-free ceiling "
@@ -417,20 +392,8 @@ def site_summary(site: dict) -> str:
 
 
 def render_site(site: dict) -> None:
-    out = Console(width=None if console.is_terminal else 132)
+    out = Console(width=None if console.is_terminal else 160)
     style = "bold green" if site["class"] == "pre-lookup" else "bold yellow"
     out.print(
         Panel(f"[{style}]{site['class']}[/]: {site['explanation']}", title="Site diagnosis", expand=True)
     )
-
-
-def analysis_markdown(result, figure: str | None = None, heading: str = "#", site: dict | None = None) -> str:
-    lines = [f"{heading} {result.name}", "", f"**Hypothesis.** {result.hypothesis}", ""]
-    if site is not None:
-        lines += [f"**{site_summary(site)}** {site['explanation']}", ""]
-    for spec in result.tables:
-        lines += [f"**{spec.title}**", ""] + md_table(spec.header, spec.rows) + [""]
-    if figure:
-        lines += [f"![{result.name}]({figure})", ""]
-    lines += [f"**Verdict: {result.verdict}.** {result.explanation}", ""]
-    return "\n".join(lines)

@@ -13,16 +13,19 @@ from pathlib import Path
 
 from mi_bridge import cli, report
 from mi_bridge.config import ExperimentConfig
+from mi_bridge.result import Result
 
 
 def build_parser():
     return cli.build_parser("python -m mi_bridge.run", __doc__.split("\n\n")[0])
 
 
-def write_run_folder(folder: Path, results: dict, seeds, config: ExperimentConfig) -> None:
+def write_run_folder(folder: Path, result: Result, seeds, config: ExperimentConfig) -> None:
+    results = result.data
+
     def write_rest(staging: Path) -> None:
-        report.conditions_figure(results, staging / "conditions.png")
-        (staging / "report.md").write_text(report.markdown(results, figure="conditions.png"))
+        report.conditions_figure(results, staging / "figure.png")
+        (staging / "report.md").write_text(report.result_markdown(result, figure="figure.png"))
         for i, seed in enumerate(seeds):
             seed.bridge.save(staging / "bridge" / f"seed{i}")
 
@@ -92,9 +95,11 @@ def run_loaded(
         "versions": cli.versions(),
         **results,
     }
+    result = report.transfer_result(results)
+    results |= {"hypothesis": result.hypothesis, "verdict_label": result.verdict}
     if not quiet:
-        report.render(results, full=full)
-    write_run_folder(folder, results, seeds, config)
+        report.render_result(result, full=full)
+    write_run_folder(folder, result, seeds, config)
     if not quiet:
         report.console.print(f"run folder: {folder}")
     return folder, results
@@ -116,11 +121,14 @@ def run_seed(
         "versions": cli.versions(),
         **results,
     }
+    result = seed_report.seed_result(results)
+    results |= {"hypothesis": result.hypothesis, "verdict_label": result.verdict}
     if not quiet:
-        seed_report.render(results)
+        report.render_result(result)
 
     def write_rest(staging: Path) -> None:
-        (staging / "report.md").write_text(seed_report.markdown(results))
+        seed_report.conditions_figure(results, staging / "figure.png")
+        (staging / "report.md").write_text(report.result_markdown(result, figure="figure.png"))
         cli.write_json(staging / "predictions.json", predictions)
 
     cli.publish_run(folder, config, results, write_rest)

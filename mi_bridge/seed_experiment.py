@@ -73,7 +73,7 @@ class SeedCondition:
     vector: str | None = None
     """``translated``, ``shuffled`` (both need a bridge), ``own``, ``random``, ``zero``, or None."""
     op: str | None = None
-    """``add-last``, ``replace`` or ``blend`` (alpha · rescaled + (1 − alpha) · h)."""
+    """``add-last``, ``add``, ``replace`` or ``blend`` (alpha · rescaled + (1 − alpha) · h)."""
     alpha: float = 1.0
     prompt: str = "full"
     """``full``, ``relay`` or ``oracle``."""
@@ -111,6 +111,8 @@ def injected_state(
     v = v.to(h.dtype)
     if op == "add-last":
         return h + alpha * v[:, -1:, :]
+    if op == "add":  # the analyses' per-position addition (the paper's additive uses the last vector)
+        return h + alpha * v
     if op == "replace":
         return v.clone()
     if op == "blend":
@@ -132,21 +134,30 @@ def prefill_hook(vectors: Float[Tensor, "n pos d"], op: str, alpha: float):
 # Tokens, states, fit pairs
 
 
-def encode(pair: ModelPair, texts: list[str]) -> list[list[int]]:
-    """Token ids as the paper's Hugging Face tokenizer gives them (no BOS, truncated at 256)."""
-    tokenizer = pair.receiver.tokenizer
-    return [tokenizer(t, truncation=True, max_length=MAX_PROMPT_TOKENS)["input_ids"] for t in texts]
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids as the paper's Hugging Face tokenizer gives them: no BOS, truncated at 256. The models'
+    tokenizer is built with ``add_bos_token=True`` (TransformerLens' setting, for the split protocol's
+    prompts), so special tokens are switched off here: Pythia's own tokenizer adds none by default."""
+    return [
+        tokenizer(t, truncation=True, max_length=MAX_PROMPT_TOKENS, add_special_tokens=False)["input_ids"]
+        for t in texts
+    ]
 
 
 def length_groups(token_lists: list[list[int]], batch_size: int) -> list[list[int]]:
     """Item indices in batches of equal token length (never padded)."""
-    by_length = defaultdict(list)
-    for i, tokens in enumerate(token_lists):
-        by_length[len(tokens)].append(i)
+    return groups_by([len(tokens) for tokens in token_lists], batch_size)
+
+
+def groups_by(keys: list, batch_size: int) -> list[list[int]]:
+    """Item indices in batches of equal key (e.g. a length, or prompt and answer lengths), keys sorted."""
+    by_key = defaultdict(list)
+    for i, key in enumerate(keys):
+        by_key[key].append(i)
     return [
         group[part]
-        for length in sorted(by_length)
-        for group in [by_length[length]]
+        for key in sorted(by_key)
+        for group in [by_key[key]]
         for part in batches(len(group), batch_size)
     ]
 
@@ -269,12 +280,14 @@ class SeedRun:
 
     def prompts(self, condition: SeedCondition) -> list[list[int]]:
         if condition.prompt == "oracle":
-            return encode(self.pair, [oracle_prompt(item) for item in self.items])
+            return encode(self.pair.receiver.tokenizer, [oracle_prompt(item) for item in self.items])
         if condition.prompt == "relay":
-            sender_prompts = encode(self.pair, [relay_sender_prompt(item) for item in self.items])
+            sender_prompts = encode(
+                self.pair.receiver.tokenizer, [relay_sender_prompt(item) for item in self.items]
+            )
             relays = self.generate(self.pair.sender, sender_prompts, 2 * self.config.max_new_tokens)
             return encode(
-                self.pair,
+                self.pair.receiver.tokenizer,
                 [relay_receiver_prompt(r, item) for r, item in zip(relays, self.items, strict=True)],
             )
         return self.tokens
@@ -330,25 +343,8 @@ def run_seed_experiment(
     config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int
 ) -> tuple[dict, dict]:
     """results.json's seed-protocol sections, and every prediction (per condition and run)."""
-    items = load_eval()[: config.n_items]
-    tokens = encode(pair, [prompt(item) for item in items])
-    seeds = [paper_seed(i) for i in range(config.seeds)]
-    kinds = ["sgd-l2", "ridge"] if config.bridge_kind == "both" else [config.bridge_kind]
-    n_texts = DEFAULT_FIT_TEXTS if config.n_fit is None else config.n_fit
-    texts, corpus = load_fit_corpus(config.fit_corpus, items, n_texts)
-    x, y = fit_pairs(pair, encode(pair, texts), sender_layer, receiver_layer, config.batch_size)
-    bridges, trivial = fit_bridges(kinds, x, y, seeds)
-    del x, y
-    run = SeedRun(
-        config,
-        pair,
-        sender_layer,
-        receiver_layer,
-        items,
-        tokens,
-        item_states(pair.sender, tokens, sender_layer, config.batch_size),
-        item_states(pair.receiver, tokens, receiver_layer, config.batch_size),
-    )
+    run, bridges, fit_section = prepare_seed_run(config, pair, sender_layer, receiver_layer)
+    items, seeds, kinds = run.items, [paper_seed(i) for i in range(config.seeds)], list(bridges)
     outcomes: dict[str, dict[str, list[np.ndarray]]] = {}
     strengths: dict[str, list[dict]] = {}
     predictions: dict[str, list[list[str]]] = {}
@@ -375,13 +371,44 @@ def run_seed_experiment(
             strengths.setdefault(key, []).append(norms)
         meta[key] = {"condition": condition.name, "bridge": kind}
     results = summarize(config, outcomes, strengths, meta, run)
-    results["bridge_fit"] = {
+    results["bridge_fit"] = fit_section
+    return results, predictions
+
+
+def prepare_seed_run(
+    config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int
+) -> tuple[SeedRun, dict[str, list[FittedBridge]], dict]:
+    """The eval items' tokens and states, every bridge (per kind, per seed) fitted on the fit corpus,
+    and results.json's ``bridge_fit`` section: what the run and the analyses under ``--protocol seed``
+    start from."""
+    items = load_eval()[: config.n_items]
+    tokens = encode(pair.receiver.tokenizer, [prompt(item) for item in items])
+    seeds = [paper_seed(i) for i in range(config.seeds)]
+    kinds = ["sgd-l2", "ridge"] if config.bridge_kind == "both" else [config.bridge_kind]
+    n_texts = DEFAULT_FIT_TEXTS if config.n_fit is None else config.n_fit
+    texts, corpus = load_fit_corpus(config.fit_corpus, items, n_texts)
+    x, y = fit_pairs(
+        pair, encode(pair.receiver.tokenizer, texts), sender_layer, receiver_layer, config.batch_size
+    )
+    bridges, trivial = fit_bridges(kinds, x, y, seeds)
+    del x, y
+    run = SeedRun(
+        config,
+        pair,
+        sender_layer,
+        receiver_layer,
+        items,
+        tokens,
+        item_states(pair.sender, tokens, sender_layer, config.batch_size),
+        item_states(pair.receiver, tokens, receiver_layer, config.batch_size),
+    )
+    fit_section = {
         "corpus": corpus,
         "n_texts": len(texts),
         **trivial,
         "bridges": {kind: [{"seed": b.seed, **b.fit} for b in bridges[kind]] for kind in kinds},
     }
-    return results, predictions
+    return run, bridges, fit_section
 
 
 def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun) -> dict:

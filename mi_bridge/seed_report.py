@@ -1,14 +1,17 @@
-"""Rendering of a seed-protocol run (the report layer, as ``report.py``): the protocol audit first, then
-the configuration, the bridge fit, and one row per condition beside the published table."""
+"""A seed-protocol run as a :class:`~mi_bridge.result.Result` (rendered by ``report.py``): the protocol
+audit first, then the configuration, the bridge fit, and one row per condition beside the published
+table."""
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.panel import Panel
+import numpy as np
 
 from mi_bridge.audit import NEAR_NULL
 from mi_bridge.hooks import resid_post_name
-from mi_bridge.report import _ci, _rich_table, console, md_table
+from mi_bridge.report import _ci, saved_figure
+from mi_bridge.result import Result, Table
+from mi_bridge.seed_experiment import CONDITIONS, PRIMARY_METRIC
+from mi_bridge.stats import error_bars, excludes_zero
 
 AUDIT_HEADER = ("check", "value", "reading")
 STRENGTH_HEADER = ("condition", "‖new − h‖/‖h‖", "‖injected‖/‖h‖", "‖h‖", "flag")
@@ -189,34 +192,63 @@ def verdict(results: dict) -> str:
     return " ".join(lines)
 
 
-def render(results: dict) -> None:
-    out = Console(width=None if console.is_terminal else 160)
-    _rich_table(out, "Protocol audit (before any effect)", AUDIT_HEADER, audit_rows(results))
-    _rich_table(
-        out, "Injection strength (receiver layer, prompt positions)", STRENGTH_HEADER, strength_rows(results)
-    )
-    _rich_table(out, "Floor equivalence (boundary contains, paired)", FLOOR_HEADER, floor_rows(results))
-    _rich_table(out, "Configuration", ("setting", "value"), configuration_rows(results))
-    _rich_table(out, "Bridge fit (held-out last 10% of the fit pairs)", FIT_HEADER, fit_rows(results))
-    _rich_table(
-        out,
-        "Conditions beside the published table (mean over runs, items pooled)",
-        CONDITION_HEADER,
-        condition_rows(results),
-    )
-    out.print(f"published numbers: {results['published_source']}")
-    out.print(Panel(verdict(results), title="Verdict", expand=True))
+HYPOTHESIS = (
+    "The published negative result under the seed protocol: injecting the bridge's translated states "
+    "does not help the receiver answer (boundary contains)."
+)
 
 
-def markdown(results: dict) -> str:
-    lines = ["# mi_bridge run: seed protocol", "", "## Protocol audit", ""]
-    lines += md_table(AUDIT_HEADER, audit_rows(results))
-    lines += ["", "Injection strength:", ""] + md_table(STRENGTH_HEADER, strength_rows(results))
-    lines += ["", "Floor equivalence (boundary contains):", ""] + md_table(FLOOR_HEADER, floor_rows(results))
-    lines += ["", "## Verdict", "", verdict(results), "", "## Configuration", ""]
-    lines += md_table(("setting", "value"), configuration_rows(results))
-    lines += ["", "## Bridge fit", ""] + md_table(FIT_HEADER, fit_rows(results))
-    lines += ["", "## Conditions beside the published table", ""]
-    lines += md_table(CONDITION_HEADER, condition_rows(results))
-    lines += ["", f"Published numbers: {results['published_source']}", ""]
-    return "\n".join(lines)
+def verdict_label(results: dict) -> str:
+    """``inconclusive`` where the task is not valid; ``not supported`` where a translated condition (not
+    the shuffled control) raises boundary contains with its CI above 0; where none does, ``supported``
+    only if the sender reads something the receiver does not. The released protocol gives both models
+    the same prompt, so its null is expected by construction: ``inconclusive``."""
+    audit = results["audit"]
+    if not audit["validity"]["valid"]:
+        return "inconclusive"
+    translated = {c.name for c in CONDITIONS if c.vector == "translated"}
+    deltas = [c[f"delta_{PRIMARY_METRIC}"] for c in results["conditions"] if c["condition"] in translated]
+    if any(excludes_zero(d["ci"]) and d["mean"] > 0 for d in deltas):
+        return "not supported"
+    return "supported" if audit["information_asymmetry"]["asymmetric"] else "inconclusive"
+
+
+def seed_result(results: dict) -> Result:
+    """The seed protocol's run as a :class:`Result`: the audit first, then configuration, fit and the
+    conditions beside the published table."""
+    tables = [
+        Table("Protocol audit (before any effect)", AUDIT_HEADER, audit_rows(results)),
+        Table(
+            "Injection strength (receiver layer, prompt positions)", STRENGTH_HEADER, strength_rows(results)
+        ),
+        Table("Floor equivalence (boundary contains, paired)", FLOOR_HEADER, floor_rows(results)),
+        Table("Configuration", ("setting", "value"), configuration_rows(results)),
+        Table("Bridge fit (held-out last 10% of the fit pairs)", FIT_HEADER, fit_rows(results)),
+        Table(
+            "Conditions beside the published table (mean over runs, items pooled)",
+            CONDITION_HEADER,
+            condition_rows(results),
+        ),
+    ]
+    explanation = f"{verdict(results)} Published numbers: {results['published_source']}"
+    return Result(
+        "transfer (seed protocol)", HYPOTHESIS, verdict_label(results), explanation, tables, results
+    )
+
+
+def conditions_figure(results: dict, path) -> None:
+    """Boundary contains per condition with its 95% CI, and the published number beside it."""
+    conditions = results["conditions"]
+    names = [c["name"] for c in conditions]
+    means = [c[PRIMARY_METRIC]["mean"] for c in conditions]
+    cis = [c[PRIMARY_METRIC]["ci"] for c in conditions]
+    y = np.arange(len(conditions))
+    with saved_figure(path, figsize=(7, 0.35 * len(conditions) + 1.2)) as (fig, ax):
+        ax.errorbar(means, y, xerr=error_bars(means, cis), fmt="o", label="this run (95% CI)")
+        paper = [(i, c["published"][PRIMARY_METRIC]) for i, c in enumerate(conditions) if "published" in c]
+        if paper:
+            ax.plot([v for _, v in paper], [i for i, _ in paper], "kx", label="published")
+        ax.set_yticks(y, names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("boundary contains")
+        ax.legend(fontsize=8)

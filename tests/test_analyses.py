@@ -7,10 +7,11 @@ import torch
 from transformer_lens import HookedTransformer
 
 from mi_bridge.analyses import ORDER, load_script, main
-from mi_bridge.analysis import VERDICTS, AnalysisResult, qualify_by_site
+from mi_bridge.analysis import qualify_by_site
 from mi_bridge.capture import answer_logits
 from mi_bridge.diagnosis import SITE_CLASSES
 from mi_bridge.evaluate import Condition, evaluate_conditions
+from mi_bridge.result import VERDICTS, Result
 
 from .conftest import make_cfg
 
@@ -169,7 +170,7 @@ def test_site_dependent_verdicts_are_withheld_off_a_pre_lookup_site(site_class):
         "context_free": {"mean": 0.0, "ci": [-0.01, 0.01]},
         "follow_rate": {"mean": 0.99, "ci": [0.98, 1.0]},
     }
-    result = AnalysisResult("norm_ablation", "h", "supported", "numbers.", [], {})
+    result = Result("norm_ablation", "h", "supported", "numbers.", [], {})
     dependent = qualify_by_site(load_script("norm_ablation"), result, site)
     independent = qualify_by_site(load_script("alignment_inflation"), result, site)
     assert independent.verdict == "supported"  # a claim about cosines does not depend on the site
@@ -181,14 +182,3 @@ def test_site_dependent_verdicts_are_withheld_off_a_pre_lookup_site(site_class):
             site_class in dependent.explanation
             and "would otherwise read 'supported'" in dependent.explanation
         )
-
-
-def test_the_analyses_refuse_the_seed_protocol_in_one_line(capsys, tmp_path):
-    """No script reads the seed protocol's every-position injections or generated answers yet, so
-    running one under it must say so instead of quietly analysing the split protocol."""
-    assert (
-        main(["norm_ablation", "--protocol", "seed", "--pair", "pythia", "--out", str(tmp_path / "x")]) == 2
-    )
-    err = capsys.readouterr().err
-    assert "--protocol split only" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "x").exists()

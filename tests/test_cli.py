@@ -35,7 +35,7 @@ def test_the_run_folder_and_results_schema(tiny_run):
         "results.json",
         "report.md",
         "config.json",
-        "conditions.png",
+        "figure.png",
         "bridge",
     }
     assert {p.name for p in (tiny_run / "bridge" / "seed0").iterdir()} == {
@@ -53,6 +53,7 @@ def test_the_run_folder_and_results_schema(tiny_run):
         "conditions",
         "verdict",
     } <= set(results)
+    assert results["verdict_label"] in ("supported", "not supported", "inconclusive")
     site = results["site"]
     assert site["class"] in ("pre-lookup", "post-lookup", "inert", "undetermined")
     for key in ("self_patch", "context_free", "follow_rate"):
@@ -91,7 +92,7 @@ def test_the_run_folder_and_results_schema(tiny_run):
     by_name = {c["name"]: c for c in results["conditions"]}
     assert by_name["self-patch replace"]["accuracy"] >= by_name["oracle"]["accuracy"] - 0.05
     markdown = (tiny_run / "report.md").read_text()
-    assert "## Verdict" in markdown and "## Site diagnosis" in markdown
+    assert "**Verdict: " in markdown and "## Site diagnosis" in markdown
     # bold marks single cells whose CI excludes 0, never a whole row
     for line in markdown.splitlines():
         if line.startswith("| ") and "**" in line:

@@ -176,6 +176,14 @@ def test_the_seed_protocol_runs_end_to_end_and_its_audit_flags_the_task(pythia_c
     no_injection = next(c for c in results["conditions"] if c["name"] == "no injection")
     assert no_injection["published"]["boundary_contains"] == 0.0884
     assert "Task not valid" in (out / "report.md").read_text()
+    assert results["verdict_label"] == "inconclusive"
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "results.json",
+        "report.md",
+        "figure.png",
+        "predictions.json",
+    }
 
 
 def test_the_seed_protocol_refuses_the_toy_pair(tmp_path, capsys):
@@ -183,3 +191,133 @@ def test_the_seed_protocol_refuses_the_toy_pair(tmp_path, capsys):
 
     assert main(["--protocol", "seed", "--out", str(tmp_path / "out")]) == 2
     assert "--pair pythia" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The analyses under --protocol seed
+
+
+def test_teacher_forced_answer_scores_match_token_by_token_forwards(tiny_model, one_thread):
+    """``answer_logprobs`` against an independent computation: one forward per answer token, with a plain
+    TransformerLens hook overwriting the prompt positions only. Catches an off-by-one in the answer
+    positions and an injection that leaks into them."""
+    from mi_bridge.seed_analysis import answer_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, tiny_model.cfg.d_vocab, (n,), generator=g).tolist() for n in (5, 5, 7)]
+    answers = [torch.randint(0, tiny_model.cfg.d_vocab, (n,), generator=g).tolist() for n in (2, 3, 2)]
+    vectors = [torch.randn(len(p), tiny_model.cfg.d_model, generator=g) for p in prompts]
+    layer = 1
+
+    @torch.no_grad()
+    def by_token(i: int, injected: bool) -> float:
+        total = 0.0
+        for j, token in enumerate(answers[i]):
+            tokens = torch.tensor([prompts[i] + answers[i][:j]])
+
+            def overwrite(act, hook):
+                act[:, : len(prompts[i])] = vectors[i]
+                return act
+
+            hooks = [(resid_post_name(layer), overwrite)] if injected else []
+            logits = tiny_model.run_with_hooks(tokens, fwd_hooks=hooks)[0, -1]
+            total += float(logits.double().log_softmax(-1)[token])
+        return total
+
+    for injected in (False, True):
+        got = answer_logprobs(
+            tiny_model, layer, prompts, answers, 2, vectors if injected else None, "replace"
+        )
+        want = [by_token(i, injected) for i in range(len(prompts))]
+        assert got == pytest.approx(want, abs=1e-4)
+    plain = answer_logprobs(tiny_model, layer, prompts, answers, 2)
+    assert not answer_logprobs(tiny_model, layer, prompts, answers, 2, vectors, "replace") == pytest.approx(
+        plain
+    )
+    # adding alpha = 0 of any vector is no injection
+    assert answer_logprobs(tiny_model, layer, prompts, answers, 2, vectors, "add", 0.0) == pytest.approx(
+        plain
+    )
+
+
+@pytest.mark.slow
+def test_the_analyses_run_under_the_seed_protocol_and_say_where_they_do_not_apply(
+    pythia_cache, tmp_path, one_thread
+):
+    from mi_bridge.analyses import ORDER, main
+
+    out = tmp_path / "analyses"
+    argv = "all --protocol seed --pair pythia --sender pythia-14m --receiver pythia-14m --n-items 4".split()
+    argv += "--n-fit 3 --seeds 1 --max-new-tokens 2 --n-bootstrap 200".split()
+    assert main([*argv, "--scales", "0.5,1,2", "--out", str(out)]) == 0
+    applied = {"logit_lens", "norm_ablation"}
+    for name in applied:
+        payload = json.loads((out / name / "results.json").read_text())
+        site = payload["site"]
+        assert site["class"] == "not applicable" and site["protocol"] == "seed"
+        # the receiver's own states at every prompt position are no injection (up to float rounding)
+        assert abs(site["self_inject_logprob"]["mean"]) < 1e-4 and site["hook_exact"]
+        assert site["validity"]["valid"] is False  # random weights: the oracle does not help
+        assert payload["analysis"]["verdict"] == "inconclusive"  # withheld where nothing can be read
+        assert (out / name / "figure.png").stat().st_size > 0
+    conditions = json.loads((out / "norm_ablation" / "results.json").read_text())["analysis"]["data"][
+        "conditions"
+    ]
+    by_name = {c["name"]: c for c in conditions}
+    assert abs(by_name["self-patch x1 replace"]["delta_logprob"]) < 1e-4  # own states: nothing changes
+    assert by_name["translated x1 replace"]["n"] == 4
+    combined = (out / "report.md").read_text()
+    for name in set(ORDER) - applied:
+        assert f"{name} does not apply under --protocol seed" in combined
+        assert not (out / name).exists()
+
+
+def test_an_analysis_that_does_not_apply_to_the_seed_protocol_says_why_in_one_line(capsys, tmp_path):
+    from mi_bridge.analyses import main
+
+    out = tmp_path / "x"
+    assert main(["lookup_phase", "--protocol", "seed", "--pair", "pythia", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "lookup_phase does not apply under --protocol seed: the site classes need" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.slow
+def test_seed_prompts_and_answers_are_encoded_without_bos(pythia_cache):
+    """The paper's tokenizer adds no BOS; the models' tokenizer is built with add_bos_token=True, so the
+    seed protocol must switch special tokens off (else every answer would start with <|endoftext|>)."""
+    from mi_bridge.models import hf_tokenizer
+    from mi_bridge.seed_experiment import encode
+
+    tokenizer = hf_tokenizer("EleutherAI/pythia-14m", None)
+    assert tokenizer(" Paris")["input_ids"][0] == tokenizer.bos_token_id  # what the seed path must avoid
+    prompt, answer = encode(tokenizer, ["Context: a\nQ: b\nA:", " Paris"])
+    assert tokenizer.bos_token_id not in prompt + answer
+    assert tokenizer.decode(prompt) == "Context: a\nQ: b\nA:" and tokenizer.decode(answer) == " Paris"
+
+
+def test_the_seed_runs_verdict_label_reads_translated_conditions_and_the_asymmetry():
+    from mi_bridge.seed_report import verdict_label
+
+    def results(valid: bool, asymmetric: bool, helped: str | None) -> dict:
+        conditions = [
+            {
+                "condition": name,
+                "delta_boundary_contains": {"mean": 0.1, "ci": [0.05, 0.15]}
+                if name == helped
+                else {"mean": 0.0, "ci": [-0.05, 0.05]},
+            }
+            for name in ("no injection", "replace", "shuffled translation")
+        ]
+        audit = {"validity": {"valid": valid}, "information_asymmetry": {"asymmetric": asymmetric}}
+        return {"audit": audit, "conditions": conditions}
+
+    assert verdict_label(results(False, True, "replace")) == "inconclusive"
+    assert verdict_label(results(True, False, "replace")) == "not supported"
+    assert (
+        verdict_label(results(True, True, "shuffled translation")) == "supported"
+    )  # a control is no transfer
+    assert verdict_label(results(True, True, None)) == "supported"
+    assert (
+        verdict_label(results(True, False, None)) == "inconclusive"
+    )  # the released protocol: null by construction

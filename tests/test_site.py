@@ -114,3 +114,26 @@ def test_decomposition_names_the_first_stage_that_fails(context_free, probe_low,
     assert result["first_lost"] == lost
     assert [s["stage"] for s in result["stages"]] == [name for name, _ in diagnosis.STAGES]
     assert result["stages"][-1]["passed"] is None  # usability: not run here
+
+
+def test_the_runs_verdict_label_follows_validity_help_and_site():
+    """The transfer experiment's verdict on the published negative result: withheld where the task is
+    not valid or the site admits no sender vector; refuted by any translated condition that helps."""
+    from mi_bridge.diagnosis import verdict_label
+
+    def results(valid: bool, site: str, translated_ci: tuple[float, float]) -> dict:
+        low, high = translated_ci
+        translated = {
+            "vector": "translated",
+            "delta_accuracy": (low + high) / 2,
+            "delta_accuracy_ci": [low, high],
+        }
+        control = {"vector": "self-patch", "delta_accuracy": 0.5, "delta_accuracy_ci": [0.4, 0.6]}
+        return {"validity": {"valid": valid}, "site": {"class": site}, "conditions": [control, translated]}
+
+    assert verdict_label(results(False, "pre-lookup", (0.1, 0.2))) == "inconclusive"
+    assert verdict_label(results(True, "pre-lookup", (0.1, 0.2))) == "not supported"
+    assert verdict_label(results(True, "post-lookup", (0.1, 0.2))) == "not supported"
+    assert verdict_label(results(True, "pre-lookup", (-0.1, 0.1))) == "supported"
+    for site in ("post-lookup", "inert", "undetermined"):
+        assert verdict_label(results(True, site, (-0.1, 0.1))) == "inconclusive"
