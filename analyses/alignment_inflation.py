@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import torch
 
-from mi_bridge.analysis import AnalysisContext, per_item_cosine, run_script
+from mi_bridge.analyses import AnalysisContext, per_item_cosine, run_script
 from mi_bridge.bridge import LinearBridge, fit_quality, reference_predictions
 from mi_bridge.report import FIT_METRICS, saved_figure
 from mi_bridge.result import Result, Table

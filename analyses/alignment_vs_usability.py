@@ -12,7 +12,7 @@ import sys
 import numpy as np
 from scipy import stats
 
-from mi_bridge.analysis import AnalysisContext, evaluate_on_test, per_item_cosine, run_script
+from mi_bridge.analyses import AnalysisContext, evaluate_on_test, per_item_cosine, run_script
 from mi_bridge.evaluate import BASELINE, Condition
 from mi_bridge.inject import MODES
 from mi_bridge.report import saved_figure

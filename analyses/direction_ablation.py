@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from mi_bridge.analysis import (
+from mi_bridge.analyses import (
     AnalysisContext,
     condition_table,
     evaluate_on_test,

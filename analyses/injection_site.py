@@ -9,7 +9,7 @@ fitted to each site's own target and self-patch at both sites; differences are p
 
 import sys
 
-from mi_bridge.analysis import (
+from mi_bridge.analyses import (
     AnalysisContext,
     evaluate_on_test,
     run_script,

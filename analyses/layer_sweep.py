@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from mi_bridge.analysis import AnalysisContext, evaluate_on_test, run_script, summarize_all
+from mi_bridge.analyses import AnalysisContext, evaluate_on_test, run_script, summarize_all
 from mi_bridge.bridge import fit_quality
 from mi_bridge.evaluate import BASELINE, Condition
 from mi_bridge.experiment import site_vectors

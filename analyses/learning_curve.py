@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from mi_bridge.analysis import AnalysisContext, evaluate_on_test, run_script, summarize_all
+from mi_bridge.analyses import AnalysisContext, evaluate_on_test, run_script, summarize_all
 from mi_bridge.evaluate import Condition
 from mi_bridge.experiment import site_vectors
 from mi_bridge.prepare import SeedContext

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from mi_bridge.analysis import AnalysisContext, run_script, translated_vectors
+from mi_bridge.analyses import AnalysisContext, run_script, translated_vectors
 from mi_bridge.capture import answer_logits, batches
 from mi_bridge.config import SeedOffset
 from mi_bridge.experiment import derangement

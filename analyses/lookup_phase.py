@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from mi_bridge import diagnosis
-from mi_bridge.analysis import AnalysisContext, evaluate_on_test, run_script, translated_vectors
+from mi_bridge.analyses import AnalysisContext, evaluate_on_test, run_script, translated_vectors
 from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import SITE_CONDITIONS, site_vectors, summarize_condition
 from mi_bridge.report import saved_figure

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mi_bridge import progress
-from mi_bridge.analysis import (
+from mi_bridge.analyses import (
     AnalysisContext,
     condition_table,
     evaluate_on_test,

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from mi_bridge.analysis import AnalysisContext, condition_table, evaluate_on_test, run_script, summarize_all
+from mi_bridge.analyses import AnalysisContext, condition_table, evaluate_on_test, run_script, summarize_all
 from mi_bridge.bridge import fit_quality
 from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import site_vectors, summarize_condition

@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer
 
-from mi_bridge.analyses import ORDER, load_script, main
-from mi_bridge.analysis import qualify_by_site
+from mi_bridge.analyses import ORDER, load_script, main, qualify_by_site
 from mi_bridge.capture import answer_logits
 from mi_bridge.diagnosis import SITE_CLASSES
 from mi_bridge.evaluate import Condition, evaluate_conditions
