@@ -299,11 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         names = []
         while argv and not argv[0].startswith("-"):
             names.append(argv.pop(0))
+        if not names and {"-h", "--help"} & set(argv):  # help needs no names: show every script's flags
+            names = ["all"]
         if not names:
             raise UserError(f"name the analyses to run, or 'all' ({', '.join(ORDER)})")
         everything = names == ["all"]
         modules = [load_script(name) for name in (ORDER if everything else names)]
-        parser = build_parser("python -m mi_bridge.analyses", __doc__.split("\n\n")[0], modules)
+        parser = build_parser(
+            "python -m mi_bridge.analyses {all | NAME ...}", __doc__.split("\n\n")[0], modules
+        )
         options = parser.parse_args(argv)
         config = cli.config_from_args(options)
         skipped = [m for m in modules if not applies(m, config.protocol)]

@@ -311,6 +311,16 @@ def test_analysis_names_cannot_become_paths(capsys):
     assert "no analysis script named" in capsys.readouterr().err
 
 
+def test_analyses_help_without_names_lists_every_scripts_flags(capsys):
+    from mi_bridge.analyses import main as analyses_main
+
+    with pytest.raises(SystemExit) as exit_:
+        analyses_main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--pca-k" in out and "--sweep-stride" in out  # flags that only one script adds
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Fuzzing the parsers: anything but a valid configuration is a UserError, never a crash
 
