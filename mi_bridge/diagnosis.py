@@ -68,7 +68,8 @@ def site_section(by_name: dict[str, dict], layer: int) -> dict:
 
 def explain_site(site_class: str, self_patch: dict, context_free: dict, follow_rate: dict) -> str:
     numbers = (
-        f"self-patch {fmt_delta(self_patch)}, context-free {fmt_delta(context_free)}, "
+        # the class is read in replace mode; the ceiling quoted later is the best mode, hence the label
+        f"in {SITE_MODE} mode: self-patch {fmt_delta(self_patch)}, context-free {fmt_delta(context_free)}, "
         f"follow rate {follow_rate['mean']:.3f} {fmt_ci(follow_rate['ci'])}"
     )
     return {
