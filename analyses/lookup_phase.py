@@ -16,7 +16,7 @@ import numpy as np
 from mi_bridge import diagnosis
 from mi_bridge.analyses import AnalysisContext, evaluate_on_test, run_script, translated_vectors
 from mi_bridge.evaluate import standard_conditions
-from mi_bridge.experiment import SITE_CONDITIONS, site_vectors, summarize_condition
+from mi_bridge.experiment import SITE_CONDITIONS, site_vectors, summarize_conditions
 from mi_bridge.report import saved_figure
 from mi_bridge.result import Result, Table
 from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, helps
@@ -41,7 +41,7 @@ def analyze(ctx: AnalysisContext) -> Result:
     follow = [seed.test.follow_index for seed in ctx.seeds]
     rows = []
     for layer in layers:
-        summaries = [summarize_condition(ctx.config, scores[layer], c, follow) for c in conditions]
+        summaries = summarize_conditions(ctx.config, scores[layer], conditions, follow)
         site = diagnosis.site_section({s["name"]: s for s in summaries}, layer)
         rows.append(site | {"best_translated": diagnosis.best(summaries, "translated")})
     helping = [r for r in rows if helps(r["best_translated"])]

@@ -29,7 +29,7 @@ from torch import Tensor
 from mi_bridge import cli, report
 from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.evaluate import BASELINE, Condition, ItemScores, evaluate_conditions
-from mi_bridge.experiment import summarize_condition
+from mi_bridge.experiment import summarize_conditions
 from mi_bridge.files import write_text_atomic
 from mi_bridge.models import ModelPair
 from mi_bridge.prepare import ActivationStore, SeedContext, seed_contexts
@@ -62,7 +62,9 @@ class AnalysisContext:
                 for seed in self.seeds
             ]
             follow = [seed.test.follow_index for seed in self.seeds]
-            summaries = {c.name: summarize_condition(self.config, scores, c, follow) for c in SITE_CONDITIONS}
+            summaries = {
+                s["name"]: s for s in summarize_conditions(self.config, scores, SITE_CONDITIONS, follow)
+            }
             self._sites[layer] = site_section(summaries, layer)
         return self._sites[layer]
 
@@ -103,7 +105,7 @@ def evaluate_on_test(
 def summarize_all(
     ctx: AnalysisContext, seed_scores: list[dict[str, ItemScores]], conditions: Sequence[Condition]
 ) -> list[dict]:
-    return [summarize_condition(ctx.config, seed_scores, c) for c in conditions]
+    return summarize_conditions(ctx.config, seed_scores, conditions)
 
 
 def per_item_cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[Tensor, " n"]:
