@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.bench --skip-retrain  # without retraining the toy pair
 
 Every comparison is measured in this one run, against a naive implementation, with several
-repetitions and medians. Pythia architectures use random weights (speed does not depend on the
+repetitions interleaved (fast, naive, fast, naive, ...) and medians. Pythia architectures use random weights (speed does not depend on the
 values). Each section records the machine's load average before and after it, since the machine may
 be shared. Writes benchmarks/results.json next to this file; the table says met or missed from the
 numbers and the targets below.
@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,12 +87,24 @@ TARGETS = {
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     """Median wall time of ``repeats`` calls, and the last result."""
-    times, result = [], None
+    return timed_together([fn], repeats)[0]
+
+
+def timed_together(fns: Sequence[Callable[[], object]], repeats: int) -> list[tuple[float, object]]:
+    """``timed`` for functions compared with each other, interleaved: each round calls every one once.
+
+    This machine is a shared VM whose speed drifts by tens of percent over minutes (two runs of this
+    benchmark 20 minutes apart gave sweep ratios 6.6x and 5.5x); timing one function after the other
+    lets a slow spell fall on one side of a ratio only."""
+    times: list[list[float]] = [[] for _ in fns]
+    results: list[object] = [None] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for i, fn in enumerate(fns):
+            results[i] = None  # free the previous result before timing again
+            start = time.perf_counter()
+            results[i] = fn()
+            times[i].append(time.perf_counter() - start)
+    return [(statistics.median(t), r) for t, r in zip(times, results, strict=True)]
 
 
 def fresh_process(args: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -213,9 +225,9 @@ def condition_sweep(receiver: HookedTransformer, items: TaskItems, peak: float, 
             for c in conditions
         }
 
-    fast_s, fast_logits = timed(evaluator, repeats)
-    unstacked_s, unstacked_logits = timed(lambda: evaluator(tail_budget_bytes=1), repeats)
-    naive_s, naive_logits = timed(naive, repeats)
+    (fast_s, fast_logits), (unstacked_s, unstacked_logits), (naive_s, naive_logits) = timed_together(
+        [evaluator, lambda: evaluator(tail_budget_bytes=1), naive], repeats
+    )
     n_items, n_tokens = tokens.shape
     naive_flops = naive_sweep_flops(receiver, n_items, n_tokens, len(conditions))
     floor_flops = floor_sweep_flops(receiver, n_items, n_tokens, site, layer, len(conditions))
@@ -366,9 +378,8 @@ def capture_comparison(repeats: int) -> dict:
                 caches.append(model.run_with_cache(tokens[start : start + 256])[1])
         return caches
 
-    fast_s, states = timed(fast, repeats)
+    (fast_s, states), (naive_s, caches) = timed_together([fast, naive], repeats)
     fast_bytes = sum(t.numel() * t.element_size() for t in states)
-    naive_s, caches = timed(naive, repeats)
     naive_bytes = sum(t.numel() * t.element_size() for cache in caches for t in cache.values())
     return {
         "n_items": 2000,
