@@ -36,6 +36,7 @@ from benchmarks.pythia_arch import pythia_architecture, pythia_items
 from mi_bridge.bridge import LinearBridge, Standardizer, ridge_path
 from mi_bridge.capture import capture_resid_post
 from mi_bridge.evaluate import Condition, condition_logits, standard_conditions
+from mi_bridge.experiment import SITE_CONDITIONS
 from mi_bridge.files import write_text_atomic
 from mi_bridge.inject import run_with_injection
 from mi_bridge.task import TaskItems, sample_items, toy_language
@@ -328,13 +329,18 @@ def default_run_estimate(
         + prompts * tail * (receiver_layer + 1)
         + conditions * tail * (receiver_layers - receiver_layer - 1)
     )
-    # the site scan: at every layer l, the placeholder prompt's prefix and three replace controls
+    # the site scan (evaluate_layers): the placeholder prompt's prefix once for every layer, then at
+    # every layer l its tail through 0..l and the baseline's and each replace control's tail from l+1
+    scan_conditions = 1 + len(SITE_CONDITIONS)
     scan_work = (
         site_scan
         * n_test
-        * sum(
-            site * receiver_layers + tail * (layer + 1) + 3 * tail * (receiver_layers - layer - 1)
-            for layer in range(receiver_layers)
+        * (
+            site * receiver_layers
+            + sum(
+                tail * (layer + 1) + scan_conditions * tail * (receiver_layers - layer - 1)
+                for layer in range(receiver_layers)
+            )
         )
     )
     seconds = seeds * (sender_work * rate["sender"] + (receiver_work + scan_work) * rate["receiver"])

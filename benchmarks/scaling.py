@@ -29,31 +29,57 @@ SENDER_TOKENS, RECEIVER_TOKENS, SLOT = 29, 24, 21
 WIDTH_FACTOR_1_4B = 4.0
 
 
+def cell_seconds(rate: dict[str, float], sender_layers: int, receiver_layers: int, cell: tuple) -> float:
+    """Seconds of one grid cell, ``cell`` = (sender layer, receiver layer, site position)."""
+    sender_layer, receiver_layer, site = cell
+    return default_run_estimate(
+        rate,
+        sender_tokens=SENDER_TOKENS,
+        receiver_tokens=RECEIVER_TOKENS,
+        site=site,
+        sender_layers=sender_layers,
+        receiver_layers=receiver_layers,
+        sender_layer=sender_layer,
+        receiver_layer=receiver_layer,
+        site_scan=False,
+    )["default_pythia_run_estimate_s"]
+
+
 def grid_seconds(rate: dict[str, float], sender_layers: int, receiver_layers: int) -> tuple[float, int]:
     """Seconds of one worker on this machine for every layer pair at the slot and final sites."""
-    total, cells = 0.0, 0
-    for site in (SLOT, RECEIVER_TOKENS - 1):
-        for sender_layer in range(sender_layers):
-            for receiver_layer in range(receiver_layers):
-                total += default_run_estimate(
-                    rate,
-                    sender_tokens=SENDER_TOKENS,
-                    receiver_tokens=RECEIVER_TOKENS,
-                    site=site,
-                    sender_layers=sender_layers,
-                    receiver_layers=receiver_layers,
-                    sender_layer=sender_layer,
-                    receiver_layer=receiver_layer,
-                    site_scan=False,
-                )["default_pythia_run_estimate_s"]
-                cells += 1
-    return total, cells
+    cells = [
+        (sender_layer, receiver_layer, site)
+        for site in (SLOT, RECEIVER_TOKENS - 1)
+        for sender_layer in range(sender_layers)
+        for receiver_layer in range(receiver_layers)
+    ]
+    return sum(cell_seconds(rate, sender_layers, receiver_layers, cell) for cell in cells), len(cells)
 
 
 def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:,.0f} min"
     return f"{seconds / 3600:,.1f} h"
+
+
+def table_rows(measured: dict, gpu_speedup: float, workers: int) -> list[tuple[str, str, str, str, str]]:
+    """(grid, cells, this CPU, one GPU, ``workers`` GPUs) per model pair, from a benchmark's results."""
+    rate = measured["pythia_estimate"]["seconds_per_token_layer"]
+    pairs = (
+        ("Pythia-160M → 410M", rate, 12, 24),
+        (
+            "Pythia-410M → 1.4B",
+            {"sender": rate["receiver"], "receiver": WIDTH_FACTOR_1_4B * rate["receiver"]},
+            24,
+            24,
+        ),
+    )
+    rows = []
+    for name, pair_rate, sender_layers, receiver_layers in pairs:
+        seconds, cells = grid_seconds(pair_rate, sender_layers, receiver_layers)
+        gpu = seconds / gpu_speedup
+        rows.append((name, f"{cells:,}", duration(seconds), duration(gpu), duration(gpu / workers)))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,15 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     measured = json.loads(args.results.read_text())
     rate = measured["pythia_estimate"]["seconds_per_token_layer"]
-    pairs = (
-        ("Pythia-160M → 410M", rate, 12, 24),
-        (
-            "Pythia-410M → 1.4B",
-            {"sender": rate["receiver"], "receiver": WIDTH_FACTOR_1_4B * rate["receiver"]},
-            24,
-            24,
-        ),
-    )
     table = Table(title=f"Full layer-pair grids, both sites, 3 seeds (rates of {measured['date']})")
     for column in (
         "grid",
@@ -84,10 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.workers} GPUs through Ray",
     ):
         table.add_column(column)
-    for name, pair_rate, sender_layers, receiver_layers in pairs:
-        seconds, cells = grid_seconds(pair_rate, sender_layers, receiver_layers)
-        gpu = seconds / args.gpu_speedup
-        table.add_row(name, f"{cells:,}", duration(seconds), duration(gpu), duration(gpu / args.workers))
+    for row in table_rows(measured, args.gpu_speedup, args.workers):
+        table.add_row(*row)
     console = Console()
     console.print(table)
     console.print(

@@ -137,6 +137,9 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 def check_writable(folder: Path) -> None:
     """Fail before any work if the run folder cannot be created and written."""
     parent = folder.parent
+    blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # mkdir would only say "File exists"
+        raise UserError(f"output folder {folder} is not writable: {blocking} is a file, not a folder")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".mi_bridge-probe-"):

@@ -27,7 +27,7 @@ FOLLOW_MAJORITY = 0.5
 SITE_KINDS = ("self-patch", "counterfactual self-patch", "context-free self-patch")
 STAGES = (
     ("task", "oracle − baseline (Δ accuracy)"),
-    ("site", "context-free ceiling: best context-free self-patch (Δ accuracy)"),
+    ("site", "context-free ceiling: best context-free self-patch (Δ accuracy); passes at a pre-lookup site"),
     ("sender", "B decodable from the sender state: held-out k-way accuracy of a linear probe"),
     ("translation", "best translated-vector condition (Δ accuracy)"),
     ("usability", "usability-trained bridge (Δ accuracy)"),
@@ -93,9 +93,18 @@ def best(summaries: Sequence[dict], vector: str) -> dict | None:
 
 
 def decomposition(
-    validity: dict, conditions: Sequence[dict], sender_probe: dict, usability: dict | None = None
+    validity: dict,
+    conditions: Sequence[dict],
+    sender_probe: dict,
+    usability: dict | None = None,
+    site_class: str | None = None,
 ) -> dict:
-    """One row per stage (task, site, sender, translation, usability) and the first stage that fails."""
+    """One row per stage (task, site, sender, translation, usability) and the first stage that fails.
+
+    With ``site_class``, the site stage passes only at a pre-lookup site: its value is the best of
+    several context-free modes, chosen without correction, and one of them clearing 0 by chance at a
+    post-lookup site must not move the blame on to the translation.
+    """
     ceiling, translated = best(conditions, "context-free self-patch"), best(conditions, "translated")
     delta_row = lambda s: {
         "value": s["delta_accuracy"],
@@ -114,7 +123,10 @@ def decomposition(
             "condition": "oracle",
             "passed": validity["valid"],
         },
-        "site": delta_row(ceiling),
+        "site": {
+            **delta_row(ceiling),
+            "passed": helps(ceiling) and site_class in (None, "pre-lookup"),
+        },
         "sender": {
             "value": sender_probe["mean"],
             "ci": sender_probe["ci"],
@@ -194,23 +206,32 @@ def verdict(results: dict) -> str:
         f"{row(stages['site'])} ('{stages['site']['condition']}')."
     )
     if lost == "site":
-        parts.append(
-            "The signal is lost at the site: no vector computed from the sender can help here, so this "
-            "run says nothing about the translation. Inject at a pre-lookup layer to test it."
-        )
+        if helps(ceiling := best(conditions, "context-free self-patch")):
+            n_ceilings = sum(c["vector"] == "context-free self-patch" for c in conditions)
+            parts.append(
+                f"The best of {n_ceilings} context-free conditions ('{ceiling['name']}') "
+                f"clears 0, chosen by its mean without correction for that choice, but the site is "
+                f"{site['class']} by its replace-mode test."
+            )
+        if helps(translated):
+            parts.append(
+                f"Yet '{translated['name']}' helps ({fmt_delta(translated)}): at this site a sender vector "
+                "does reach the answer in that mode, so the replace-mode class does not bound it."
+            )
+        else:
+            parts.append(
+                "The signal is lost at the site: no vector computed from the sender can help here, so this "
+                "run says nothing about the translation. Inject at a pre-lookup layer to test it."
+            )
     elif lost == "sender":
         parts.append(
             f"The signal is lost at the sender: a linear probe reads B from its state at only "
             f"{row(stages['sender'])} (chance {validity['chance']:.3f}). Try a later sender layer."
         )
     elif lost == "translation":
-        where = (
-            "At this pre-lookup site the failure lies in the translation."
-            if site["class"] == "pre-lookup"
-            else f"The site is {site['class']}, so the shortfall is not attributed to translation alone."
-        )
         parts.append(
-            f"The sender carries B (probe {row(stages['sender'])}) but the translation loses it. {where}"
+            f"The sender carries B (probe {row(stages['sender'])}) but the translation loses it. "
+            "At this pre-lookup site the failure lies in the translation."
         )
     elif lost is None:
         share = stages["translation"]["value"] / stages["site"]["value"]

@@ -203,12 +203,13 @@ def summarize(
     probe = mean_with_ci(
         torch.cat([s.probe_correct for s in seeds]).numpy(), n_resamples=config.n_bootstrap, seed=1
     )
+    site = diagnosis.site_section(by_name, receiver_layer)
     results = {
         "validity": validity,
-        "site": diagnosis.site_section(by_name, receiver_layer),
+        "site": site,
         "site_scan": summarize_site_scan(config, seeds),
         "sender_probe": probe,
-        "decomposition": diagnosis.decomposition(validity, conditions_out, probe),
+        "decomposition": diagnosis.decomposition(validity, conditions_out, probe, site_class=site["class"]),
         "bridge": bridge,
         "conditions": conditions_out,
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -149,6 +150,24 @@ def run_local(pending: list[grid.Cell], outcomes: dict, use_cache: bool, bar) ->
         bar(running=0)
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """One line instead of Ray's minutes of connection retries when nothing listens at ``address``
+    (``host:port`` or ``ray://host:port``; ``auto`` is Ray's own lookup, which fails fast and is
+    turned into one line by :func:`start_ray`)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address!r}: expected auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise UserError(
+            f"no Ray cluster answers at {address} ({err.strerror or err}); start one with "
+            "`ray start --head`, or drop --address for a local instance"
+        ) from None
+
+
 def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Join ``address`` or start a local instance (loopback only, no dashboard); False if Ray was
     already initialized by the caller."""
@@ -160,7 +179,10 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         return False
     env = {"env_vars": {name: os.environ[name] for name in WORKER_ENV if name in os.environ}}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
+        try:
+            ray.init(address=address, runtime_env=env, log_to_driver=False)
+        except ConnectionError as err:
+            raise UserError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
     else:
         ray.init(
             num_cpus=num_cpus or os.cpu_count(),
@@ -346,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 import ray  # noqa: F401 -- fail before any work when the extra is missing
             except ImportError:
                 raise UserError(RAY_MISSING) from None
+            if args.address:
+                check_reachable(args.address)
         return sweep(cells, values, base, folder, args)
 
     return cli.one_line_errors(body, "finished cells are kept; rerun the same command to resume")
@@ -358,6 +382,8 @@ def sweep(cells: list[grid.Cell], values: dict, base: ExperimentConfig, folder: 
         if results is not None:
             outcomes[cell.name] = Outcome("done", numbers=key_numbers(results))
     pending = [cell for cell in cells if outcomes[cell.name].status == "pending"]
+    # Ray first: a cluster that cannot be joined is one line, before anything is written
+    started_ray = bool(pending) and not args.local and start_ray(args.address)
     folder.mkdir(parents=True, exist_ok=True)
     columns = (
         TextColumn("{task.description}"),
@@ -366,7 +392,6 @@ def sweep(cells: list[grid.Cell], values: dict, base: ExperimentConfig, folder: 
         TextColumn("running {task.fields[running]} · failed {task.fields[failed]}"),
         TimeElapsedColumn(),
     )
-    started_ray = False
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("cells", total=len(cells), running=0, failed=0)
 
@@ -381,7 +406,6 @@ def sweep(cells: list[grid.Cell], values: dict, base: ExperimentConfig, folder: 
             if pending and args.local:
                 run_local(pending, outcomes, not args.no_cache, bar)
             elif pending:
-                started_ray = start_ray(args.address)
                 run_ray(pending, outcomes, not args.no_cache, bar, args.cpus_per_worker, args.max_retries)
         finally:
             write_summary(folder, values, base, cells, outcomes)

@@ -137,3 +137,50 @@ def test_the_runs_verdict_label_follows_validity_help_and_site():
     assert verdict_label(results(True, "pre-lookup", (-0.1, 0.1))) == "supported"
     for site in ("post-lookup", "inert", "undetermined"):
         assert verdict_label(results(True, site, (-0.1, 0.1))) == "inconclusive"
+
+
+def planted_verdict(site_class: str, translated: dict) -> tuple[dict, str]:
+    """The decomposition and verdict of a run at a planted site class whose best context-free mode
+    clears 0 (as one of several modes can by chance at a post-lookup site)."""
+    context_free = summary(0.05, 0.01, 0.09)
+    conditions = [
+        {**context_free, "name": "context-free self-patch add a=1", "vector": "context-free self-patch"},
+        {**translated, "name": "translated replace", "vector": "translated"},
+        {**summary(0.7, 0.68, 0.72), "name": "text relay", "vector": "text relay"},
+    ]
+    validity = {"oracle_gap": {"mean": 0.7, "ci": [0.68, 0.72]}, "valid": True, "chance": 0.25}
+    probe = {"mean": 0.95, "ci": [0.93, 0.97], "n": 100}
+    cosine = {"mean": 0.9}
+    results = {
+        "validity": validity,
+        "site": {"class": site_class, "layer": 1, "explanation": "(planted)"},
+        "bridge": {
+            "normalized_cosine": cosine,
+            "centered_cosine": cosine,
+            "raw_cosine": cosine,
+            "trivial_predictors": {"receiver_mean": {"raw_cosine": cosine}},
+        },
+        "conditions": conditions,
+        "decomposition": diagnosis.decomposition(validity, conditions, probe, site_class=site_class),
+    }
+    return results["decomposition"], diagnosis.verdict(results)
+
+
+@pytest.mark.parametrize("site_class", ["pre-lookup", "post-lookup", "inert", "undetermined"])
+def test_the_translation_is_blamed_only_at_a_pre_lookup_site(site_class):
+    """A context-free mode that clears 0 by chance at a post-lookup site would pass a site stage read
+    from the best mode alone; the site class keeps the blame off the translation there."""
+    decomposition, text = planted_verdict(site_class, translated=summary(0.0, -0.03, 0.03))
+    pre_lookup = site_class == "pre-lookup"
+    assert decomposition["first_lost"] == ("translation" if pre_lookup else "site")
+    assert ("the translation loses it" in text) == pre_lookup
+    assert ("says nothing about the translation" in text) == (not pre_lookup)
+    if not pre_lookup:
+        assert "without correction for that choice" in text
+
+
+def test_a_translated_vector_that_helps_off_a_pre_lookup_site_is_reported_not_denied():
+    decomposition, text = planted_verdict("post-lookup", translated=summary(0.1, 0.06, 0.14))
+    assert decomposition["first_lost"] == "site"
+    assert "no vector computed from the sender can help here" not in text
+    assert "'translated replace' helps" in text

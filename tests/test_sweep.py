@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -55,6 +56,25 @@ def test_a_ray_flag_without_ray_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     assert sweep.main([*GRID, "--out", str(tmp_path / "sweep")]) == 2
     assert "pip install -e '.[ray]'" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    """A loopback port that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}", "nonsense"])
+def test_an_address_without_a_cluster_is_one_line_and_writes_nothing(tmp_path, capsys, address):
+    """Ray itself retries a dead address for minutes with warnings; the sweep says so at once."""
+    out = tmp_path / "sweep"
+    address = address.format(port=closed_port())
+    assert sweep.main([*GRID, "--address", address, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--address" in err or "no Ray cluster answers" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_a_failing_cell_is_recorded_and_the_exit_code_says_so(tmp_path):
