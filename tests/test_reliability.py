@@ -39,6 +39,17 @@ def private_cache(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def cold_run(private_cache, tmp_path_factory) -> tuple[Path, Path]:
+    """One tiny run on an empty activation cache: (the cache it filled, its run folder). Tests that
+    compare against it copy the cache, so the run's subprocess (~10 s) is paid once per module."""
+    root = tmp_path_factory.mktemp("cold")
+    cache, folder = root / "cache", root / "run"
+    shutil.copytree(private_cache / "toy", cache / "toy")
+    assert run_cli([*TINY, "--out", str(folder)], cache).wait() == 0
+    return cache, folder
+
+
 def _interruptible() -> None:
     # A job started in the background by a non-interactive shell (as CI may be) inherits SIGINT as
     # ignored, and Python then installs no KeyboardInterrupt handler: restore the terminal's default.
@@ -118,9 +129,8 @@ def test_publishing_a_folder_sweeps_what_a_killed_run_left_and_replaces_whole(tm
 
 
 @pytest.mark.slow
-def test_a_run_killed_midway_reruns_to_the_same_results(private_cache, tmp_path):
-    reference = tmp_path / "reference"
-    assert run_cli([*TINY, "--no-cache", "--out", str(reference)], private_cache).wait() == 0
+def test_a_run_killed_midway_reruns_to_the_same_results(private_cache, cold_run, tmp_path):
+    _, reference = cold_run
     cache = tmp_path / "cache"
     out = tmp_path / "killed"
     process = start_and_wait_for_capture(private_cache, cache, out)
@@ -150,11 +160,10 @@ def test_ctrl_c_stops_with_one_line_and_no_run_folder(private_cache, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "flip", "nan"])
-def test_a_damaged_activation_file_is_reported_discarded_and_recomputed(private_cache, tmp_path, damage):
+def test_a_damaged_activation_file_is_reported_discarded_and_recomputed(cold_run, tmp_path, damage):
+    cold_cache, first = cold_run
     cache = tmp_path / "cache"
-    shutil.copytree(private_cache / "toy", cache / "toy")
-    first = tmp_path / "first"
-    assert run_cli([*TINY, "--out", str(first)], cache).wait() == 0
+    shutil.copytree(cold_cache, cache)
     files = sorted((cache / "activations").rglob("L*.safetensors"))
     assert files, "the run should have cached its activations"
     victim = files[0]
@@ -178,12 +187,15 @@ def test_a_damaged_activation_file_is_reported_discarded_and_recomputed(private_
 
 
 @pytest.mark.slow
-def test_cold_and_warm_runs_are_bit_identical_and_record_their_provenance(private_cache, tmp_path):
+def test_cold_and_warm_runs_are_bit_identical_and_record_their_provenance(cold_run, tmp_path):
+    cold_cache, cold = cold_run
     cache = tmp_path / "cache"
-    shutil.copytree(private_cache / "toy", cache / "toy")
-    runs = [tmp_path / name for name in ("cold", "warm", "no_cache")]
-    assert run_cli([*TINY, "--out", str(runs[0])], cache).wait() == 0
-    assert run_cli([*TINY, "--out", str(runs[1])], cache).wait() == 0
+    shutil.copytree(cold_cache, cache)
+    runs = [cold, tmp_path / "warm", tmp_path / "no_cache"]
+    cached = lambda: sorted((cache / "activations").rglob("*.safetensors"))
+    before = cached()
+    assert before and run_cli([*TINY, "--out", str(runs[1])], cache).wait() == 0
+    assert cached() == before  # warm: every activation came from the cache, none was captured anew
     assert run_cli([*TINY, "--no-cache", "--out", str(runs[2])], cache).wait() == 0
     assert results_of(runs[0]) == results_of(runs[1]) == results_of(runs[2])
     versions = json.loads((runs[0] / "results.json").read_text())["versions"]
