@@ -18,7 +18,7 @@ from mi_bridge.experiment import site_vectors
 from mi_bridge.inject import MODES
 from mi_bridge.report import saved_figure
 from mi_bridge.result import Result, Table
-from mi_bridge.stats import fmt_delta, helps
+from mi_bridge.stats import fmt_delta, helps_in_family
 
 NAME = "layer_sweep"
 HYPOTHESIS = "No sender/receiver layer pair makes the bridge useful."
@@ -82,9 +82,11 @@ def analyze(ctx: AnalysisContext) -> Result:
     ceiling = {lr: summarize_all(ctx, value, [cell])[0] for lr, value in ceiling_scores.items()}
     best_key = max(summary, key=lambda key: summary[key]["delta_accuracy"])
     best = summary[best_key]
-    useful = [key for key, s in summary.items() if helps(s)]
+    # any one of the grid's cells helping refutes the claim, so each must survive Holm over the grid
+    useful = [key for key, ok in zip(summary, helps_in_family(list(summary.values())), strict=True) if ok]
     numbers = (
-        f"{len(useful)} of {len(summary)} layer pairs raise accuracy with a CI above 0 ({mode}). Best: sender layer "
+        f"{len(useful)} of {len(summary)} layer pairs raise accuracy with a CI above 0 and survive the Holm "
+        f"correction over the grid ({mode}). Best: sender layer "
         f"{best_key[0]} -> receiver layer {best_key[1]}, Δacc {fmt_delta(best)}, normalized cosine "
         f"{best['normalized_cosine']:.3f}; context-free ceiling there: {fmt_delta(ceiling[best_key[1]])} (n={best['n']} per cell)."
     )

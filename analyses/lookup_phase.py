@@ -19,7 +19,7 @@ from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import SITE_CONDITIONS, site_vectors, summarize_conditions
 from mi_bridge.report import saved_figure
 from mi_bridge.result import Result, Table
-from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, helps
+from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, helps_in_family
 
 NAME = "lookup_phase"
 HYPOTHESIS = "A sender-derived vector can only help before the receiver has looked the answer up."
@@ -39,19 +39,25 @@ def analyze(ctx: AnalysisContext) -> Result:
             }
             scores[layer].append(evaluate_on_test(ctx, seed, vectors, conditions, layer=layer))
     follow = [seed.test.follow_index for seed in ctx.seeds]
-    rows = []
+    rows, tests = [], []
     for layer in layers:
         summaries = summarize_conditions(ctx.config, scores[layer], conditions, follow)
         site = diagnosis.site_section({s["name"]: s for s in summaries}, layer)
         rows.append(site | {"best_translated": diagnosis.best(summaries, "translated")})
-    helping = [r for r in rows if helps(r["best_translated"])]
+        tests += [(layer, s) for s in summaries if s["vector"] == "translated"]
+    # a layer helps if any of its translated conditions survives Holm over every layer's conditions
+    survivors = {
+        layer for (layer, _), ok in zip(tests, helps_in_family([s for _, s in tests]), strict=True) if ok
+    }
+    helping = [r for r in rows if r["layer"] in survivors]
     outside = [r for r in helping if r["class"] != "pre-lookup"]
     post = [r["layer"] for r in rows if r["class"] == "post-lookup"]
     pre = [r["layer"] for r in rows if r["class"] == "pre-lookup"]
     numbers = (
         f"Pre-lookup layers: {pre or 'none'}; post-lookup: {post or 'none'}; inert: "
         f"{[r['layer'] for r in rows if r['class'] == 'inert'] or 'none'}. The translated vector helps "
-        f"(best condition, CI above 0) at layers {[r['layer'] for r in helping] or 'none'}. "
+        f"(a condition with its CI above 0 that survives Holm over all {len(tests)} layer × condition "
+        f"tests) at layers {[r['layer'] for r in helping] or 'none'}. "
         + " ".join(
             f"Layer {r['layer']}: context-free {fmt_delta_site(r['context_free'])}, follow rate "
             f"{r['follow_rate']['mean']:.3f}, best translated {fmt_delta(r['best_translated'])}."

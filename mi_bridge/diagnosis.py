@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mi_bridge.stats import fmt_ci, fmt_delta, helps
+from mi_bridge.stats import FAMILY_ALPHA, fmt_ci, fmt_delta, helps, holm
 
 SITE_CLASSES = ("pre-lookup", "post-lookup", "inert", "undetermined")
 SITE_MODE = "replace"
@@ -29,7 +29,7 @@ STAGES = (
     ("task", "oracle − baseline (Δ accuracy)"),
     ("site", "context-free ceiling: best context-free self-patch (Δ accuracy); passes at a pre-lookup site"),
     ("sender", "B decodable from the sender state: held-out k-way accuracy of a linear probe"),
-    ("translation", "best translated-vector condition (Δ accuracy)"),
+    ("translation", "best translated-vector condition (Δ accuracy); passes if it survives Holm over all"),
     ("usability", "usability-trained bridge (Δ accuracy)"),
 )
 
@@ -92,6 +92,19 @@ def best(summaries: Sequence[dict], vector: str) -> dict | None:
     return max(chosen, key=lambda s: s["delta_accuracy"]) if chosen else None
 
 
+def holm_p(summary: dict, conditions: Sequence[dict]) -> float:
+    """``summary``'s sign-test p for Δ accuracy, Holm-adjusted over its family: every condition of its
+    vector kind. Choosing the best of a family by its mean is then no longer a free look."""
+    family = [c for c in conditions if c["vector"] == summary["vector"]]
+    adjusted = holm([c["delta_accuracy_p"] for c in family])
+    return adjusted[[c["name"] for c in family].index(summary["name"])]
+
+
+def helps_corrected(summary: dict, conditions: Sequence[dict]) -> bool:
+    """Raises accuracy with its CI above 0 and survives the Holm correction over its family."""
+    return helps(summary) and holm_p(summary, conditions) < FAMILY_ALPHA
+
+
 def decomposition(
     validity: dict,
     conditions: Sequence[dict],
@@ -135,7 +148,12 @@ def decomposition(
             "condition": "linear probe (k-way)",
             "passed": bool(sender_probe["ci"][0] > validity["chance"]),
         },
-        "translation": delta_row(translated),
+        "translation": {
+            **delta_row(translated),
+            "p_holm": holm_p(translated, conditions),
+            "family": sum(c["vector"] == "translated" for c in conditions),
+            "passed": helps_corrected(translated, conditions),
+        },
         "usability": None if usability is None else delta_row(usability),
     }
     stages = [{"stage": name, "measures": text, **(rows[name] or {"passed": None})} for name, text in STAGES]
@@ -155,14 +173,15 @@ HYPOTHESIS = (
 
 def verdict_label(results: dict) -> str:
     """The run's verdict on :data:`HYPOTHESIS`, read from the decomposition's translation stage (the best
-    translated condition, chosen by its mean among all of them, without correction for that choice):
-    ``not supported`` where it helps (Δ accuracy CI above 0); ``supported`` where it does not, at a
+    translated condition, chosen by its mean among all of them): ``not supported`` where it helps
+    (Δ accuracy CI above 0, and Holm-adjusted sign-test p < FAMILY_ALPHA over all translated
+    conditions, since it was chosen among them); ``supported`` where it does not, at a
     valid task and a pre-lookup site (whose context-free ceiling does clear 0 at this n, so the run
     could have seen a help); ``inconclusive`` where the task is not valid or no sender vector could
     help at this site."""
     if not results["validity"]["valid"]:
         return "inconclusive"
-    if helps(best(results["conditions"], "translated")):
+    if helps_corrected(best(results["conditions"], "translated"), results["conditions"]):
         return "not supported"
     return "supported" if results["site"]["class"] == "pre-lookup" else "inconclusive"
 
@@ -186,6 +205,7 @@ def verdict(results: dict) -> str:
         )
     translated = best(conditions, "translated")
     n_helps = sum(helps(c) for c in conditions if c["vector"] == "translated")
+    n_corrected = sum(helps_corrected(c, conditions) for c in conditions if c["vector"] == "translated")
     n_total = sum(c["vector"] == "translated" for c in conditions)
     parts = [f"Site: {site['class']} at receiver layer {site['layer']}. {site['explanation']}"]
     known = pre_lookup_layers(results.get("site_scan", []))
@@ -201,8 +221,10 @@ def verdict(results: dict) -> str:
         f"{bridge['raw_cosine']['mean']:.3f})."
     )
     parts.append(
-        f"{n_helps} of {n_total} translated-vector conditions raise accuracy with a CI above 0; the best is "
-        f"'{translated['name']}' {fmt_delta(translated)}, against a context-free ceiling of "
+        f"{n_helps} of {n_total} translated-vector conditions raise accuracy with a CI above 0 "
+        f"({n_corrected} after the Holm correction over the {n_total}, sign test, family-wise "
+        f"α = {FAMILY_ALPHA}); the best is '{translated['name']}' {fmt_delta(translated)}, "
+        f"Holm p = {holm_p(translated, conditions):.2g}, against a context-free ceiling of "
         f"{row(stages['site'])} ('{stages['site']['condition']}')."
     )
     if lost == "site":
@@ -213,10 +235,11 @@ def verdict(results: dict) -> str:
                 f"clears 0, chosen by its mean without correction for that choice, but the site is "
                 f"{site['class']} by its replace-mode test."
             )
-        if helps(translated):
+        if helps_corrected(translated, conditions):
             parts.append(
-                f"Yet '{translated['name']}' helps ({fmt_delta(translated)}): at this site a sender vector "
-                "does reach the answer in that mode, so the replace-mode class does not bound it."
+                f"Yet '{translated['name']}' helps ({fmt_delta(translated)}, after the Holm correction): "
+                "at this site a sender vector does reach the answer in that mode, so the replace-mode class "
+                "does not bound it."
             )
         else:
             parts.append(

@@ -29,7 +29,7 @@ from mi_bridge.evaluate import (
 )
 from mi_bridge.models import ModelPair
 from mi_bridge.prepare import ActivationStore, SeedContext, seed_contexts
-from mi_bridge.stats import mean_and_seeds, mean_with_ci, paired_bootstrap_ci
+from mi_bridge.stats import mean_and_seeds, mean_with_ci, paired_bootstrap_ci, sign_test_p
 
 SITE_CONDITIONS = [
     Condition(diagnosis.site_condition_name(k), vector=k, mode=diagnosis.SITE_MODE)
@@ -278,6 +278,7 @@ def summarize_condition(
             float((v - b).mean()) for v, b in zip(values, reference, strict=True)
         ]
         out[f"delta_{metric}_ci"] = list(ci)
+        out[f"delta_{metric}_p"] = sign_test_p(differences)  # for the Holm correction over a family
     if condition.vector == "counterfactual self-patch" and follow_index is not None:
         followed = torch.cat(
             [(s[condition.name].choice == f).double() for s, f in zip(seed_scores, follow_index, strict=True)]

@@ -192,6 +192,8 @@ def decomposition_rows(results: dict) -> list[tuple[str, ...]]:
         value = f"{s['value']:+.3f}" if s["stage"] != "sender" else f"{s['value']:.3f}"
         status = "LOST here" if s["stage"] == lost else ("passes" if s["passed"] else "fails")
         note = f"{s['measures']} (vs {s['reference']:.3f})" if s["stage"] == "sender" else s["measures"]
+        if "p_holm" in s:
+            note += f" (Holm p = {s['p_holm']:.2g} over {s['family']})"
         rows.append((s["stage"], f"{value} {_ci(s['ci'])}", str(s["n"]), status, note))
     return rows
 

@@ -57,7 +57,7 @@ from mi_bridge.seed_task import (
     relay_sender_prompt,
 )
 from mi_bridge.sgd_bridge import SGDL2Bridge
-from mi_bridge.stats import mean_with_ci
+from mi_bridge.stats import mean_with_ci, sign_test_p
 
 DEFAULT_FIT_TEXTS = 5000
 """The paper's fit corpus size (WikiText-103 texts)."""
@@ -434,7 +434,9 @@ def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun)
             row[metric] = mean_with_ci(pooled, n_resamples=config.n_bootstrap, seed=seed) | {
                 "per_run": [float(r.mean()) for r in runs]
             }
-            row[f"delta_{metric}"] = mean_with_ci(diff, n_resamples=config.n_bootstrap, seed=seed + 1)
+            row[f"delta_{metric}"] = mean_with_ci(diff, n_resamples=config.n_bootstrap, seed=seed + 1) | {
+                "p": sign_test_p(diff)  # exact McNemar on 0/1 outcomes, for the Holm correction
+            }
             if paper is not None and metric in paper:
                 row.setdefault("published", {})[metric] = paper[metric]
                 row.setdefault("difference", {})[metric] = row[metric]["mean"] - paper[metric]

@@ -11,7 +11,7 @@ from mi_bridge.hooks import resid_post_name
 from mi_bridge.report import _ci, saved_figure
 from mi_bridge.result import Result, Table
 from mi_bridge.seed_experiment import CONDITIONS, PRIMARY_METRIC
-from mi_bridge.stats import error_bars, excludes_zero
+from mi_bridge.stats import FAMILY_ALPHA, error_bars, excludes_zero, holm
 
 AUDIT_HEADER = ("check", "value", "reading")
 STRENGTH_HEADER = ("condition", "‖new − h‖/‖h‖", "‖injected‖/‖h‖", "‖h‖", "flag")
@@ -189,6 +189,11 @@ def verdict(results: dict) -> str:
         lines.append(
             f"Near-null injections (a null result is expected by construction): {', '.join(near_null)}."
         )
+    helping = helping_translated(results)
+    lines.append(
+        f"Translated conditions that raise {PRIMARY_METRIC.replace('_', ' ')} after the Holm correction over "
+        f"all of them (sign test, family-wise α = {FAMILY_ALPHA}): {', '.join(helping) or 'none'}."
+    )
     return " ".join(lines)
 
 
@@ -198,17 +203,30 @@ HYPOTHESIS = (
 )
 
 
+def helping_translated(results: dict) -> list[str]:
+    """The translated conditions (not the shuffled control) that raise boundary contains with a CI above
+    0 and a Holm-adjusted sign-test p below FAMILY_ALPHA over all of them."""
+    translated = {c.name for c in CONDITIONS if c.vector == "translated"}
+    family = [c for c in results["conditions"] if c["condition"] in translated]
+    deltas = [c[f"delta_{PRIMARY_METRIC}"] for c in family]
+    adjusted = holm([d["p"] for d in deltas])
+    return [
+        c["name"]
+        for c, d, p in zip(family, deltas, adjusted, strict=True)
+        if excludes_zero(d["ci"]) and d["mean"] > 0 and p < FAMILY_ALPHA
+    ]
+
+
 def verdict_label(results: dict) -> str:
     """``inconclusive`` where the task is not valid; ``not supported`` where a translated condition (not
-    the shuffled control) raises boundary contains with its CI above 0; where none does, ``supported``
+    the shuffled control) raises boundary contains, after the Holm correction over all of them (see
+    :func:`helping_translated`); where none does, ``supported``
     only if the sender reads something the receiver does not. The released protocol gives both models
     the same prompt, so its null is expected by construction: ``inconclusive``."""
     audit = results["audit"]
     if not audit["validity"]["valid"]:
         return "inconclusive"
-    translated = {c.name for c in CONDITIONS if c.vector == "translated"}
-    deltas = [c[f"delta_{PRIMARY_METRIC}"] for c in results["conditions"] if c["condition"] in translated]
-    if any(excludes_zero(d["ci"]) and d["mean"] > 0 for d in deltas):
+    if helping_translated(results):
         return "not supported"
     return "supported" if audit["information_asymmetry"]["asymmetric"] else "inconclusive"
 

@@ -1,4 +1,5 @@
-"""Statistics: paired bootstrap confidence intervals (scipy.stats) and summaries over seeds."""
+"""Statistics: paired bootstrap confidence intervals and sign tests (scipy.stats), the Holm correction
+for a family of conditions, and summaries over seeds."""
 
 from __future__ import annotations
 
@@ -37,6 +38,37 @@ def paired_bootstrap_ci(
     return (float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
+def sign_test_p(differences: np.ndarray) -> float:
+    """Two-sided exact sign test of per-item paired differences (condition − baseline) against 0.
+
+    On 0/1 outcomes this is the exact McNemar test: a binomial test of the items the condition gains
+    against those it loses; ties carry no information and are dropped."""
+    differences = np.asarray(differences, dtype=np.float64)
+    gained, lost = int(np.sum(differences > 0)), int(np.sum(differences < 0))
+    if gained + lost == 0:
+        return 1.0
+    return float(stats.binomtest(gained, gained + lost, 0.5).pvalue)
+
+
+FAMILY_ALPHA = 0.05
+"""Family-wise error rate of a claim that some condition of a family helps (Holm correction)."""
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values: rejecting every p_adj < α keeps the family-wise error ≤ α.
+
+    Step-down: the i-th smallest p (from 0) is multiplied by m − i, and the adjusted values are made
+    monotone in that order."""
+    p_values = np.asarray(p_values, dtype=np.float64)
+    m = p_values.size
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(np.argsort(p_values, kind="stable")):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
 def excludes_zero(interval: Sequence[float]) -> bool:
     low, high = interval
     return bool(low > 0 or high < 0)
@@ -45,6 +77,13 @@ def excludes_zero(interval: Sequence[float]) -> bool:
 def helps(summary: dict, metric: str = "accuracy") -> bool:
     """A condition summary's Δ ``metric`` vs baseline is positive with its 95% CI excluding 0."""
     return excludes_zero(summary[f"delta_{metric}_ci"]) and summary[f"delta_{metric}"] > 0
+
+
+def helps_in_family(family: Sequence[dict], metric: str = "accuracy") -> list[bool]:
+    """Per summary of ``family``: it helps (:func:`helps`) and its sign-test p (``delta_{metric}_p``)
+    survives the Holm correction over the whole family. Use it wherever a claim rests on any member."""
+    adjusted = holm([s[f"delta_{metric}_p"] for s in family])
+    return [helps(s, metric) and p < FAMILY_ALPHA for s, p in zip(family, adjusted, strict=True)]
 
 
 def hurts(summary: dict, metric: str = "accuracy") -> bool:

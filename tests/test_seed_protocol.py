@@ -299,21 +299,24 @@ def test_seed_prompts_and_answers_are_encoded_without_bos(pythia_cache):
 def test_the_seed_runs_verdict_label_reads_translated_conditions_and_the_asymmetry():
     from mi_bridge.seed_report import verdict_label
 
-    def results(valid: bool, asymmetric: bool, helped: str | None) -> dict:
+    def results(valid: bool, asymmetric: bool, helped: str | None, p: float = 0.001) -> dict:
         conditions = [
             {
+                "name": name,
                 "condition": name,
-                "delta_boundary_contains": {"mean": 0.1, "ci": [0.05, 0.15]}
+                "delta_boundary_contains": {"mean": 0.1, "ci": [0.05, 0.15], "p": p}
                 if name == helped
-                else {"mean": 0.0, "ci": [-0.05, 0.05]},
+                else {"mean": 0.0, "ci": [-0.05, 0.05], "p": 0.6},
             }
-            for name in ("no injection", "replace", "shuffled translation")
+            for name in ("no injection", "additive", "scale-corrected", "replace", "shuffled translation")
         ]
         audit = {"validity": {"valid": valid}, "information_asymmetry": {"asymmetric": asymmetric}}
         return {"audit": audit, "conditions": conditions}
 
     assert verdict_label(results(False, True, "replace")) == "inconclusive"
     assert verdict_label(results(True, False, "replace")) == "not supported"
+    # its CI clears 0, but at p = 0.02 it does not survive Holm over the translated conditions
+    assert verdict_label(results(True, True, "replace", p=0.02)) == "supported"
     assert (
         verdict_label(results(True, True, "shuffled translation")) == "supported"
     )  # a control is no transfer

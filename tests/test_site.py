@@ -66,8 +66,25 @@ def test_new_prompts_leave_the_existing_items_unchanged():
     assert decoded == "<bos> p13 lives c16 . p1 lives c21 . p11 lives c18 . p26 lives c17 . ? p1 lives"
 
 
-def summary(delta: float, low: float, high: float, name: str = "x", vector: str = "v", n: int = 100) -> dict:
-    return {"name": name, "vector": vector, "delta_accuracy": delta, "delta_accuracy_ci": [low, high], "n": n}
+def summary(
+    delta: float,
+    low: float,
+    high: float,
+    name: str = "x",
+    vector: str = "v",
+    n: int = 100,
+    p: float | None = None,
+) -> dict:
+    """A condition summary; its sign-test p agrees with its CI unless given."""
+    p = (0.001 if low > 0 or high < 0 else 0.5) if p is None else p
+    return {
+        "name": name,
+        "vector": vector,
+        "delta_accuracy": delta,
+        "delta_accuracy_ci": [low, high],
+        "delta_accuracy_p": p,
+        "n": n,
+    }
 
 
 def follow(rate: float) -> dict:
@@ -123,12 +140,8 @@ def test_the_runs_verdict_label_follows_validity_help_and_site():
 
     def results(valid: bool, site: str, translated_ci: tuple[float, float]) -> dict:
         low, high = translated_ci
-        translated = {
-            "vector": "translated",
-            "delta_accuracy": (low + high) / 2,
-            "delta_accuracy_ci": [low, high],
-        }
-        control = {"vector": "self-patch", "delta_accuracy": 0.5, "delta_accuracy_ci": [0.4, 0.6]}
+        translated = summary((low + high) / 2, low, high, name="translated", vector="translated")
+        control = summary(0.5, 0.4, 0.6, name="self-patch", vector="self-patch")
         return {"validity": {"valid": valid}, "site": {"class": site}, "conditions": [control, translated]}
 
     assert verdict_label(results(False, "pre-lookup", (0.1, 0.2))) == "inconclusive"
@@ -184,3 +197,33 @@ def test_a_translated_vector_that_helps_off_a_pre_lookup_site_is_reported_not_de
     assert decomposition["first_lost"] == "site"
     assert "no vector computed from the sender can help here" not in text
     assert "'translated replace' helps" in text
+
+
+def family_results(best_p: float, n_family: int = 10) -> dict:
+    """A valid run at a pre-lookup site whose best of ``n_family`` translated conditions has its CI
+    above 0 and sign-test p ``best_p``; the others show nothing."""
+    translated = [summary(0.08, 0.01, 0.15, name="translated 0", vector="translated", p=best_p)] + [
+        summary(0.0, -0.05, 0.05, name=f"translated {i}", vector="translated") for i in range(1, n_family)
+    ]
+    context_free = summary(
+        0.5, 0.45, 0.55, name="context-free self-patch replace", vector="context-free self-patch"
+    )
+    return {
+        "validity": {"oracle_gap": {"mean": 0.7, "ci": [0.68, 0.72]}, "valid": True, "chance": 0.25},
+        "site": {"class": "pre-lookup"},
+        "conditions": [context_free, *translated],
+    }
+
+
+@pytest.mark.parametrize("best_p, label", [(0.02, "supported"), (0.004, "not supported")])
+def test_the_best_of_a_family_must_survive_the_holm_correction(best_p, label):
+    """Chosen as the best of 10, a condition whose own CI clears 0 at p = 0.02 is no evidence (Holm
+    p = 0.2); at p = 0.004 (Holm p = 0.04) it is."""
+    results = family_results(best_p)
+    assert diagnosis.holm_p(results["conditions"][1], results["conditions"]) == pytest.approx(10 * best_p)
+    assert diagnosis.verdict_label(results) == label
+    probe = {"mean": 0.95, "ci": [0.93, 0.97], "n": 100}
+    stages = diagnosis.decomposition(
+        results["validity"], results["conditions"], probe, site_class="pre-lookup"
+    )
+    assert stages["first_lost"] == ("translation" if label == "supported" else None)
