@@ -62,8 +62,10 @@ def information_asymmetry(
 
 
 def paired_differences(a_runs: Sequence[np.ndarray], b_runs: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-item differences a − b pooled over runs; a condition with one run (deterministic) is paired
-    with every run of the other."""
+    """Per-item differences a − b, averaged over runs; a condition with one run (deterministic) is
+    paired with every run of the other. Every run scores the same items, so the item is the unit of
+    every CI and test built on this: pooling items × runs would count one item once per run and make
+    CIs too narrow by up to √runs."""
     if len(a_runs) != len(b_runs):
         if len(a_runs) == 1:
             a_runs = list(a_runs) * len(b_runs)
@@ -71,9 +73,16 @@ def paired_differences(a_runs: Sequence[np.ndarray], b_runs: Sequence[np.ndarray
             b_runs = list(b_runs) * len(a_runs)
         else:
             raise ValueError(f"cannot pair {len(a_runs)} runs with {len(b_runs)}")
-    return np.concatenate(
+    return per_item_mean(
         [np.asarray(a, float) - np.asarray(b, float) for a, b in zip(a_runs, b_runs, strict=True)]
     )
+
+
+def per_item_mean(runs: Sequence[np.ndarray]) -> np.ndarray:
+    """One value per item: its mean over runs that score the same items in the same order."""
+    if len({len(r) for r in runs}) != 1:
+        raise ValueError(f"runs score different numbers of items: {[len(r) for r in runs]}")
+    return np.mean(np.stack([np.asarray(r, float) for r in runs]), axis=0)
 
 
 def floor_equivalence(

@@ -105,6 +105,22 @@ def helps_corrected(summary: dict, conditions: Sequence[dict]) -> bool:
     return helps(summary) and holm_p(summary, conditions) < FAMILY_ALPHA
 
 
+def best_translated(conditions: Sequence[dict]) -> dict:
+    """The translated condition the translation stage reads: the best (by Δ accuracy) of those that
+    survive the Holm correction over all translated conditions, or else the best of all of them."""
+    survivors = [c for c in conditions if c["vector"] == "translated" and helps_corrected(c, conditions)]
+    return max(survivors, key=lambda s: s["delta_accuracy"]) if survivors else best(conditions, "translated")
+
+
+def ceiling_survives(conditions: Sequence[dict]) -> bool:
+    """Could the run have shown a help? Only if the replace-mode context-free ceiling (the test that
+    makes a site pre-lookup) would itself survive the Holm correction as the strongest member of the
+    translated family: p × N < FAMILY_ALPHA. A translated condition as good as the ceiling then would."""
+    ceiling = next(c for c in conditions if c["name"] == site_condition_name("context-free self-patch"))
+    n_family = sum(c["vector"] == "translated" for c in conditions)
+    return helps(ceiling) and ceiling["delta_accuracy_p"] * n_family < FAMILY_ALPHA
+
+
 def decomposition(
     validity: dict,
     conditions: Sequence[dict],
@@ -118,7 +134,7 @@ def decomposition(
     several context-free modes, chosen without correction, and one of them clearing 0 by chance at a
     post-lookup site must not move the blame on to the translation.
     """
-    ceiling, translated = best(conditions, "context-free self-patch"), best(conditions, "translated")
+    ceiling, translated = best(conditions, "context-free self-patch"), best_translated(conditions)
     delta_row = lambda s: {
         "value": s["delta_accuracy"],
         "ci": s["delta_accuracy_ci"],
@@ -172,18 +188,20 @@ HYPOTHESIS = (
 
 
 def verdict_label(results: dict) -> str:
-    """The run's verdict on :data:`HYPOTHESIS`, read from the decomposition's translation stage (the best
-    translated condition, chosen by its mean among all of them): ``not supported`` where it helps
-    (Δ accuracy CI above 0, and Holm-adjusted sign-test p < FAMILY_ALPHA over all translated
-    conditions, since it was chosen among them); ``supported`` where it does not, at a
-    valid task and a pre-lookup site (whose context-free ceiling does clear 0 at this n, so the run
-    could have seen a help); ``inconclusive`` where the task is not valid or no sender vector could
-    help at this site."""
+    """The run's verdict on :data:`HYPOTHESIS`, read from the decomposition's translation stage:
+    ``not supported`` where a translated condition helps (Δ accuracy CI above 0, and Holm-adjusted
+    sign-test p < FAMILY_ALPHA over all translated conditions, since the best is chosen among them);
+    ``supported`` where none does, at a valid task and a pre-lookup site whose context-free ceiling
+    would itself pass that bar (:func:`ceiling_survives`, so the run could have shown a help);
+    ``inconclusive`` otherwise: the task is not valid, no sender vector could help at this site, or
+    the run lacks the power to show a help."""
+    conditions = results["conditions"]
     if not results["validity"]["valid"]:
         return "inconclusive"
-    if helps_corrected(best(results["conditions"], "translated"), results["conditions"]):
+    if helps_corrected(best_translated(conditions), conditions):
         return "not supported"
-    return "supported" if results["site"]["class"] == "pre-lookup" else "inconclusive"
+    pre_lookup = results["site"]["class"] == "pre-lookup"
+    return "supported" if pre_lookup and ceiling_survives(conditions) else "inconclusive"
 
 
 def verdict(results: dict) -> str:
@@ -203,7 +221,7 @@ def verdict(results: dict) -> str:
             f"{fmt_ci(gap['ci'])}, required >= {validity['min_oracle_gap']}). The receiver cannot use the "
             "bridge entity even when it is written in the slot, so injected states cannot be judged here."
         )
-    translated = best(conditions, "translated")
+    translated = best_translated(conditions)
     n_helps = sum(helps(c) for c in conditions if c["vector"] == "translated")
     n_corrected = sum(helps_corrected(c, conditions) for c in conditions if c["vector"] == "translated")
     n_total = sum(c["vector"] == "translated" for c in conditions)
@@ -223,7 +241,8 @@ def verdict(results: dict) -> str:
     parts.append(
         f"{n_helps} of {n_total} translated-vector conditions raise accuracy with a CI above 0 "
         f"({n_corrected} after the Holm correction over the {n_total}, sign test, family-wise "
-        f"α = {FAMILY_ALPHA}); the best is '{translated['name']}' {fmt_delta(translated)}, "
+        f"α = {FAMILY_ALPHA}); the best{' surviving' if n_corrected else ''} is '{translated['name']}' "
+        f"{fmt_delta(translated)}, "
         f"Holm p = {holm_p(translated, conditions):.2g}, against a context-free ceiling of "
         f"{row(stages['site'])} ('{stages['site']['condition']}')."
     )
@@ -256,6 +275,12 @@ def verdict(results: dict) -> str:
             f"The sender carries B (probe {row(stages['sender'])}) but the translation loses it. "
             "At this pre-lookup site the failure lies in the translation."
         )
+        if not ceiling_survives(conditions):
+            parts.append(
+                f"But the context-free ceiling itself would not survive the Holm correction over the "
+                f"{n_total} translated conditions, so this run lacks the power to show a help: "
+                "inconclusive. Use more items or fewer conditions."
+            )
     elif lost is None:
         share = stages["translation"]["value"] / stages["site"]["value"]
         parts.append(

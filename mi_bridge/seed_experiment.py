@@ -412,8 +412,8 @@ def prepare_seed_run(
 
 
 def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun) -> dict:
-    """Per condition: every metric's mean with CI and n, the paired Δ vs no injection, the published
-    number and the difference; and the audit."""
+    """Per condition (runs averaged per item, so n counts items): every metric's mean with CI, the paired
+    Δ vs no injection with its sign-test p, the published number and the difference; and the audit."""
     published = load_published()
     baseline = outcomes[BASELINE.name]
     rows = []
@@ -426,16 +426,15 @@ def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun)
             "bridge": meta[key]["bridge"],
             "runs": len(by_metric[PRIMARY_METRIC]),
         }
-        row["n"] = int(sum(len(a) for a in by_metric[PRIMARY_METRIC]))
+        row["n"] = len(by_metric[PRIMARY_METRIC][0])  # items: runs are averaged per item
         for metric, runs in by_metric.items():
-            pooled = np.concatenate(runs)
             diff = audit.paired_differences(runs, baseline[metric])
             seed = zlib.crc32(f"{key}/{metric}".encode())
-            row[metric] = mean_with_ci(pooled, n_resamples=config.n_bootstrap, seed=seed) | {
-                "per_run": [float(r.mean()) for r in runs]
-            }
+            row[metric] = mean_with_ci(
+                audit.per_item_mean(runs), n_resamples=config.n_bootstrap, seed=seed
+            ) | {"per_run": [float(r.mean()) for r in runs]}
             row[f"delta_{metric}"] = mean_with_ci(diff, n_resamples=config.n_bootstrap, seed=seed + 1) | {
-                "p": sign_test_p(diff)  # exact McNemar on 0/1 outcomes, for the Holm correction
+                "p": sign_test_p(diff)  # per item, over its runs' mean difference; for the Holm correction
             }
             if paper is not None and metric in paper:
                 row.setdefault("published", {})[metric] = paper[metric]

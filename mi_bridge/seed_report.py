@@ -19,7 +19,7 @@ FLOOR_HEADER = ("condition", "− zero replacement [95% CI]", "− same-norm ran
 CONDITION_HEADER = (
     "condition",
     "runs",
-    "n",
+    "n items",
     "boundary [95% CI]",
     "paper",
     "diff",
@@ -243,7 +243,7 @@ def seed_result(results: dict) -> Result:
         Table("Configuration", ("setting", "value"), configuration_rows(results)),
         Table("Bridge fit (held-out last 10% of the fit pairs)", FIT_HEADER, fit_rows(results)),
         Table(
-            "Conditions beside the published table (mean over runs, items pooled)",
+            "Conditions beside the published table (mean over runs; n items, each averaged over the runs)",
             CONDITION_HEADER,
             condition_rows(results),
         ),

@@ -308,15 +308,23 @@ def test_the_seed_runs_verdict_label_reads_translated_conditions_and_the_asymmet
                 if name == helped
                 else {"mean": 0.0, "ci": [-0.05, 0.05], "p": 0.6},
             }
-            for name in ("no injection", "additive", "scale-corrected", "replace", "shuffled translation")
+            for name in (
+                "no injection",
+                "additive",
+                "best alpha (0.3)",
+                "scale-corrected",
+                "replace",
+                "shuffled translation",
+            )
         ]
         audit = {"validity": {"valid": valid}, "information_asymmetry": {"asymmetric": asymmetric}}
         return {"audit": audit, "conditions": conditions}
 
     assert verdict_label(results(False, True, "replace")) == "inconclusive"
     assert verdict_label(results(True, False, "replace")) == "not supported"
-    # its CI clears 0, but at p = 0.02 it does not survive Holm over the translated conditions
+    # its CI clears 0, but at p = 0.02 it does not survive Holm over the 4 translated conditions (0.08)
     assert verdict_label(results(True, True, "replace", p=0.02)) == "supported"
+    assert verdict_label(results(True, True, "replace", p=0.01)) == "not supported"
     assert (
         verdict_label(results(True, True, "shuffled translation")) == "supported"
     )  # a control is no transfer
@@ -324,3 +332,21 @@ def test_the_seed_runs_verdict_label_reads_translated_conditions_and_the_asymmet
     assert (
         verdict_label(results(True, False, None)) == "inconclusive"
     )  # the released protocol: null by construction
+
+
+def test_runs_of_one_item_set_are_averaged_per_item_not_pooled():
+    """Three bridge runs score the same items: the CI and the sign test must count each item once.
+    Three identical runs are then exactly one run; pooled, they would triple n and narrow the CI."""
+    import numpy as np
+
+    from mi_bridge import audit
+    from mi_bridge.stats import paired_bootstrap_ci, sign_test_p
+
+    rng = np.random.default_rng(0)
+    baseline, run = [rng.random(40) < 0.3], rng.random(40) < 0.5
+    once, thrice = audit.paired_differences([run], baseline), audit.paired_differences([run] * 3, baseline)
+    assert thrice.shape == (40,) and np.array_equal(once, thrice)
+    assert sign_test_p(thrice) == sign_test_p(once)
+    assert paired_bootstrap_ci(thrice) == paired_bootstrap_ci(once)
+    with pytest.raises(ValueError, match="different numbers of items"):
+        audit.per_item_mean([np.zeros(3), np.zeros(4)])

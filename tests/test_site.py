@@ -141,8 +141,10 @@ def test_the_runs_verdict_label_follows_validity_help_and_site():
     def results(valid: bool, site: str, translated_ci: tuple[float, float]) -> dict:
         low, high = translated_ci
         translated = summary((low + high) / 2, low, high, name="translated", vector="translated")
-        control = summary(0.5, 0.4, 0.6, name="self-patch", vector="self-patch")
-        return {"validity": {"valid": valid}, "site": {"class": site}, "conditions": [control, translated]}
+        ceiling = summary(
+            0.5, 0.4, 0.6, name="context-free self-patch replace", vector="context-free self-patch"
+        )
+        return {"validity": {"valid": valid}, "site": {"class": site}, "conditions": [ceiling, translated]}
 
     assert verdict_label(results(False, "pre-lookup", (0.1, 0.2))) == "inconclusive"
     assert verdict_label(results(True, "pre-lookup", (0.1, 0.2))) == "not supported"
@@ -158,6 +160,11 @@ def planted_verdict(site_class: str, translated: dict) -> tuple[dict, str]:
     context_free = summary(0.05, 0.01, 0.09)
     conditions = [
         {**context_free, "name": "context-free self-patch add a=1", "vector": "context-free self-patch"},
+        {
+            **summary(0.04, 0.005, 0.075),
+            "name": "context-free self-patch replace",
+            "vector": "context-free self-patch",
+        },
         {**translated, "name": "translated replace", "vector": "translated"},
         {**summary(0.7, 0.68, 0.72), "name": "text relay", "vector": "text relay"},
     ]
@@ -199,14 +206,15 @@ def test_a_translated_vector_that_helps_off_a_pre_lookup_site_is_reported_not_de
     assert "'translated replace' helps" in text
 
 
-def family_results(best_p: float, n_family: int = 10) -> dict:
+def family_results(best_p: float, n_family: int = 10, ceiling_p: float = 0.001, extra: tuple = ()) -> dict:
     """A valid run at a pre-lookup site whose best of ``n_family`` translated conditions has its CI
     above 0 and sign-test p ``best_p``; the others show nothing."""
     translated = [summary(0.08, 0.01, 0.15, name="translated 0", vector="translated", p=best_p)] + [
         summary(0.0, -0.05, 0.05, name=f"translated {i}", vector="translated") for i in range(1, n_family)
     ]
+    translated = [*translated[: n_family - len(extra)], *extra]
     context_free = summary(
-        0.5, 0.45, 0.55, name="context-free self-patch replace", vector="context-free self-patch"
+        0.5, 0.45, 0.55, name="context-free self-patch replace", vector="context-free self-patch", p=ceiling_p
     )
     return {
         "validity": {"oracle_gap": {"mean": 0.7, "ci": [0.68, 0.72]}, "valid": True, "chance": 0.25},
@@ -227,3 +235,25 @@ def test_the_best_of_a_family_must_survive_the_holm_correction(best_p, label):
         results["validity"], results["conditions"], probe, site_class="pre-lookup"
     )
     assert stages["first_lost"] == ("translation" if label == "supported" else None)
+
+
+def test_the_stage_reads_a_surviving_condition_when_the_best_by_mean_does_not_survive():
+    """The best mean (+0.08, p = 0.057) fails Holm; a smaller, cleaner effect (+0.05, p = 6e-5) passes:
+    the stage, the label and the verdict's count must all say that a translated condition helps."""
+    clean = summary(0.05, 0.03, 0.07, name="translated clean", vector="translated", p=6e-5)
+    results = family_results(0.057, extra=(clean,))
+    probe = {"mean": 0.95, "ci": [0.93, 0.97], "n": 100}
+    stages = diagnosis.decomposition(
+        results["validity"], results["conditions"], probe, site_class="pre-lookup"
+    )
+    translation = next(s for s in stages["stages"] if s["stage"] == "translation")
+    assert translation["condition"] == "translated clean" and translation["passed"]
+    assert stages["first_lost"] is None
+    assert diagnosis.verdict_label(results) == "not supported"
+
+
+def test_without_the_power_to_show_a_help_the_label_is_inconclusive():
+    """At p = 0.01 the ceiling clears its own CI but would not survive Holm over 10 (0.1): a translated
+    condition as good as the ceiling would fail, so its absence says nothing."""
+    assert diagnosis.verdict_label(family_results(0.5, ceiling_p=0.001)) == "supported"
+    assert diagnosis.verdict_label(family_results(0.5, ceiling_p=0.01)) == "inconclusive"

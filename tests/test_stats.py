@@ -3,7 +3,14 @@ Holm correction keep a family's false positives at their level."""
 
 import numpy as np
 
-from mi_bridge.stats import FAMILY_ALPHA, excludes_zero, holm, paired_bootstrap_ci, sign_test_p
+from mi_bridge.stats import (
+    FAMILY_ALPHA,
+    excludes_zero,
+    helps_in_family,
+    holm,
+    paired_bootstrap_ci,
+    sign_test_p,
+)
 
 
 def test_bootstrap_intervals_cover_a_known_effect():
@@ -91,3 +98,20 @@ def test_holm_keeps_the_family_wise_error_of_ten_null_conditions_at_its_level():
         corrected += min(holm(p_values)) < FAMILY_ALPHA
     assert uncorrected / runs > 3 * FAMILY_ALPHA
     assert corrected / runs <= FAMILY_ALPHA + 0.025
+
+
+def test_a_member_helps_in_its_family_only_with_its_ci_above_0_and_its_holm_p_below_alpha():
+    def member(delta, low, p):
+        return {"delta_accuracy": delta, "delta_accuracy_ci": [low, 2 * delta - low], "delta_accuracy_p": p}
+
+    family = [
+        member(0.1, 0.05, 0.004),
+        member(0.1, 0.05, 0.02),
+        member(0.1, -0.01, 0.001),
+        member(-0.1, -0.15, 0.001),
+    ]
+    # Holm over 4, in p order: 0.001 -> 0.004, 0.001 -> 0.004, 0.004 -> 0.008, 0.02 -> 0.02: the first
+    # two help; the third's CI runs through 0, the fourth is a harm
+    assert helps_in_family(family) == [True, True, False, False]
+    # over 5 with three null members: 0.004 -> 0.02 helps, 0.02 -> 0.08 does not
+    assert helps_in_family(family[:2] + [member(0.0, -0.1, 0.9)] * 3) == [True, False, False, False, False]
