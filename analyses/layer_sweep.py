@@ -18,7 +18,7 @@ from mi_bridge.experiment import site_vectors
 from mi_bridge.inject import MODES
 from mi_bridge.report import saved_figure
 from mi_bridge.result import Result, Table
-from mi_bridge.stats import fmt_delta, helps_in_family
+from mi_bridge.stats import FAMILY_ALPHA, fmt_delta, helps, helps_in_family
 
 NAME = "layer_sweep"
 HYPOTHESIS = "No sender/receiver layer pair makes the bridge useful."
@@ -90,7 +90,12 @@ def analyze(ctx: AnalysisContext) -> Result:
         f"{best_key[0]} -> receiver layer {best_key[1]}, Δacc {fmt_delta(best)}, normalized cosine "
         f"{best['normalized_cosine']:.3f}; context-free ceiling there: {fmt_delta(ceiling[best_key[1]])} (n={best['n']} per cell)."
     )
-    verdict = "not supported" if useful else "supported"
+    # a null grid supports the claim only if a help was detectable: some receiver layer's ceiling
+    # would survive the same Holm correction as the strongest cell (p × cells < alpha)
+    detectable = [
+        lr for lr, c in ceiling.items() if helps(c) and c["delta_accuracy_p"] * len(summary) < FAMILY_ALPHA
+    ]
+    verdict = "not supported" if useful else ("supported" if detectable else "inconclusive")
     rows = [
         (f"L{ls}", f"L{lr}", f"{s['normalized_cosine']:.3f}", fmt_delta(s), fmt_delta(ceiling[lr]))
         for (ls, lr), s in summary.items()
@@ -119,7 +124,11 @@ def analyze(ctx: AnalysisContext) -> Result:
     tail = (
         " A useful pair exists; the bridge can communicate at the right depth."
         if useful
-        else " No cell of the grid helps."
+        else f" No cell of the grid helps, where the context-free ceiling shows a help was detectable "
+        f"(receiver layers {detectable})."
+        if detectable
+        else " No cell of the grid helps, but no receiver layer's context-free ceiling would survive the "
+        "Holm correction over the grid either: the grid lacks the power to show a help."
     )
     return Result(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
 

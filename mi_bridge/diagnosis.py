@@ -116,7 +116,10 @@ def ceiling_survives(conditions: Sequence[dict]) -> bool:
     """Could the run have shown a help? Only if the replace-mode context-free ceiling (the test that
     makes a site pre-lookup) would itself survive the Holm correction as the strongest member of the
     translated family: p × N < FAMILY_ALPHA. A translated condition as good as the ceiling then would."""
-    ceiling = next(c for c in conditions if c["name"] == site_condition_name("context-free self-patch"))
+    name = site_condition_name("context-free self-patch")
+    ceiling = next((c for c in conditions if c["name"] == name), None)
+    if ceiling is None:  # without the control, nothing shows that a help was detectable
+        return False
     n_family = sum(c["vector"] == "translated" for c in conditions)
     return helps(ceiling) and ceiling["delta_accuracy_p"] * n_family < FAMILY_ALPHA
 
@@ -130,9 +133,10 @@ def decomposition(
 ) -> dict:
     """One row per stage (task, site, sender, translation, usability) and the first stage that fails.
 
-    With ``site_class``, the site stage passes only at a pre-lookup site: its value is the best of
+    With ``site_class``, the site stage passes exactly at a pre-lookup site: its value is the best of
     several context-free modes, chosen without correction, and one of them clearing 0 by chance at a
-    post-lookup site must not move the blame on to the translation.
+    post-lookup site must not move the blame on to the translation (nor one with a wide CI keep it
+    off the translation at a pre-lookup site).
     """
     ceiling, translated = best(conditions, "context-free self-patch"), best_translated(conditions)
     delta_row = lambda s: {
@@ -154,7 +158,8 @@ def decomposition(
         },
         "site": {
             **delta_row(ceiling),
-            "passed": helps(ceiling) and site_class in (None, "pre-lookup"),
+            # a pre-lookup site is one whose replace-mode ceiling helps, whichever mode has the best mean
+            "passed": helps(ceiling) if site_class is None else site_class == "pre-lookup",
         },
         "sender": {
             "value": sender_probe["mean"],
@@ -265,6 +270,12 @@ def verdict(results: dict) -> str:
                 "The signal is lost at the site: no vector computed from the sender can help here, so this "
                 "run says nothing about the translation. Inject at a pre-lookup layer to test it."
             )
+    elif lost == "sender" and stages["translation"]["passed"]:
+        parts.append(
+            f"A linear probe reads B from the sender state at only {row(stages['sender'])} (chance "
+            f"{validity['chance']:.3f}), yet '{translated['name']}' helps after the Holm correction: the "
+            "bridge uses something in the sender state that the probe does not read."
+        )
     elif lost == "sender":
         parts.append(
             f"The signal is lost at the sender: a linear probe reads B from its state at only "
@@ -275,17 +286,17 @@ def verdict(results: dict) -> str:
             f"The sender carries B (probe {row(stages['sender'])}) but the translation loses it. "
             "At this pre-lookup site the failure lies in the translation."
         )
-        if not ceiling_survives(conditions):
-            parts.append(
-                f"But the context-free ceiling itself would not survive the Holm correction over the "
-                f"{n_total} translated conditions, so this run lacks the power to show a help: "
-                "inconclusive. Use more items or fewer conditions."
-            )
     elif lost is None:
         share = stages["translation"]["value"] / stages["site"]["value"]
         parts.append(
             f"The signal survives every stage measured: the best translated condition closes {share:.0%} of "
             "the gap between the baseline and the context-free ceiling."
+        )
+    if site["class"] == "pre-lookup" and not n_corrected and not ceiling_survives(conditions):
+        parts.append(
+            f"The replace-mode context-free ceiling itself would not survive the Holm correction over the "
+            f"{n_total} translated conditions, so this run lacks the power to show a help: the label is "
+            "inconclusive. Use more items or fewer conditions."
         )
     relay = by_name["text relay"]
     parts.append(

@@ -166,12 +166,19 @@ def planted_verdict(site_class: str, translated: dict) -> tuple[dict, str]:
             "vector": "context-free self-patch",
         },
         {**translated, "name": "translated replace", "vector": "translated"},
-        {**summary(0.7, 0.68, 0.72), "name": "text relay", "vector": "text relay"},
     ]
+    results = planted_run_results(site_class, conditions, probe_low=0.93)
+    return results["decomposition"], diagnosis.verdict(results)
+
+
+def planted_run_results(site_class: str, conditions: list[dict], probe_low: float) -> dict:
+    """results.json's sections that the decomposition, the verdict and the label read, for a valid task
+    at a planted site class (the text relay is added)."""
+    conditions = [*conditions, {**summary(0.7, 0.68, 0.72), "name": "text relay", "vector": "text relay"}]
     validity = {"oracle_gap": {"mean": 0.7, "ci": [0.68, 0.72]}, "valid": True, "chance": 0.25}
-    probe = {"mean": 0.95, "ci": [0.93, 0.97], "n": 100}
+    probe = {"mean": probe_low + 0.02, "ci": [probe_low, probe_low + 0.04], "n": 100}
     cosine = {"mean": 0.9}
-    results = {
+    return {
         "validity": validity,
         "site": {"class": site_class, "layer": 1, "explanation": "(planted)"},
         "bridge": {
@@ -183,7 +190,6 @@ def planted_verdict(site_class: str, translated: dict) -> tuple[dict, str]:
         "conditions": conditions,
         "decomposition": diagnosis.decomposition(validity, conditions, probe, site_class=site_class),
     }
-    return results["decomposition"], diagnosis.verdict(results)
 
 
 @pytest.mark.parametrize("site_class", ["pre-lookup", "post-lookup", "inert", "undetermined"])
@@ -257,3 +263,52 @@ def test_without_the_power_to_show_a_help_the_label_is_inconclusive():
     condition as good as the ceiling would fail, so its absence says nothing."""
     assert diagnosis.verdict_label(family_results(0.5, ceiling_p=0.001)) == "supported"
     assert diagnosis.verdict_label(family_results(0.5, ceiling_p=0.01)) == "inconclusive"
+
+
+def planted_run(site_class: str, ceiling_p: float, wide_best_mode: bool, probe_low: float, translated: str):
+    """A full planted run (conditions, decomposition, verdict and label) for the consistency grid."""
+    replace = summary(0.05, 0.02, 0.08, name="context-free self-patch replace", p=ceiling_p)
+    other = summary(0.06, -0.005, 0.125, p=0.09) if wide_best_mode else summary(0.01, -0.02, 0.04)
+    family = {
+        "none": [summary(0.0, -0.03, 0.03)],
+        "survivor": [summary(0.04, 0.02, 0.06, p=1e-5)],
+        "best fails, other survives": [summary(0.08, 0.01, 0.15, p=0.057), summary(0.04, 0.02, 0.06, p=1e-5)],
+    }[translated]
+    conditions = [
+        {**replace, "vector": "context-free self-patch"},
+        {**other, "name": "context-free self-patch add a=1", "vector": "context-free self-patch"},
+        *[{**t, "name": f"translated {i}", "vector": "translated"} for i, t in enumerate(family)],
+        *[
+            {**summary(0.0, -0.03, 0.03), "name": f"translated null {i}", "vector": "translated"}
+            for i in range(4)
+        ],
+    ]
+    results = planted_run_results(site_class, conditions, probe_low)
+    return results, diagnosis.verdict(results), diagnosis.verdict_label(results)
+
+
+@pytest.mark.parametrize("site_class", ["pre-lookup", "post-lookup", "inert", "undetermined"])
+def test_stage_label_and_verdict_text_never_contradict_each_other(site_class):
+    """Over a grid of planted runs: the label follows the translation stage, the text never calls a
+    pre-lookup site hopeless nor the sender lost while a translated condition helps, and a withheld
+    label at a pre-lookup site says why."""
+    for ceiling_p in (0.001, 0.01):
+        for wide_best_mode in (False, True):
+            for probe_low in (0.9, 0.2):
+                for translated in ("none", "survivor", "best fails, other survives"):
+                    results, text, label = planted_run(
+                        site_class, ceiling_p, wide_best_mode, probe_low, translated
+                    )
+                    stages = {s["stage"]: s for s in results["decomposition"]["stages"]}
+                    case = (ceiling_p, wide_best_mode, probe_low, translated)
+                    assert (label == "not supported") == stages["translation"]["passed"], case
+                    assert stages["translation"]["passed"] == (translated != "none"), case
+                    if site_class == "pre-lookup":
+                        assert results["decomposition"]["first_lost"] != "site", case
+                        assert "no vector computed from the sender can help here" not in text, case
+                        if label == "inconclusive":
+                            assert "lacks the power to show a help" in text, case
+                    else:
+                        assert label in ("not supported", "inconclusive"), case
+                    if stages["translation"]["passed"]:
+                        assert "The signal is lost at the sender" not in text, case
