@@ -5,7 +5,8 @@
 For every receiver layer, at the configured site: self-patch (the receiver's own oracle state), the
 context-free ceiling (its state for B read against another item's facts: B without this item's answer),
 the follow rate of the counterfactual self-patch (share of items answered with the permuted C: does
-the state carry the answer?) and the best translated condition (bridge fitted per layer, every mode).
+the state carry the answer?) and the best translated condition (bridge fitted per layer, every mode;
+the best that survives the Holm correction over every layer's conditions, or else the best by mean).
 Layers are classed pre-lookup, post-lookup or inert (docs/DESIGN.md, "Site diagnosis").
 """
 
@@ -19,7 +20,7 @@ from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import SITE_CONDITIONS, site_vectors, summarize_conditions
 from mi_bridge.report import saved_figure
 from mi_bridge.result import Result, Table
-from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, helps_in_family
+from mi_bridge.stats import FAMILY_ALPHA, error_bars, fmt_ci, fmt_delta, helps_in_family
 
 NAME = "lookup_phase"
 HYPOTHESIS = "A sender-derived vector can only help before the receiver has looked the answer up."
@@ -39,17 +40,25 @@ def analyze(ctx: AnalysisContext) -> Result:
             }
             scores[layer].append(evaluate_on_test(ctx, seed, vectors, conditions, layer=layer))
     follow = [seed.test.follow_index for seed in ctx.seeds]
-    rows, tests = [], []
+    rows, tests, self_patch_p = [], [], {}
     for layer in layers:
         summaries = summarize_conditions(ctx.config, scores[layer], conditions, follow)
-        site = diagnosis.site_section({s["name"]: s for s in summaries}, layer)
-        rows.append(site | {"best_translated": diagnosis.best(summaries, "translated")})
+        by_name = {s["name"]: s for s in summaries}
+        rows.append(
+            diagnosis.site_section(by_name, layer)
+            | {"best_translated": diagnosis.best(summaries, "translated")}
+        )
         tests += [(layer, s) for s in summaries if s["vector"] == "translated"]
-    # a layer helps if any of its translated conditions survives Holm over every layer's conditions
-    survivors = {
-        layer for (layer, _), ok in zip(tests, helps_in_family([s for _, s in tests]), strict=True) if ok
-    }
-    helping = [r for r in rows if r["layer"] in survivors]
+        self_patch_p[layer] = by_name[diagnosis.site_condition_name("self-patch")]["delta_accuracy_p"]
+    # a layer helps if any of its translated conditions survives Holm over every layer's conditions;
+    # such a layer shows its best surviving condition
+    surviving = {}
+    for (layer, s), ok in zip(tests, helps_in_family([s for _, s in tests]), strict=True):
+        if ok and s["delta_accuracy"] > surviving.get(layer, {"delta_accuracy": -1.0})["delta_accuracy"]:
+            surviving[layer] = s
+    for r in rows:
+        r["best_translated"] = surviving.get(r["layer"], r["best_translated"])
+    helping = [r for r in rows if r["layer"] in surviving]
     outside = [r for r in helping if r["class"] != "pre-lookup"]
     post = [r["layer"] for r in rows if r["class"] == "post-lookup"]
     pre = [r["layer"] for r in rows if r["class"] == "pre-lookup"]
@@ -70,6 +79,13 @@ def analyze(ctx: AnalysisContext) -> Result:
     elif not post:
         verdict = "inconclusive"
         tail = " No layer is post-lookup at this site, so the claim is not put to the test here."
+    elif not any(self_patch_p[layer] * len(tests) < FAMILY_ALPHA for layer in post):
+        # a help as strong as self-patch at a post-lookup layer would not survive Holm: no power
+        verdict = "inconclusive"
+        tail = (
+            f" No post-lookup layer's self-patch would survive the Holm correction over the {len(tests)} "
+            "tests, so a missing help there says nothing."
+        )
     else:
         verdict = "supported"
         tail = " Wherever the receiver has already looked the answer up, no translated vector helps."

@@ -75,23 +75,28 @@ class Outcome:
 
 
 def key_numbers(results: dict) -> dict:
-    """The cell's numbers in sweep.json: resolved layers, site class, and (Δ accuracy with its CI) the best
-    translated condition and the context-free ceiling (the best context-free self-patch, as in the
-    decomposition), and the normalized cosine. A seed-protocol run has only its layers."""
-    from mi_bridge.diagnosis import best
+    """The cell's numbers in sweep.json: resolved layers, site class, and (Δ accuracy with its CI) the
+    translated condition and the context-free ceiling as the decomposition reads them (the best
+    surviving translated condition with its Holm p, else the best by mean; the best context-free
+    self-patch), and the normalized cosine. A seed-protocol run has only its layers."""
+    from mi_bridge.diagnosis import best, best_translated, holm_p
 
     numbers = {"layers": results["layers"]}
     if "site" not in results:
         return numbers
     numbers["site_class"] = results["site"]["class"]
-    for key, vector in (("translated", "translated"), ("context_free", "context-free self-patch")):
-        chosen = best(results["conditions"], vector)
-        if chosen is not None:
-            numbers[key] = {
-                "condition": chosen["name"],
-                "mean": chosen["delta_accuracy"],
-                "ci": chosen["delta_accuracy_ci"],
-            }
+    conditions = results["conditions"]
+    chosen = {
+        "translated": best_translated(conditions),
+        "context_free": best(conditions, "context-free self-patch"),
+    }
+    for key, summary in chosen.items():
+        numbers[key] = {
+            "condition": summary["name"],
+            "mean": summary["delta_accuracy"],
+            "ci": summary["delta_accuracy_ci"],
+        }
+    numbers["translated"]["holm_p"] = holm_p(chosen["translated"], conditions)
     numbers["normalized_cosine"] = {"mean": results["bridge"]["normalized_cosine"]["mean"]}
     return numbers
 
