@@ -18,7 +18,7 @@ from mi_bridge.experiment import site_vectors
 from mi_bridge.inject import MODES
 from mi_bridge.report import saved_figure
 from mi_bridge.result import Result, Table
-from mi_bridge.stats import FAMILY_ALPHA, fmt_delta, helps, helps_in_family
+from mi_bridge.stats import fmt_delta, helps_in_family, survives_as_strongest
 
 NAME = "layer_sweep"
 HYPOTHESIS = "No sender/receiver layer pair makes the bridge useful."
@@ -92,9 +92,7 @@ def analyze(ctx: AnalysisContext) -> Result:
     )
     # a null grid supports the claim only if a help was detectable: some receiver layer's ceiling
     # would survive the same Holm correction as the strongest cell (p × cells < alpha)
-    detectable = [
-        lr for lr, c in ceiling.items() if helps(c) and c["delta_accuracy_p"] * len(summary) < FAMILY_ALPHA
-    ]
+    detectable = [lr for lr, c in ceiling.items() if survives_as_strongest(c, len(summary))]
     verdict = "not supported" if useful else ("supported" if detectable else "inconclusive")
     rows = [
         (f"L{ls}", f"L{lr}", f"{s['normalized_cosine']:.3f}", fmt_delta(s), fmt_delta(ceiling[lr]))

@@ -20,7 +20,7 @@ from mi_bridge.evaluate import standard_conditions
 from mi_bridge.experiment import SITE_CONDITIONS, site_vectors, summarize_conditions
 from mi_bridge.report import saved_figure
 from mi_bridge.result import Result, Table
-from mi_bridge.stats import FAMILY_ALPHA, error_bars, fmt_ci, fmt_delta, helps_in_family
+from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, helps_in_family, survives_as_strongest
 
 NAME = "lookup_phase"
 HYPOTHESIS = "A sender-derived vector can only help before the receiver has looked the answer up."
@@ -40,7 +40,7 @@ def analyze(ctx: AnalysisContext) -> Result:
             }
             scores[layer].append(evaluate_on_test(ctx, seed, vectors, conditions, layer=layer))
     follow = [seed.test.follow_index for seed in ctx.seeds]
-    rows, tests, self_patch_p = [], [], {}
+    rows, tests, self_patch = [], [], {}
     for layer in layers:
         summaries = summarize_conditions(ctx.config, scores[layer], conditions, follow)
         by_name = {s["name"]: s for s in summaries}
@@ -49,16 +49,16 @@ def analyze(ctx: AnalysisContext) -> Result:
             | {"best_translated": diagnosis.best(summaries, "translated")}
         )
         tests += [(layer, s) for s in summaries if s["vector"] == "translated"]
-        self_patch_p[layer] = by_name[diagnosis.site_condition_name("self-patch")]["delta_accuracy_p"]
+        self_patch[layer] = by_name[diagnosis.site_condition_name("self-patch")]
     # a layer helps if any of its translated conditions survives Holm over every layer's conditions;
     # such a layer shows its best surviving condition
-    surviving = {}
-    for (layer, s), ok in zip(tests, helps_in_family([s for _, s in tests]), strict=True):
-        if ok and s["delta_accuracy"] > surviving.get(layer, {"delta_accuracy": -1.0})["delta_accuracy"]:
-            surviving[layer] = s
+    survivors = [test for test, ok in zip(tests, helps_in_family([s for _, s in tests]), strict=True) if ok]
     for r in rows:
-        r["best_translated"] = surviving.get(r["layer"], r["best_translated"])
-    helping = [r for r in rows if r["layer"] in surviving]
+        r["best_translated"] = (
+            diagnosis.best([s for layer, s in survivors if layer == r["layer"]], "translated")
+            or r["best_translated"]
+        )
+    helping = [r for r in rows if r["layer"] in {layer for layer, _ in survivors}]
     outside = [r for r in helping if r["class"] != "pre-lookup"]
     post = [r["layer"] for r in rows if r["class"] == "post-lookup"]
     pre = [r["layer"] for r in rows if r["class"] == "pre-lookup"]
@@ -79,8 +79,9 @@ def analyze(ctx: AnalysisContext) -> Result:
     elif not post:
         verdict = "inconclusive"
         tail = " No layer is post-lookup at this site, so the claim is not put to the test here."
-    elif not any(self_patch_p[layer] * len(tests) < FAMILY_ALPHA for layer in post):
-        # a help as strong as self-patch at a post-lookup layer would not survive Holm: no power
+    elif not any(survives_as_strongest(self_patch[layer], len(tests)) for layer in post):
+        # self-patch carries the answer, so it is no ceiling for a sender here, only a yardstick of what
+        # this many items can detect: if even it would not survive Holm, a missing help says nothing
         verdict = "inconclusive"
         tail = (
             f" No post-lookup layer's self-patch would survive the Holm correction over the {len(tests)} "

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mi_bridge.stats import FAMILY_ALPHA, fmt_ci, fmt_delta, helps, holm
+from mi_bridge.stats import (
+    FAMILY_ALPHA,
+    fmt_ci,
+    fmt_delta,
+    helps,
+    helps_in_family,
+    holm,
+    survives_as_strongest,
+)
 
 SITE_CLASSES = ("pre-lookup", "post-lookup", "inert", "undetermined")
 SITE_MODE = "replace"
@@ -100,16 +108,17 @@ def holm_p(summary: dict, conditions: Sequence[dict]) -> float:
     return adjusted[[c["name"] for c in family].index(summary["name"])]
 
 
-def helps_corrected(summary: dict, conditions: Sequence[dict]) -> bool:
-    """Raises accuracy with its CI above 0 and survives the Holm correction over its family."""
-    return helps(summary) and holm_p(summary, conditions) < FAMILY_ALPHA
+def surviving_translated(conditions: Sequence[dict]) -> list[dict]:
+    """The translated conditions that help: CI above 0 and Holm-adjusted sign-test p < FAMILY_ALPHA over
+    all translated conditions (the best is chosen among them, so its own CI is no evidence)."""
+    family = [c for c in conditions if c["vector"] == "translated"]
+    return [c for c, ok in zip(family, helps_in_family(family), strict=True) if ok]
 
 
 def best_translated(conditions: Sequence[dict]) -> dict:
     """The translated condition the translation stage reads: the best (by Δ accuracy) of those that
-    survive the Holm correction over all translated conditions, or else the best of all of them."""
-    survivors = [c for c in conditions if c["vector"] == "translated" and helps_corrected(c, conditions)]
-    return max(survivors, key=lambda s: s["delta_accuracy"]) if survivors else best(conditions, "translated")
+    survive the Holm correction, or else the best of all of them."""
+    return best(surviving_translated(conditions), "translated") or best(conditions, "translated")
 
 
 def ceiling_survives(conditions: Sequence[dict]) -> bool:
@@ -120,8 +129,7 @@ def ceiling_survives(conditions: Sequence[dict]) -> bool:
     ceiling = next((c for c in conditions if c["name"] == name), None)
     if ceiling is None:  # without the control, nothing shows that a help was detectable
         return False
-    n_family = sum(c["vector"] == "translated" for c in conditions)
-    return helps(ceiling) and ceiling["delta_accuracy_p"] * n_family < FAMILY_ALPHA
+    return survives_as_strongest(ceiling, sum(c["vector"] == "translated" for c in conditions))
 
 
 def decomposition(
@@ -173,7 +181,7 @@ def decomposition(
             **delta_row(translated),
             "p_holm": holm_p(translated, conditions),
             "family": sum(c["vector"] == "translated" for c in conditions),
-            "passed": helps_corrected(translated, conditions),
+            "passed": bool(surviving_translated(conditions)),
         },
         "usability": None if usability is None else delta_row(usability),
     }
@@ -203,7 +211,7 @@ def verdict_label(results: dict) -> str:
     conditions = results["conditions"]
     if not results["validity"]["valid"]:
         return "inconclusive"
-    if helps_corrected(best_translated(conditions), conditions):
+    if surviving_translated(conditions):
         return "not supported"
     pre_lookup = results["site"]["class"] == "pre-lookup"
     return "supported" if pre_lookup and ceiling_survives(conditions) else "inconclusive"
@@ -228,7 +236,7 @@ def verdict(results: dict) -> str:
         )
     translated = best_translated(conditions)
     n_helps = sum(helps(c) for c in conditions if c["vector"] == "translated")
-    n_corrected = sum(helps_corrected(c, conditions) for c in conditions if c["vector"] == "translated")
+    n_corrected = len(surviving_translated(conditions))
     n_total = sum(c["vector"] == "translated" for c in conditions)
     parts = [f"Site: {site['class']} at receiver layer {site['layer']}. {site['explanation']}"]
     known = pre_lookup_layers(results.get("site_scan", []))
@@ -259,7 +267,7 @@ def verdict(results: dict) -> str:
                 f"clears 0, chosen by its mean without correction for that choice, but the site is "
                 f"{site['class']} by its replace-mode test."
             )
-        if helps_corrected(translated, conditions):
+        if n_corrected:
             parts.append(
                 f"Yet '{translated['name']}' helps ({fmt_delta(translated)}, after the Holm correction): "
                 "at this site a sender vector does reach the answer in that mode, so the replace-mode class "

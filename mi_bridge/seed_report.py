@@ -11,7 +11,7 @@ from mi_bridge.hooks import resid_post_name
 from mi_bridge.report import _ci, saved_figure
 from mi_bridge.result import Result, Table
 from mi_bridge.seed_experiment import CONDITIONS, PRIMARY_METRIC
-from mi_bridge.stats import FAMILY_ALPHA, error_bars, excludes_zero, holm
+from mi_bridge.stats import FAMILY_ALPHA, error_bars, helps_in_family
 
 AUDIT_HEADER = ("check", "value", "reading")
 STRENGTH_HEADER = ("condition", "‖new − h‖/‖h‖", "‖injected‖/‖h‖", "‖h‖", "flag")
@@ -208,13 +208,11 @@ def helping_translated(results: dict) -> list[str]:
     0 and a Holm-adjusted sign-test p below FAMILY_ALPHA over all of them."""
     translated = {c.name for c in CONDITIONS if c.vector == "translated"}
     family = [c for c in results["conditions"] if c["condition"] in translated]
-    deltas = [c[f"delta_{PRIMARY_METRIC}"] for c in family]
-    adjusted = holm([d["p"] for d in deltas])
-    return [
-        c["name"]
-        for c, d, p in zip(family, deltas, adjusted, strict=True)
-        if excludes_zero(d["ci"]) and d["mean"] > 0 and p < FAMILY_ALPHA
-    ]
+    key = f"delta_{PRIMARY_METRIC}"
+    # in the split run's summary shape, so that one function decides for both protocols
+    summaries = [{key: c[key]["mean"], f"{key}_ci": c[key]["ci"], f"{key}_p": c[key]["p"]} for c in family]
+    helping = helps_in_family(summaries, PRIMARY_METRIC)
+    return [c["name"] for c, ok in zip(family, helping, strict=True) if ok]
 
 
 def verdict_label(results: dict) -> str:

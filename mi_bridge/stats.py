@@ -86,6 +86,13 @@ def helps_in_family(family: Sequence[dict], metric: str = "accuracy") -> list[bo
     return [helps(s, metric) and p < FAMILY_ALPHA for s, p in zip(family, adjusted, strict=True)]
 
 
+def survives_as_strongest(summary: dict, family_size: int, metric: str = "accuracy") -> bool:
+    """Would ``summary`` count as helping if it were the strongest member of a family of
+    ``family_size``? Holm's first step: it helps and p × family_size < FAMILY_ALPHA. A power check: a
+    null family supports a claim only if a member as good as this control would have been seen."""
+    return helps(summary, metric) and summary[f"delta_{metric}_p"] * family_size < FAMILY_ALPHA
+
+
 def hurts(summary: dict, metric: str = "accuracy") -> bool:
     """A condition summary's Δ ``metric`` vs baseline is negative with its 95% CI excluding 0."""
     return excludes_zero(summary[f"delta_{metric}_ci"]) and summary[f"delta_{metric}"] < 0
