@@ -18,6 +18,7 @@ import json
 import operator
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from transformer_lens import HookedTransformer
 from benchmarks.pythia_arch import pythia_architecture, pythia_items
 from mi_bridge.bridge import LinearBridge, Standardizer, ridge_path
 from mi_bridge.capture import capture_resid_post
-from mi_bridge.evaluate import Condition, condition_logits, standard_conditions
+from mi_bridge.evaluate import Condition, condition_logits, last_level_cache_bytes, standard_conditions
 from mi_bridge.experiment import SITE_CONDITIONS
 from mi_bridge.files import write_text_atomic
 from mi_bridge.inject import run_with_injection
@@ -259,6 +260,62 @@ def condition_sweep(receiver: HookedTransformer, items: TaskItems, peak: float, 
 
 
 @torch.no_grad()
+def toy_sweep(repeats: int) -> dict:
+    """The default toy run's 73 conditions on one seed's held-out items, with the tail passes sized to
+    the CPU's cache (the evaluator's default) against all of a prompt's conditions in one pass and one
+    pass per condition: a small model's tail pass is memory-bound, so the cache decides, not the rows."""
+    from mi_bridge.config import ExperimentConfig
+    from mi_bridge.experiment import control_vectors, site_vectors
+    from mi_bridge.models import load_pair, resolve_layers
+    from mi_bridge.prepare import ActivationStore, seed_contexts
+
+    config = ExperimentConfig()
+    pair = load_pair(config)
+    sender_layer, layer = resolve_layers(config, pair)
+    seed = seed_contexts(config, pair, ActivationStore(None))[0]
+    vectors = control_vectors(
+        seed.translated(seed.fit_bridge(sender_layer, layer), sender_layer), site_vectors(seed, layer), 0
+    )
+    conditions = standard_conditions(config.alphas)
+
+    def sweep(**sizing) -> dict[str, torch.Tensor]:
+        parts: dict[str, list[torch.Tensor]] = {}
+        for _, condition, logits in condition_logits(
+            pair.receiver,
+            seed.test_prompts(),
+            layer=layer,
+            position=seed.position(),
+            vectors=vectors,
+            conditions=conditions,
+            batch_size=config.batch_size,
+            **sizing,
+        ):
+            parts.setdefault(condition.name, []).append(logits)
+        return {name: torch.cat(p) for name, p in parts.items()}
+
+    (fitted_s, fitted), (one_pass_s, one_pass), (unstacked_s, unstacked) = timed_together(
+        [
+            sweep,
+            lambda: sweep(tail_budget_bytes=1 << 40, cache_bytes=1 << 40),
+            lambda: sweep(tail_budget_bytes=1),
+        ],
+        repeats,
+    )
+    return {
+        "conditions": len(conditions),
+        "n_items": seed.test.n_items,
+        "batch_size": config.batch_size,
+        "last_level_cache_mib": last_level_cache_bytes() / 2**20,
+        "fitted_s": fitted_s,
+        "all_in_one_pass_s": one_pass_s,
+        "one_pass_per_condition_s": unstacked_s,
+        "bit_identical": all(
+            torch.equal(fitted[name], other[name]) for other in (one_pass, unstacked) for name in fitted
+        ),
+    }
+
+
+@torch.no_grad()
 def forward_efficiency(receiver: HookedTransformer, items: TaskItems, peak: float, repeats: int) -> dict:
     """Achieved FLOP/s of a full receiver forward pass (logits at the answer position only) against
     the machine's dense matmul FLOP/s."""
@@ -435,13 +492,17 @@ def retrain() -> dict:
     """`python -m mi_bridge.toy train` into an empty cache; bit-identity read from the checksums."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MI_BRIDGE_CACHE=tmp)
-        seconds, _ = fresh_process(["-m", "mi_bridge.toy", "train"], env)
+        seconds, stdout = fresh_process(["-m", "mi_bridge.toy", "train"], env)
+        per_model = {  # "<name>: <steps> steps in <seconds> s, ...", each process timing its own training
+            name: {"steps": int(steps), "seconds": int(own)}
+            for name, steps, own in re.findall(r"(toy-\w+): (\d+) steps in (\d+) s", stdout)
+        }
         identical = {}
         for name in TOY_MODELS:
             retrained = json.loads((Path(tmp) / "toy" / folder_name(name) / "config.json").read_text())
             shipped = json.loads((shipped_folder(name) / "config.json").read_text())
             identical[name] = retrained["sha256"] == shipped["sha256"]
-    return {"seconds": seconds, "bit_identical_to_shipped": identical}
+    return {"seconds": seconds, "per_model": per_model, "bit_identical_to_shipped": identical}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -477,6 +538,7 @@ def main() -> int:
     peak = results["matmul_peak"]["flops"]
     sweep_items = items.subset(torch.arange(32))
     section("condition_sweep", lambda: condition_sweep(receiver, sweep_items, peak, args.repeats))
+    section("toy_sweep", lambda: toy_sweep(args.repeats))
     section("forward_efficiency", lambda: forward_efficiency(receiver, items, peak, args.repeats))
     section("pythia_estimate", lambda: pythia_estimate(sender, receiver, items, args.repeats))
     sender = receiver = None  # free them before the memory probes
@@ -521,6 +583,14 @@ def render(r: dict) -> None:
         f"naive {c['naive_efficiency']:.2f}",
     )
     row("  one tail pass per condition", f"{c['one_pass_per_condition_s']:.2f} s")
+    if "toy_sweep" in r:
+        t = r["toy_sweep"]
+        row(
+            f"toy: {t['conditions']} conditions, {t['n_items']} items, passes fitted to the cache",
+            f"{t['fitted_s']:.2f} s",
+            f"all in one pass {t['all_in_one_pass_s']:.2f} s, one per condition "
+            f"{t['one_pass_per_condition_s']:.2f} s",
+        )
     f = r["forward_efficiency"]
     row(
         "410M forward FLOP/s (of matmul peak)",

@@ -6,9 +6,11 @@ from jaxtyping import TypeCheckError
 
 from mi_bridge.capture import answer_logits, capture_resid_post
 from mi_bridge.evaluate import (
+    MATMUL_ROWS,
     Condition,
     SharedPrefix,
     condition_logits,
+    conditions_per_pass,
     evaluate_conditions,
     evaluate_layers,
     score,
@@ -168,6 +170,31 @@ def test_stacked_conditions_equal_one_full_hooked_run_each(tiny_model, tokens, p
         seen.append((chunk.start, condition.name))
         torch.testing.assert_close(logits, slow[condition.name][chunk], rtol=0, atol=1e-4)
     assert sorted(seen) == sorted((start, c.name) for start in range(0, N, batch_size) for c in conditions)
+
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("n", "condition_mib", "rows", "budget_mib", "expected"),
+    [
+        (12, 29.2, 96, 1024, 12),  # Pythia-410M arch, 32 items: the cache would hold 1; the rows decide
+        (71, 2.5, 128, 1024, 15),  # toy receiver, 64 items: the 32 MiB cache holds 12, rows want 16; 5 passes
+        (12, 29.2, 96, 100, 3),  # the memory budget caps the pass
+        (12, 29.2, 96, 1, 1),  # one condition per pass even when it alone exceeds the budget
+        (12, 29.2, 192, 1024, 6),  # rows want 11, which would leave a pass of 1: two passes of 6
+    ],
+)
+def test_conditions_per_pass_fill_the_matmuls_or_the_cache_within_the_budget(
+    n, condition_mib, rows, budget_mib, expected
+):
+    assert MATMUL_ROWS == 2048  # the cases assume it
+    condition_bytes = int(condition_mib * MiB)
+    per_pass = conditions_per_pass(n, condition_bytes, rows, budget_mib * MiB, cache_bytes=32 * MiB)
+    assert per_pass == expected
+    assert per_pass == 1 or per_pass * condition_bytes <= budget_mib * MiB
+    passes = -(-n // per_pass)
+    assert n - (passes - 1) * per_pass > per_pass - passes  # no pass much emptier than the others
 
 
 def test_hooks_are_removed_even_when_the_forward_pass_raises(tiny_model, tokens):
