@@ -109,8 +109,11 @@ def timed_together(fns: Sequence[Callable[[], object]], repeats: int) -> list[tu
     return [(statistics.median(t), r) for t, r in zip(times, results, strict=True)]
 
 
-def fresh_process(args: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
-    """Wall time and stdout of ``python args`` in a fresh process started from the repository root."""
+def fresh_process(
+    args: list[str], env: dict[str, str] | None = None, terminal: bool = False
+) -> tuple[float, str]:
+    """Wall time and stdout of ``python args`` in a fresh process started from the repository root;
+    ``terminal``: stdout and stderr (where mi_bridge's console writes) together."""
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, *args],
@@ -118,7 +121,7 @@ def fresh_process(args: list[str], env: dict[str, str] | None = None) -> tuple[f
         env=env,
         check=True,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if terminal else subprocess.DEVNULL,
         text=True,
     )
     return time.perf_counter() - start, done.stdout
@@ -492,7 +495,7 @@ def retrain() -> dict:
     """`python -m mi_bridge.toy train` into an empty cache; bit-identity read from the checksums."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MI_BRIDGE_CACHE=tmp)
-        seconds, stdout = fresh_process(["-m", "mi_bridge.toy", "train"], env)
+        seconds, stdout = fresh_process(["-m", "mi_bridge.toy", "train"], env, terminal=True)
         per_model = {  # "<name>: <steps> steps in <seconds> s, ...", each process timing its own training
             name: {"steps": int(steps), "seconds": int(own)}
             for name, steps, own in re.findall(r"(toy-\w+): (\d+) steps in (\d+) s", stdout)
