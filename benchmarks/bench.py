@@ -1,6 +1,6 @@
 """Benchmarks: how close mi_bridge gets to the least work the experiment needs.
 
-    .venv/bin/python -m benchmarks.bench              # every section (about 18 minutes on 2 cores)
+    .venv/bin/python -m benchmarks.bench              # every section (about 22 minutes on 2 cores)
     .venv/bin/python -m benchmarks.bench --skip-retrain  # without retraining the toy pair
 
 Every comparison is measured in this one run, against a naive implementation, with several
