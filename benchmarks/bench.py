@@ -36,7 +36,7 @@ from transformer_lens import HookedTransformer
 from benchmarks.pythia_arch import pythia_architecture, pythia_items
 from mi_bridge.bridge import LinearBridge, Standardizer, ridge_path
 from mi_bridge.capture import capture_resid_post
-from mi_bridge.evaluate import Condition, condition_logits, last_level_cache_bytes, standard_conditions
+from mi_bridge.evaluate import Condition, condition_logits, standard_conditions
 from mi_bridge.experiment import SITE_CONDITIONS
 from mi_bridge.files import write_text_atomic
 from mi_bridge.inject import run_with_injection
@@ -264,9 +264,10 @@ def condition_sweep(receiver: HookedTransformer, items: TaskItems, peak: float, 
 
 @torch.no_grad()
 def toy_sweep(repeats: int) -> dict:
-    """The default toy run's 73 conditions on one seed's held-out items, with the tail passes sized to
-    the CPU's cache (the evaluator's default) against all of a prompt's conditions in one pass and one
-    pass per condition: a small model's tail pass is memory-bound, so the cache decides, not the rows."""
+    """The default toy run's 73 conditions on one seed's held-out items: tail passes of about
+    MATMUL_ROWS token rows (the evaluator's default, ``fitted_s``), all of a prompt's conditions in one
+    pass, and one pass per condition. A small model's tail pass is memory-bound: one huge pass leaves
+    the CPU's cache, one pass per condition pays the per-pass overhead 73 times."""
     from mi_bridge.config import ExperimentConfig
     from mi_bridge.experiment import control_vectors, site_vectors
     from mi_bridge.models import load_pair, resolve_layers
@@ -299,7 +300,7 @@ def toy_sweep(repeats: int) -> dict:
     (fitted_s, fitted), (one_pass_s, one_pass), (unstacked_s, unstacked) = timed_together(
         [
             sweep,
-            lambda: sweep(tail_budget_bytes=1 << 40, cache_bytes=1 << 40),
+            lambda: sweep(tail_budget_bytes=1 << 40, matmul_rows=1 << 40),
             lambda: sweep(tail_budget_bytes=1),
         ],
         repeats,
@@ -308,7 +309,6 @@ def toy_sweep(repeats: int) -> dict:
         "conditions": len(conditions),
         "n_items": seed.test.n_items,
         "batch_size": config.batch_size,
-        "last_level_cache_mib": last_level_cache_bytes() / 2**20,
         "fitted_s": fitted_s,
         "all_in_one_pass_s": one_pass_s,
         "one_pass_per_condition_s": unstacked_s,
@@ -589,7 +589,7 @@ def render(r: dict) -> None:
     if "toy_sweep" in r:
         t = r["toy_sweep"]
         row(
-            f"toy: {t['conditions']} conditions, {t['n_items']} items, passes fitted to the cache",
+            f"toy: {t['conditions']} conditions, {t['n_items']} items, passes of ~2,048 rows",
             f"{t['fitted_s']:.2f} s",
             f"all in one pass {t['all_in_one_pass_s']:.2f} s, one per condition "
             f"{t['one_pass_per_condition_s']:.2f} s",

@@ -5,17 +5,14 @@ once; positions before the site are identical at every layer, so they run once i
 each condition edits the tail residual at the site and runs only the tail through layers L+1..end
 (``start_at_layer``), with logits at the answer position only. Prompts that differ only from the
 site on (placeholder, relay, oracle) share the cache. Conditions of one prompt share a tail pass:
-their edited tails are stacked along the batch against the one frozen cache, as many per pass as keep
-the matmuls efficient and the working set in the CPU's cache, within a memory budget.
+their edited tails are stacked along the batch against the one frozen cache, about 2,048 token rows per
+pass (efficient matmuls, a working set near the CPU's cache), within a memory budget.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
@@ -116,35 +113,30 @@ TAIL_BUDGET_BYTES = 1 << 30
 """Memory cap of one stacked tail pass: peak memory stays bounded as item batches grow."""
 
 MATMUL_ROWS = 2048
-"""Token rows a stacked tail pass needs for its matmuls to run near the CPU's matmul rate (a large
-model's weights are packed once per call; Pythia-410M arch, 12 conditions of 32 items: one pass per
-condition, 96 rows each, took 1.4x as long as one pass of all 12)."""
+"""Token rows a stacked tail pass aims at: enough for a large model's matmuls to run near their rate
+(Pythia-410M arch, 12 conditions of 32 items: one pass per condition, 96 rows each, took 1.5x as
+long as one pass of all 12), few enough that a small model's pass stays near the CPU's cache (toy
+receiver: the 71 placeholder conditions of a 64-item batch in one pass, 9,088 rows, took 1.9x as
+long as passes of 15)."""
 
 
-@functools.cache
-def last_level_cache_bytes() -> int:
-    """Size of the CPU's largest cache (Linux sysfs); 32 MiB where it cannot be read."""
-    sizes = []
-    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        with contextlib.suppress(OSError, ValueError):
-            text = (entry / "size").read_text().strip().upper()
-            scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
-            sizes.append(int(text.rstrip("KM")) * scale)
-    return max(sizes, default=32 << 20)
-
-
-def conditions_per_pass(
-    n_conditions: int, condition_bytes: int, rows_per_condition: int, budget_bytes: int, cache_bytes: int
-) -> int:
-    """How many conditions share one tail pass: enough for ``MATMUL_ROWS`` token rows, or as many as
-    fit in the last-level cache if that is more, never more than ``budget_bytes``; spread evenly over
-    the passes. A small model's tail pass is memory-bound, so the cache matters more than the rows:
-    on the toy receiver (2.5 MiB per condition at batch 64), stacking all 73 conditions in one pass
-    took 1.8x as long as passes of 16, which stay near the 32 MiB cache."""
-    wanted = max(-(-MATMUL_ROWS // rows_per_condition), cache_bytes // condition_bytes)
-    per_pass = max(1, min(wanted, budget_bytes // condition_bytes, n_conditions))
+def pass_sizes(
+    n_conditions: int,
+    condition_bytes: int,
+    rows_per_condition: int,
+    budget_bytes: int,
+    matmul_rows: int = MATMUL_ROWS,
+) -> list[int]:
+    """How many conditions each tail pass stacks: about ``matmul_rows`` token rows per pass, never more
+    than ``budget_bytes`` allows (but at least one condition), spread evenly (sizes differ by at most
+    one, so no pass is left nearly empty)."""
+    if n_conditions <= 0:
+        return []
+    wanted = -(-matmul_rows // max(1, rows_per_condition))
+    per_pass = max(1, min(wanted, budget_bytes // max(1, condition_bytes), n_conditions))
     passes = -(-n_conditions // per_pass)
-    return -(-n_conditions // passes)
+    size, larger = divmod(n_conditions, passes)
+    return [size + 1] * larger + [size] * (passes - larger)
 
 
 class SharedPrefix:
@@ -264,12 +256,11 @@ def condition_logits(
     batch_size: int = 64,
     description: str = "evaluating",
     tail_budget_bytes: int = TAIL_BUDGET_BYTES,
-    cache_bytes: int | None = None,
+    matmul_rows: int = MATMUL_ROWS,
 ) -> Iterator[tuple[slice, Condition, Float[Tensor, "batch d_vocab"]]]:
     """Answer logits of every condition, batch by batch: the shared prefix once (prompts that agree
-    before the site share it), then each prompt's conditions' tails stacked into passes sized by
-    ``conditions_per_pass``: rows enough for efficient matmuls, or as many as fit in ``cache_bytes``
-    (default: this CPU's last-level cache), within ``tail_budget_bytes``. Yields batch by batch,
+    before the site share it), then each prompt's conditions' tails stacked into passes of about
+    ``matmul_rows`` token rows within ``tail_budget_bytes`` (``pass_sizes``). Yields batch by batch,
     grouped by prompt (not in the order of ``conditions`` within a batch)."""
     n_items = next(iter(prompts.values())).shape[0]
     by_prompt: dict[str, list[Condition]] = {}
@@ -282,7 +273,7 @@ def condition_logits(
             cache = prefix.cache if prefix is not None and prefix.shares_prefix(tokens) else None
             prefix = None  # the previous prompt's cache is freed first, unless this prompt reuses it
             prefix = SharedPrefix(model, tokens, layer=layer, position=position, cache=cache)
-            yield from _stacked_logits(prefix, group, vectors, chunk, tail_budget_bytes, cache_bytes)
+            yield from _stacked_logits(prefix, group, vectors, chunk, tail_budget_bytes, matmul_rows)
 
 
 def _stacked_logits(
@@ -291,18 +282,20 @@ def _stacked_logits(
     vectors: dict[str, Tensor],
     chunk: slice,
     tail_budget_bytes: int,
-    cache_bytes: int | None = None,
+    matmul_rows: int,
 ) -> Iterator[tuple[slice, Condition, Float[Tensor, "batch d_vocab"]]]:
-    """One prompt's conditions: edited tails stacked, ``conditions_per_pass`` at a time."""
-    per_pass = conditions_per_pass(
+    """One prompt's conditions: edited tails stacked, as many per pass as ``pass_sizes`` says."""
+    sizes = pass_sizes(
         len(conditions),
         prefix.condition_bytes(),
         rows_per_condition=prefix.tail.shape[0] * prefix.tail.shape[1],
         budget_bytes=tail_budget_bytes,
-        cache_bytes=last_level_cache_bytes() if cache_bytes is None else cache_bytes,
+        matmul_rows=matmul_rows,
     )
-    for start in range(0, len(conditions), per_pass):
-        stacked = conditions[start : start + per_pass]
+    start = 0
+    for size in sizes:
+        stacked = conditions[start : start + size]
+        start += size
         residual = torch.cat([_edited_tail(prefix, c, vectors, chunk) for c in stacked])
         logits = prefix.logits(residual)
         yield from ((chunk, c, rows) for c, rows in zip(stacked, logits.split(len(prefix.tail)), strict=True))
@@ -361,6 +354,7 @@ def evaluate_layers(
     batch_size: int = 64,
     description: str = "evaluating layers",
     tail_budget_bytes: int = TAIL_BUDGET_BYTES,
+    matmul_rows: int = MATMUL_ROWS,
 ) -> dict[int, dict[str, ItemScores]]:
     """``evaluate_conditions`` of one prompt at several injection layers (``vectors`` per layer). The
     frozen cache of the positions before the site does not depend on the layer, so it is computed once
@@ -372,7 +366,7 @@ def evaluate_layers(
             prefix = SharedPrefix(model, tokens[chunk], layer=layer, position=position, cache=cache)
             cache = prefix.cache
             for _, condition, logits in _stacked_logits(
-                prefix, conditions, vectors[layer], chunk, tail_budget_bytes
+                prefix, conditions, vectors[layer], chunk, tail_budget_bytes, matmul_rows
             ):
                 parts[layer][condition.name].append(score(logits, candidates[chunk], gold_index[chunk]))
     return {

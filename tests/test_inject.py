@@ -10,9 +10,9 @@ from mi_bridge.evaluate import (
     Condition,
     SharedPrefix,
     condition_logits,
-    conditions_per_pass,
     evaluate_conditions,
     evaluate_layers,
+    pass_sizes,
     score,
 )
 from mi_bridge.hooks import resid_post_name
@@ -178,23 +178,25 @@ MiB = 1 << 20
 @pytest.mark.parametrize(
     ("n", "condition_mib", "rows", "budget_mib", "expected"),
     [
-        (12, 29.2, 96, 1024, 12),  # Pythia-410M arch, 32 items: the cache would hold 1; the rows decide
-        (71, 2.5, 128, 1024, 15),  # toy receiver, 64 items: the 32 MiB cache holds 12, rows want 16; 5 passes
-        (12, 29.2, 96, 100, 3),  # the memory budget caps the pass
-        (12, 29.2, 96, 1, 1),  # one condition per pass even when it alone exceeds the budget
-        (12, 29.2, 192, 1024, 6),  # rows want 11, which would leave a pass of 1: two passes of 6
+        (12, 29.2, 96, 1024, [12]),  # Pythia-410M arch, 32 items (the benchmark): one pass
+        (71, 2.5, 128, 1024, [15, 14, 14, 14, 14]),  # toy receiver, 64 items: ~2,048 rows, not 71 in one
+        (12, 58.4, 192, 1024, [6, 6]),  # 410M arch, 64 items: rows want 11, which would leave a pass of 1
+        (10, 1, 683, 1024, [3, 3, 2, 2]),  # rows want 3: evenly, not 3, 3, 3, 1
+        (12, 29.2, 96, 100, [3, 3, 3, 3]),  # the memory budget caps the pass
+        (12, 29.2, 96, 1, [1] * 12),  # one condition per pass even when it alone exceeds the budget
+        (0, 29.2, 96, 1024, []),
     ],
 )
-def test_conditions_per_pass_fill_the_matmuls_or_the_cache_within_the_budget(
+def test_pass_sizes_aim_at_the_matmul_rows_within_the_budget_evenly(
     n, condition_mib, rows, budget_mib, expected
 ):
     assert MATMUL_ROWS == 2048  # the cases assume it
     condition_bytes = int(condition_mib * MiB)
-    per_pass = conditions_per_pass(n, condition_bytes, rows, budget_mib * MiB, cache_bytes=32 * MiB)
-    assert per_pass == expected
-    assert per_pass == 1 or per_pass * condition_bytes <= budget_mib * MiB
-    passes = -(-n // per_pass)
-    assert n - (passes - 1) * per_pass > per_pass - passes  # no pass much emptier than the others
+    sizes = pass_sizes(n, condition_bytes, rows, budget_mib * MiB)
+    assert sizes == expected
+    assert sum(sizes) == n
+    assert all(size == 1 or size * condition_bytes <= budget_mib * MiB for size in sizes)
+    assert not sizes or max(sizes) - min(sizes) <= 1
 
 
 def test_hooks_are_removed_even_when_the_forward_pass_raises(tiny_model, tokens):
