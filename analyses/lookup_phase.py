@@ -48,7 +48,7 @@ def analyze(ctx: AnalysisContext) -> Result:
             diagnosis.site_section(by_name, layer)
             | {"best_translated": diagnosis.best(summaries, "translated")}
         )
-        tests += [(layer, s) for s in summaries if s["vector"] == "translated"]
+        tests += [(layer, s) for s in diagnosis.of_vector(summaries, "translated")]
         self_patch[layer] = by_name[diagnosis.site_condition_name("self-patch")]
     # a layer helps if any of its translated conditions survives Holm over every layer's conditions;
     # such a layer shows its best surviving condition

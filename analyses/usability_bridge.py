@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from mi_bridge import diagnosis
 from mi_bridge.analyses import AnalysisContext, condition_table, evaluate_on_test, run_script, summarize_all
 from mi_bridge.bridge import fit_quality
 from mi_bridge.evaluate import standard_conditions
@@ -56,10 +57,7 @@ def analyze(ctx: AnalysisContext) -> Result:
             cosines[name].append(fit_quality(vectors[name], target, alignment.y_norm)["normalized_cosine"])
         seed_scores.append(evaluate_on_test(ctx, seed, vectors, conditions))
     summaries = {s["name"]: s for s in summarize_all(ctx, seed_scores, conditions)}
-    best = {
-        kind: max((s for s in summaries.values() if s["vector"] == kind), key=lambda s: s["delta_accuracy"])
-        for kind in KINDS
-    }
+    best = {kind: diagnosis.best(list(summaries.values()), kind) for kind in KINDS}
     useful = {kind: helps(best[kind]) for kind in KINDS}
     cos = {name: float(np.mean(values)) for name, values in cosines.items()}
     numbers = (

@@ -175,6 +175,32 @@ def matmul_peak(repeats: int = 5, size: int = 2048) -> dict:
     return {"size": size, "flops": 2 * size**3 / seconds}
 
 
+def logits_by_condition(
+    model: HookedTransformer,
+    prompts: dict[str, torch.Tensor],
+    position: int,
+    layer: int,
+    vectors: dict[str, torch.Tensor],
+    conditions: Sequence[Condition],
+    batch_size: int,
+    **sizing,
+) -> dict[str, torch.Tensor]:
+    """The evaluator's answer logits per condition over every item (``sizing``: its pass-size knobs)."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for _, condition, logits in condition_logits(
+        model,
+        prompts,
+        layer=layer,
+        position=position,
+        vectors=vectors,
+        conditions=conditions,
+        batch_size=batch_size,
+        **sizing,
+    ):
+        parts.setdefault(condition.name, []).append(logits)
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
 def twelve_conditions() -> list[Condition]:
     alphas = (0.25, 0.5, 1, 2)
     conditions = [Condition(f"add a={a:g}", vector="v", mode="add", alpha=a) for a in alphas]
@@ -200,21 +226,10 @@ def condition_sweep(receiver: HookedTransformer, items: TaskItems, peak: float, 
     vectors = {key: torch.randn(len(tokens), receiver.cfg.d_model, generator=g) * 20 for key in "vrs"}
     conditions = twelve_conditions()
 
-    def evaluator(tail_budget_bytes: int | None = None) -> dict[str, torch.Tensor]:
-        budget = {} if tail_budget_bytes is None else {"tail_budget_bytes": tail_budget_bytes}
-        out = {}
-        for _, condition, logits in condition_logits(
-            receiver,
-            {"placeholder": tokens},
-            layer=layer,
-            position=site,
-            vectors=vectors,
-            conditions=conditions,
-            batch_size=len(tokens),
-            **budget,
-        ):
-            out[condition.name] = logits
-        return out
+    def evaluator(**sizing) -> dict[str, torch.Tensor]:
+        return logits_by_condition(
+            receiver, {"placeholder": tokens}, site, layer, vectors, conditions, len(tokens), **sizing
+        )
 
     def naive() -> dict[str, torch.Tensor]:
         return {
@@ -278,24 +293,23 @@ def toy_sweep(repeats: int) -> dict:
     sender_layer, layer = resolve_layers(config, pair)
     seed = seed_contexts(config, pair, ActivationStore(None))[0]
     vectors = control_vectors(
-        seed.translated(seed.fit_bridge(sender_layer, layer), sender_layer), site_vectors(seed, layer), 0
+        seed.translated(seed.fit_bridge(sender_layer, layer), sender_layer),
+        site_vectors(seed, layer),
+        seed.seed,
     )
     conditions = standard_conditions(config.alphas)
 
     def sweep(**sizing) -> dict[str, torch.Tensor]:
-        parts: dict[str, list[torch.Tensor]] = {}
-        for _, condition, logits in condition_logits(
+        return logits_by_condition(
             pair.receiver,
             seed.test_prompts(),
-            layer=layer,
-            position=seed.position(),
-            vectors=vectors,
-            conditions=conditions,
-            batch_size=config.batch_size,
+            seed.position(),
+            layer,
+            vectors,
+            conditions,
+            config.batch_size,
             **sizing,
-        ):
-            parts.setdefault(condition.name, []).append(logits)
-        return {name: torch.cat(p) for name, p in parts.items()}
+        )
 
     (fitted_s, fitted), (one_pass_s, one_pass), (unstacked_s, unstacked) = timed_together(
         [

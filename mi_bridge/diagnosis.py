@@ -94,16 +94,21 @@ def explain_site(site_class: str, self_patch: dict, context_free: dict, follow_r
     }[site_class]
 
 
+def of_vector(summaries: Sequence[dict], vector: str) -> list[dict]:
+    """The conditions of one vector kind (a family, for the Holm correction), in order."""
+    return [s for s in summaries if s["vector"] == vector]
+
+
 def best(summaries: Sequence[dict], vector: str) -> dict | None:
     """The condition of one vector kind with the highest Δ accuracy (None if there is none)."""
-    chosen = [s for s in summaries if s["vector"] == vector]
+    chosen = of_vector(summaries, vector)
     return max(chosen, key=lambda s: s["delta_accuracy"]) if chosen else None
 
 
 def holm_p(summary: dict, conditions: Sequence[dict]) -> float:
     """``summary``'s sign-test p for Δ accuracy, Holm-adjusted over its family: every condition of its
     vector kind. Choosing the best of a family by its mean is then no longer a free look."""
-    family = [c for c in conditions if c["vector"] == summary["vector"]]
+    family = of_vector(conditions, summary["vector"])
     adjusted = holm([c["delta_accuracy_p"] for c in family])
     return adjusted[[c["name"] for c in family].index(summary["name"])]
 
@@ -111,7 +116,7 @@ def holm_p(summary: dict, conditions: Sequence[dict]) -> float:
 def surviving_translated(conditions: Sequence[dict]) -> list[dict]:
     """The translated conditions that help: CI above 0 and Holm-adjusted sign-test p < FAMILY_ALPHA over
     all translated conditions (the best is chosen among them, so its own CI is no evidence)."""
-    family = [c for c in conditions if c["vector"] == "translated"]
+    family = of_vector(conditions, "translated")
     return [c for c, ok in zip(family, helps_in_family(family), strict=True) if ok]
 
 
@@ -129,7 +134,7 @@ def ceiling_survives(conditions: Sequence[dict]) -> bool:
     ceiling = next((c for c in conditions if c["name"] == name), None)
     if ceiling is None:  # without the control, nothing shows that a help was detectable
         return False
-    return survives_as_strongest(ceiling, sum(c["vector"] == "translated" for c in conditions))
+    return survives_as_strongest(ceiling, len(of_vector(conditions, "translated")))
 
 
 def decomposition(
@@ -180,7 +185,7 @@ def decomposition(
         "translation": {
             **delta_row(translated),
             "p_holm": holm_p(translated, conditions),
-            "family": sum(c["vector"] == "translated" for c in conditions),
+            "family": len(of_vector(conditions, "translated")),
             "passed": bool(surviving_translated(conditions)),
         },
         "usability": None if usability is None else delta_row(usability),
@@ -235,9 +240,9 @@ def verdict(results: dict) -> str:
             "bridge entity even when it is written in the slot, so injected states cannot be judged here."
         )
     translated = best_translated(conditions)
-    n_helps = sum(helps(c) for c in conditions if c["vector"] == "translated")
+    n_helps = sum(helps(c) for c in of_vector(conditions, "translated"))
     n_corrected = len(surviving_translated(conditions))
-    n_total = sum(c["vector"] == "translated" for c in conditions)
+    n_total = len(of_vector(conditions, "translated"))
     parts = [f"Site: {site['class']} at receiver layer {site['layer']}. {site['explanation']}"]
     known = pre_lookup_layers(results.get("site_scan", []))
     if site["class"] != "pre-lookup":
@@ -261,7 +266,7 @@ def verdict(results: dict) -> str:
     )
     if lost == "site":
         if helps(ceiling := best(conditions, "context-free self-patch")):
-            n_ceilings = sum(c["vector"] == "context-free self-patch" for c in conditions)
+            n_ceilings = len(of_vector(conditions, "context-free self-patch"))
             parts.append(
                 f"The best of {n_ceilings} context-free conditions ('{ceiling['name']}') "
                 f"clears 0, chosen by its mean without correction for that choice, but the site is "

@@ -324,6 +324,7 @@ def saved_figure(path: Path, nrows: int = 1, ncols: int = 1, **subplots):
 def conditions_figure(results: dict, path: Path) -> None:
     """Δ accuracy with 95% CI, one panel per injected vector kind (rows: mode and α), with the oracle,
     the self-patch and the context-free ceiling as reference lines."""
+    from mi_bridge.diagnosis import of_vector
     from mi_bridge.stats import error_bars
 
     conditions = results["conditions"]
@@ -342,7 +343,7 @@ def conditions_figure(results: dict, path: Path) -> None:
         axes,
     ):
         for ax, kind in zip(axes.flat, kinds, strict=False):
-            chosen = [c for c in conditions if c["vector"] == kind]
+            chosen = of_vector(conditions, kind)
             values = [c["delta_accuracy"] for c in chosen]
             ax.errorbar(
                 values,
