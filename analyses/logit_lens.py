@@ -19,6 +19,7 @@ import torch
 from mi_bridge.analyses import AnalysisContext, run_script, translated_vectors
 from mi_bridge.capture import answer_logits, batches
 from mi_bridge.config import SeedOffset
+from mi_bridge.device import model_device
 from mi_bridge.experiment import derangement
 from mi_bridge.inject import inject_residual
 from mi_bridge.report import saved_figure
@@ -44,8 +45,9 @@ def ranks(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def direct_read(model, vectors: torch.Tensor) -> torch.Tensor:
-    """Logit lens: final LayerNorm and unembedding applied to a residual vector."""
-    return model.unembed(model.ln_final(vectors[:, None, :]))[:, 0]
+    """Logit lens: final LayerNorm and unembedding applied to a residual vector (on the model's device;
+    the logits come back on the CPU)."""
+    return model.unembed(model.ln_final(vectors.to(model_device(model))[:, None, :]))[:, 0].cpu()
 
 
 @torch.no_grad()
@@ -54,12 +56,9 @@ def read_after_remaining_layers(
 ) -> torch.Tensor:
     parts = []
     for chunk in batches(len(tokens), batch_size):
-        prefix = model(tokens[chunk], stop_at_layer=layer + 1)
-        parts.append(
-            answer_logits(
-                model, inject_residual(prefix, position, vectors[chunk], "replace"), start_at_layer=layer + 1
-            )
-        )
+        prefix = model(tokens[chunk].to(model_device(model)), stop_at_layer=layer + 1)
+        injected = inject_residual(prefix, position, vectors[chunk], "replace")
+        parts.append(answer_logits(model, injected, start_at_layer=layer + 1).cpu())
     return torch.cat(parts)
 
 
@@ -181,7 +180,7 @@ def analyze_seed(ctx: SeedProtocolContext) -> Result:
     }
     ranks_of, summary = {}, {}
     for kind in SEED_KINDS:
-        direct = direct_read(model, last[kind].to(model.cfg.device)).float().cpu()
+        direct = direct_read(model, last[kind]).float()
         ranks_of[kind] = {"direct": ranks(direct, answer_ids).numpy()}
         summary[kind] = {
             "lens rank answer": float(np.median(ranks_of[kind]["direct"])),

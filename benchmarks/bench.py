@@ -87,6 +87,12 @@ TARGETS = {
 }
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work (CUDA kernels run asynchronously: the clock must not stop before they end)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     """Median wall time of ``repeats`` calls, and the last result."""
     return timed_together([fn], repeats)[0]
@@ -103,8 +109,10 @@ def timed_together(fns: Sequence[Callable[[], object]], repeats: int) -> list[tu
     for _ in range(repeats):
         for i, fn in enumerate(fns):
             results[i] = None  # free the previous result before timing again
+            synchronize()
             start = time.perf_counter()
             results[i] = fn()
+            synchronize()
             times[i].append(time.perf_counter() - start)
     return [(statistics.median(t), r) for t, r in zip(times, results, strict=True)]
 
@@ -168,11 +176,13 @@ def floor_sweep_flops(
 # Sections: each returns the numbers it measured
 
 
-def matmul_peak(repeats: int = 5, size: int = 2048) -> dict:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(
+    repeats: int = 5, size: int = 2048, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> dict:
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     torch.matmul(a, b)
     seconds, _ = timed(lambda: torch.matmul(a, b), repeats)
-    return {"size": size, "flops": 2 * size**3 / seconds}
+    return {"size": size, "dtype": str(dtype), "flops": 2 * size**3 / seconds}
 
 
 def logits_by_condition(
@@ -202,7 +212,7 @@ def logits_by_condition(
 
 
 def twelve_conditions() -> list[Condition]:
-    alphas = (0.25, 0.5, 1, 2)
+    alphas = (0.25, 0.5, 1.0, 2.0)  # floats: Condition.alpha is typed (checked under pytest)
     conditions = [Condition(f"add a={a:g}", vector="v", mode="add", alpha=a) for a in alphas]
     conditions += [
         Condition("replace", vector="v", mode="replace"),

@@ -14,10 +14,12 @@ PYTHIA = {  # (n_layers, d_model, n_heads): the published Pythia architectures
     "pythia-160m": (12, 768, 12),
     "pythia-410m": (24, 1024, 16),
 }
+TINY = (2, 64, 2)
+"""A dry run's stand-in (``benchmarks.gpu_bench --tiny``): the same code path at a size that runs in seconds."""
 
 
-def pythia_architecture(name: str) -> HookedTransformer:
-    n_layers, d_model, n_heads = PYTHIA[name]
+def pythia_architecture(name: str, device: str = "cpu") -> HookedTransformer:
+    n_layers, d_model, n_heads = PYTHIA.get(name, TINY)
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=d_model,
@@ -32,6 +34,7 @@ def pythia_architecture(name: str) -> HookedTransformer:
         rotary_dim=16,
         parallel_attn_mlp=True,
         seed=0,
+        device=device,  # benchmarks.bench measures the CPU; benchmarks.gpu_bench passes cuda
     )
     return HookedTransformer(cfg).eval()
 

@@ -24,6 +24,7 @@ _PUBLIC = {
     "rescale_to": "inject",
     "ridge_path": "bridge",
     "run_with_injection": "inject",
+    "resolve_device": "device",
     "sample_items": "task",
     "standard_conditions": "evaluate",
 }

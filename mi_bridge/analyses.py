@@ -181,6 +181,7 @@ def analyze_and_publish(
         "analysis": result.to_dict(),
         "config": config.to_dict(),
         "layers": {"sender": ctx.sender_layer, "receiver": ctx.receiver_layer},
+        "device": config.extra["device"],
         "site": site,
         "options": {k: v for k, v in vars(ctx.options).items() if _is_json(v)},
         "versions": cli.versions(),

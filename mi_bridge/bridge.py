@@ -39,10 +39,10 @@ class Standardizer:
         return cls(mean=x.mean(0), std=x.std(0).clamp_min(1e-6))
 
     def __call__(self, x: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
-        return (x - self.mean) / self.std
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def invert(self, z: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
-        return z * self.std + self.mean
+        return z * self.std.to(z.device) + self.mean.to(z.device)
 
 
 def ridge_path(
@@ -74,7 +74,7 @@ def heldout_errors(
     p = v.T @ big(x_fit.T, y_fit)
     gram_a, gram_p = a.T @ a, p @ p.T
     c = ((a.T @ y_val.double()) * p).sum(1)
-    g = 1.0 / (eigenvalues.clamp_min(0)[None, :] + lambdas[:, None])
+    g = 1.0 / (eigenvalues.clamp_min(0)[None, :] + lambdas.to(eigenvalues.device)[:, None])
     quadratic = einops.einsum(g, gram_a * gram_p, g, "lam r, r s, lam s -> lam")
     return (y_val.double() ** 2).sum() - 2 * g @ c + quadratic
 
@@ -83,7 +83,8 @@ def ridge_solve(
     x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], ridge_lambda: float
 ) -> Float[Tensor, "d_in d_out"]:
     """(X^T X + lambda I)^-1 X^T Y by a Cholesky solve (lambda > 0)."""
-    gram = (x.T.float() @ x.float()).double() + ridge_lambda * torch.eye(x.shape[1], dtype=torch.float64)
+    identity = torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
+    gram = (x.T.float() @ x.float()).double() + ridge_lambda * identity
     return torch.cholesky_solve((x.T.float() @ y.float()).double(), torch.linalg.cholesky(gram))
 
 
@@ -120,7 +121,7 @@ class LinearBridge:
         seed: int = 0,
         metadata: dict | None = None,
     ) -> LinearBridge:
-        x, y = x.double(), y.double()
+        x, y = x.double().cpu(), y.double().cpu()  # the closed-form fit runs on the CPU (mi_bridge.device)
         x_norm, y_norm = Standardizer.fit(x), Standardizer.fit(y)
         xs, ys = x_norm(x), y_norm(y)
         ridge_lambda = select_lambda(xs, ys, validation_fraction=validation_fraction, seed=seed)
@@ -242,8 +243,8 @@ def fit_quality(
     ``reference`` holds the receiver's training-split statistics: normalized cosine compares
     standardized vectors, centered cosine compares vectors minus the training mean.
     """
-    predicted, true = predicted.double(), true.double()
-    mean = reference.mean.double()
+    predicted, true = predicted.double().cpu(), true.double().cpu()
+    mean = reference.mean.double().cpu()
     return {
         "normalized_cosine": mean_cosine(reference(predicted), reference(true)),
         "raw_cosine": mean_cosine(predicted, true),

@@ -15,6 +15,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mi_bridge import progress
+from mi_bridge.device import model_device
 from mi_bridge.hooks import resid_post_name
 
 
@@ -42,13 +43,15 @@ def capture_resid_post(
     description: str | None = None,
 ) -> Capture:
     """Residual states at ``positions`` for every layer; the run stops after max(layers) unless the
-    answer logits are wanted too, in which case one pass serves both."""
+    answer logits are wanted too, in which case one pass serves both. Each batch of ``tokens`` (on any
+    device) runs on the model's device; states and logits come back on the CPU (docs/DESIGN.md, "Devices")."""
     states: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     logits: list[Tensor] = []
-    index = torch.tensor(list(positions), device=tokens.device)
+    device = model_device(model)
+    index = torch.tensor(list(positions), device=device)
 
     def store(act: Tensor, hook) -> None:
-        states[hook.layer()].append(act[:, index].clone())
+        states[hook.layer()].append(act[:, index].cpu())  # indexing copies; on the CPU, .cpu() does not
 
     chunks = batches(tokens.shape[0], batch_size)
     if description:
@@ -56,9 +59,9 @@ def capture_resid_post(
     hooks = [(resid_post_name(layer), store) for layer in layers]
     stop = model.cfg.n_layers if with_answer_logits else max(layers) + 1
     for chunk in chunks:
-        final = model.run_with_hooks(tokens[chunk], fwd_hooks=hooks, stop_at_layer=stop)
+        final = model.run_with_hooks(tokens[chunk].to(device), fwd_hooks=hooks, stop_at_layer=stop)
         if with_answer_logits:
-            logits.append(answer_logits(model, final, start_at_layer=stop))
+            logits.append(answer_logits(model, final, start_at_layer=stop).cpu())
     return Capture(
         states={layer: torch.cat(parts) for layer, parts in states.items()},
         answer_logits=torch.cat(logits) if with_answer_logits else None,

@@ -106,8 +106,9 @@ class ExperimentConfig:
     ``name[:config]`` (needs ``datasets``); default: the eval contexts (offline)."""
     max_new_tokens: int = 64
     """Seed protocol: greedy tokens per answer (the text relay's sender gets twice as many)."""
-    device: str = "cpu"
-    """Torch device."""
+    device: str = "auto"
+    """Torch device the models run on: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``,
+    ``cuda:1``, ... (docs/DESIGN.md, "Devices"); the run records the device used and the GPU's name."""
     out: str | None = None
     """Run folder; default ``runs/<pair>-<sender>-<receiver>-L<ls>-L<lr>-<position>``."""
     extra: dict = field(default_factory=dict)
@@ -143,13 +144,16 @@ class ExperimentConfig:
             )
         if self.batch_size < 1 or self.n_bootstrap < 100:
             raise UserError("batch size must be >= 1 and bootstrap resamples >= 100")
+        from mi_bridge.device import AUTO, device_type  # device imports this module
+
         try:
-            torch.device(self.device)
+            if self.device != AUTO:
+                torch.device(self.device)
         except (RuntimeError, ValueError):
-            raise UserError(f"unknown device {self.device!r} (e.g. cpu, cuda, cuda:1, mps)") from None
+            raise UserError(f"unknown device {self.device!r} (e.g. auto, cpu, cuda, cuda:1, mps)") from None
         if self.dtype not in DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if self.dtype == "float16" and torch.device(self.device).type == "cpu":
+        if self.dtype == "float16" and device_type(self.device) == "cpu":
             raise UserError("dtype float16 is not supported on the CPU; use bfloat16 there, or a GPU device")
         for name in ("sender_revision", "receiver_revision"):
             revision = getattr(self, name)

@@ -12,7 +12,7 @@ pass (efficient matmuls, a working set near the CPU's cache), within a memory bu
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from jaxtyping import Float, Int
@@ -23,6 +23,7 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from mi_bridge import progress
 from mi_bridge.capture import answer_logits, batches
+from mi_bridge.device import model_device
 from mi_bridge.inject import inject_residual
 
 VECTOR_KINDS = (
@@ -85,27 +86,37 @@ class ItemScores:
     """Gold logit minus the mean logit of the k-1 in-context distractors."""
     choice: Int[Tensor, " n_items"]
     """Index of the in-context answer with the highest logit (what the receiver answered)."""
+    margin: Float[Tensor, " n_items"] | None = None
+    """Highest minus second-highest logit among the k in-context answers: how close the choice was (a
+    choice within float error of a tie may differ between devices; tests/test_gpu.py counts them)."""
 
     @classmethod
     def concat(cls, parts: Sequence[ItemScores]) -> ItemScores:
-        names = ("correct", "gold_logprob", "logit_diff", "choice")
-        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in names))
+        names = [f.name for f in fields(cls)]
+        joined = lambda name: (
+            None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
+        )
+        return cls(*(joined(name) for name in names))
 
 
 def score(
     logits: Float[Tensor, "n d_vocab"], candidates: Int[Tensor, "n k"], gold_index: Int[Tensor, " n"]
 ) -> ItemScores:
+    """Per-item metrics, computed on the logits' device and returned on the CPU (statistics live there)."""
     logits = logits.double()
+    candidates, gold_index = candidates.to(logits.device), gold_index.to(logits.device)
     candidate_logits = logits.gather(1, candidates)
     gold_logit = candidate_logits.gather(1, gold_index[:, None])[:, 0]
     k = candidates.shape[1]
     distractor_mean = (candidate_logits.sum(1) - gold_logit) / (k - 1)
     choice = candidate_logits.argmax(1)
+    top_two = candidate_logits.topk(2, dim=1).values
     return ItemScores(
-        correct=(choice == gold_index).double(),
-        gold_logprob=logits.log_softmax(-1).gather(1, candidates.gather(1, gold_index[:, None]))[:, 0],
-        logit_diff=gold_logit - distractor_mean,
-        choice=choice,
+        correct=(choice == gold_index).double().cpu(),
+        gold_logprob=logits.log_softmax(-1).gather(1, candidates.gather(1, gold_index[:, None]))[:, 0].cpu(),
+        logit_diff=(gold_logit - distractor_mean).cpu(),
+        choice=choice.cpu(),
+        margin=(top_two[:, 0] - top_two[:, 1]).cpu(),
     )
 
 
@@ -266,10 +277,11 @@ def condition_logits(
     by_prompt: dict[str, list[Condition]] = {}
     for condition in conditions:
         by_prompt.setdefault(condition.prompt, []).append(condition)
+    device = model_device(model)
     for chunk in progress.track(batches(n_items, batch_size), description):
         prefix = None
         for prompt, group in by_prompt.items():
-            tokens = prompts[prompt][chunk]
+            tokens = prompts[prompt][chunk].to(device)  # prompts stay on the CPU; one batch moves
             cache = prefix.cache if prefix is not None and prefix.shares_prefix(tokens) else None
             prefix = None  # the previous prompt's cache is freed first, unless this prompt reuses it
             prefix = SharedPrefix(model, tokens, layer=layer, position=position, cache=cache)
@@ -360,10 +372,11 @@ def evaluate_layers(
     frozen cache of the positions before the site does not depend on the layer, so it is computed once
     per batch and serves every layer; the scores are those of one ``evaluate_conditions`` per layer."""
     parts = {layer: {c.name: [] for c in conditions} for layer in layers}
+    device = model_device(model)
     for chunk in progress.track(batches(tokens.shape[0], batch_size), description):
-        cache = None
+        cache, batch = None, tokens[chunk].to(device)
         for layer in layers:
-            prefix = SharedPrefix(model, tokens[chunk], layer=layer, position=position, cache=cache)
+            prefix = SharedPrefix(model, batch, layer=layer, position=position, cache=cache)
             cache = prefix.cache
             for _, condition, logits in _stacked_logits(
                 prefix, conditions, vectors[layer], chunk, tail_budget_bytes, matmul_rows

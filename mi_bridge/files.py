@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from mi_bridge.device import to_cpu_numpy
+
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the whole new one."""
@@ -61,5 +63,5 @@ def sha256_file(path: Path) -> str:
 
 
 def sha256_tensor(tensor) -> str:
-    """Checksum of a tensor's bytes (dtype-agnostic: the raw storage)."""
-    return hashlib.sha256(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    """Checksum of a tensor's bytes (dtype-agnostic: the raw storage), on any device."""
+    return hashlib.sha256(to_cpu_numpy(tensor.contiguous().view(-1).view(torch.uint8)).tobytes()).hexdigest()

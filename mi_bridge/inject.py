@@ -63,11 +63,9 @@ def inject_residual(
     """A copy of ``residual`` with the injection applied at one position per item; others untouched."""
     n = residual.shape[0]
     positions, vectors = per_item(positions, vectors.to(residual.device, residual.dtype), n)
-    rows = torch.arange(n, device=residual.device)
+    positions, rows = positions.to(residual.device), torch.arange(n, device=residual.device)
     out = residual.clone()
-    out[rows, positions.to(residual.device)] = apply_injection(
-        residual[rows, positions], vectors, mode, alpha
-    )
+    out[rows, positions] = apply_injection(residual[rows, positions], vectors, mode, alpha)
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mi_bridge import identity, progress
+from mi_bridge import identity, packaged, progress
 from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.device import describe, model_device, resolve_device
 from mi_bridge.task import TOY_WORDS, Language, pythia_language, toy_language
 from mi_bridge.toy import TOY_MODELS, load_toy_model
 
@@ -54,6 +56,8 @@ class ModelSpec:
     commit: str | None = None
     """The commit the revision names in the local cache; None if the cache does not hold it yet."""
     tokenizer: object | None = None
+    folder: Path | None = None
+    """A Hugging Face checkpoint folder on disk (a packaged model, see ``mi_bridge.packaged``)."""
 
 
 @dataclass
@@ -179,11 +183,25 @@ def check_tokenizer(repository: str, revision: str | None):
         return hf_tokenizer(repository, revision)
 
 
+def packaged_spec(name: str, revision: str | None = None) -> ModelSpec:
+    """A fetched packaged model (``mi_bridge.packaged``): shape from its folder's ``config.json``, tokenizer
+    from its ``tokenizer.json``. Not fetched yet: one ``UserError`` that names the fetch command."""
+    if revision is not None:
+        raise UserError(f"{name} is a packaged model with one version; it takes no revision")
+    packaged.source(name)
+    where = packaged.folder(name)
+    config = json.loads((where / "config.json").read_text())
+    shape = next(config[key] for key in identity.LAYER_KEYS if key in config), config["vocab_size"]
+    return ModelSpec(name, *shape, tokenizer=CheckTokenizer(where / "tokenizer.json"), folder=where)
+
+
 def pretrained_spec(name: str, revision: str | None = None) -> ModelSpec:
     """Config and tokenizer of a TransformerLens pretrained model, without its weights (offline, they come
     from the Hugging Face cache; online, these small files may be downloaded). The layer count and
     vocabulary come from the checkpoint's ``config.json``; ``load_model`` checks them against the model
-    TransformerLens builds."""
+    TransformerLens builds. A packaged model's name reads its fetched folder instead."""
+    if packaged.is_packaged(name):
+        return packaged_spec(name, revision)
     repository = official_name(name)
     label = repository if revision is None else f"{repository} (revision {revision})"
     commit = identity.resolve_commit(repository, revision)
@@ -209,9 +227,7 @@ def pretrained_spec(name: str, revision: str | None = None) -> ModelSpec:
 def check_pair(config: ExperimentConfig) -> CheckedPair:
     """Every check that needs the models' shapes or tokenizers, done from configs: nothing is trained,
     downloaded beyond config and tokenizer files, or loaded. Raises ``UserError`` on bad input."""
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {config.device!r} is not available on this machine")
+    resolve_device(config.device)  # an unavailable device is bad input too
     if config.pair == "toy":
         sender, receiver = toy_spec(config.sender_name), toy_spec(config.receiver_name)
         language = toy_language()
@@ -247,11 +263,15 @@ def load_pretrained(
     name: str, device: str, revision: str | None = None, dtype: str = "float32"
 ) -> HookedTransformer:
     """A TransformerLens pretrained model, offline from the Hugging Face cache when HF_HUB_OFFLINE=1."""
-    return load_model(pretrained_spec(name, revision), device, dtype)[0]
+    return load_model(pretrained_spec(name, revision), resolve_device(device), dtype)[0]
 
 
 def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransformer, dict | None]:
     """The model of a checked spec, in ``dtype``, with its identity (None if it cannot be resolved)."""
+    if spec.folder is not None:
+        exact = packaged.identity(spec.name, dtype)
+        packaged.check_weights(spec.name)
+        return hooked_from_folder(spec.folder, device, dtype), exact
     if spec.repository is None:
         model = load_toy_model(spec.name, device)
         exact = identity.toy_identity(spec.name, TOY_MODELS[spec.name].digest(), model, dtype)
@@ -285,19 +305,38 @@ def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransfor
     return model.eval(), identity.pretrained_identity(spec.repository, spec.revision, commit, dtype)
 
 
+def hooked_from_folder(folder: Path, device: str, dtype: str) -> HookedTransformer:
+    """A ``HookedTransformer`` of the Hugging Face checkpoint in ``folder``, processed as
+    ``HookedTransformer.from_pretrained`` processes a hub model (folded norms, centred writing weights and
+    unembedding), through TransformerLens' own config and weight converters, which take a local path."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, dtype)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    cfg = loading.get_pretrained_model_config(str(folder), fold_ln=True, device=device, dtype=torch_dtype)
+    state_dict = loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=torch_dtype)
+    model = HookedTransformer(cfg, hf_tokenizer(str(folder), None), move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+    )
+    return model.to(device, print_details=False).eval()
+
+
 def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> ModelPair:
     """Check the configuration (unless already ``checked``), then load both models."""
     checked = checked or check_pair(config)
     models, identities = {}, {}
     for role, spec in (("sender", checked.sender), ("receiver", checked.receiver)):
-        models[role], identities[role] = load_model(spec, config.device, config.dtype)
+        models[role], identities[role] = load_model(spec, resolve_device(config.device), config.dtype)
         if identities[role] is None:
             progress.warn(
                 f"cannot resolve the exact checkpoint of {spec.name} in the Hugging Face cache; its "
                 "activations are kept in memory only, not cached"
             )
     language = checked.language
-    if checked.receiver.repository is not None:  # from here on, the receiver's own Hugging Face tokenizer
+    if checked.receiver.repository or checked.receiver.folder:  # now the receiver's own HF tokenizer
         language = pythia_language(models["receiver"].tokenizer)
         if any(language.encode(text) != checked.language.encode(text) for text in language.texts()):
             raise RuntimeError(
@@ -324,7 +363,8 @@ def resolve_layers(config: ExperimentConfig, pair: ModelPair) -> tuple[int, int]
 
 def record_identities(config: ExperimentConfig, pair: ModelPair) -> ExperimentConfig:
     """``config`` with both models' exact checkpoints under ``extra["models"]``, so that the run folder's
-    config.json names them. A repeat (``--config``) that now loads another checkpoint says so."""
+    config.json names them, and the device they run on under ``extra["device"]``. A repeat (``--config``)
+    that now loads another checkpoint says so."""
     recorded = config.extra.get("models")
     now = {"sender": pair.sender_identity, "receiver": pair.receiver_identity}
     for role in now if isinstance(recorded, dict) else ():
@@ -338,4 +378,5 @@ def record_identities(config: ExperimentConfig, pair: ModelPair) -> ExperimentCo
                 f"the {role} was {identity.describe(before)} when this configuration was recorded and is "
                 f"now {identity.describe(now[role])}: numbers will differ (--{role}-revision <commit> pins one)"
             )
-    return replace(config, extra={**config.extra, "models": now})
+    used = describe(model_device(pair.receiver))  # the device that ran (``auto`` resolved) and its GPU
+    return replace(config, extra={**config.extra, "models": now, "device": used})

@@ -79,6 +79,7 @@ def run_loaded(
     results = {
         "config": config.to_dict(),
         "layers": {"sender": sender_layer, "receiver": receiver_layer},
+        "device": config.extra["device"],
         "models": {
             role: {
                 "name": name,
@@ -116,6 +117,7 @@ def run_seed(
     results = {
         "config": config.to_dict(),
         "layers": {"sender": sender_layer, "receiver": receiver_layer},
+        "device": config.extra["device"],
         "models": {"sender": {"name": pair.sender_name}, "receiver": {"name": pair.receiver_name}},
         "n_items": results["conditions"][0]["n"],
         "versions": cli.versions(),

@@ -38,6 +38,7 @@ from mi_bridge import audit, progress
 from mi_bridge.bridge import LinearBridge, fit_quality, l2_fit_quality, l2_mean
 from mi_bridge.capture import batches, capture_resid_post
 from mi_bridge.config import ExperimentConfig, SeedOffset
+from mi_bridge.device import model_device
 from mi_bridge.experiment import derangement, random_like
 from mi_bridge.generate import greedy_generate
 from mi_bridge.hooks import resid_post_name
@@ -203,17 +204,18 @@ class FittedBridge:
 
 
 def fit_bridges(
-    kinds: list[str], x: Tensor, y: Tensor, seeds: list[int]
+    kinds: list[str], x: Tensor, y: Tensor, seeds: list[int], device: torch.device | str = "cpu"
 ) -> tuple[dict[str, list[FittedBridge]], dict]:
     """Every bridge kind for every seed, on the first 90% of the pairs; fit quality on the last 10%
-    (the paper's held-out split), beside the receiver-mean predictor in the same spaces."""
+    (the paper's held-out split), beside the receiver-mean predictor in the same spaces. The SGD bridge
+    trains on ``device``; the ridge bridge is fitted on the CPU (mi_bridge.device)."""
     n_val = max(1, int(len(x) * 0.1))
     x_fit, y_fit, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
     out: dict[str, list[FittedBridge]] = {kind: [] for kind in kinds}
     for seed in seeds:
         for kind in kinds:
             if kind == "sgd-l2":
-                bridge = SGDL2Bridge.fit(x, y, seed=seed)  # holds out the same last 10% itself
+                bridge = SGDL2Bridge.fit(x, y, seed=seed, device=device)  # holds out the same last 10% itself
                 fit = l2_fit_quality(bridge(x_val), y_val)
                 fit["best_epoch"] = bridge.history["best_epoch"]
             else:
@@ -390,7 +392,7 @@ def prepare_seed_run(
     x, y = fit_pairs(
         pair, encode(pair.receiver.tokenizer, texts), sender_layer, receiver_layer, config.batch_size
     )
-    bridges, trivial = fit_bridges(kinds, x, y, seeds)
+    bridges, trivial = fit_bridges(kinds, x, y, seeds, model_device(pair.receiver))
     del x, y
     run = SeedRun(
         config,

@@ -48,11 +48,16 @@ class SGDL2Bridge:
         *,
         seed: int,
         recipe: SGDRecipe = SGDRecipe(),
+        device: torch.device | str = "cpu",
     ) -> SGDL2Bridge:
-        """Train on (x, y) pairs in corpus order; ``seed`` sets the initialization and the batch order."""
+        """Train on (x, y) pairs in corpus order; ``seed`` sets the initialization and the batch order.
+
+        The steps run on ``device`` (thousands of small batches: per-batch work); the initialization and
+        the batch order are drawn on the CPU, so they are the same on every device, and the bridge is
+        returned on the CPU."""
         torch.manual_seed(seed)
-        layer = torch.nn.Linear(x.shape[1], y.shape[1], bias=True)
-        xs, ys = unit(x.float()), unit(y.float())
+        layer = torch.nn.Linear(x.shape[1], y.shape[1], bias=True).to(device)
+        xs, ys = unit(x.float()).to(device), unit(y.float()).to(device)
         n_val = max(1, int(len(xs) * recipe.validation_fraction))
         n_train = len(xs) - n_val
         x_train, y_train, x_val, y_val = xs[:n_train], ys[:n_train], xs[n_train:], ys[n_train:]
@@ -70,8 +75,8 @@ class SGDL2Bridge:
         best = (float("inf"), 0, None)
         train_losses, val_losses = [], []
         for epoch in range(1, recipe.epochs + 1):
-            order = torch.randperm(n_train, generator=generator)
-            total_loss = 0.0
+            order = torch.randperm(n_train, generator=generator).to(device)
+            total_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed without a sync per step
             for start in range(0, n_train, recipe.batch_size):
                 index = order[start : start + recipe.batch_size]
                 loss = torch.nn.functional.mse_loss(layer(x_train[index]), y_train[index])
@@ -80,13 +85,13 @@ class SGDL2Bridge:
                 torch.nn.utils.clip_grad_norm_(layer.parameters(), max_norm=recipe.clip)
                 optimizer.step()
                 scheduler.step()
-                total_loss += float(loss.detach()) * len(index)
+                total_loss += loss.detach().double() * len(index)
             with torch.no_grad():
                 val_loss = float(torch.nn.functional.mse_loss(layer(x_val), y_val))
-            train_losses.append(total_loss / n_train)
+            train_losses.append(float(total_loss) / n_train)
             val_losses.append(val_loss)
             if val_loss < best[0]:
-                state = (layer.weight.detach().T.clone(), layer.bias.detach().clone())
+                state = (layer.weight.detach().T.cpu().clone(), layer.bias.detach().cpu().clone())
                 best = (val_loss, epoch, state)
         weight, bias = best[2]
         history = {"train_loss": train_losses, "val_loss": val_losses, "best_epoch": best[1]}

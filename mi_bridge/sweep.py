@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mi_bridge import cli, grid, report
 from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.device import AUTO, device_type
 from mi_bridge.files import write_text_atomic
 from mi_bridge.progress import console
 
@@ -112,10 +113,13 @@ def run_cell(config: ExperimentConfig, pair, use_cache: bool) -> dict:
 class PairWorker:
     """Holds one loaded model pair and runs the cells that share it (a Ray actor)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, gpu: bool = False):
         from mi_bridge.models import load_pair
 
-        self.pair = load_pair(ExperimentConfig.from_dict(config))
+        config = ExperimentConfig.from_dict(config)
+        # An actor with a GPU sees only that one (Ray sets CUDA_VISIBLE_DEVICES), as cuda:0 whatever the
+        # cell's --device said; the cell's config keeps what was asked, its extra.device what ran.
+        self.pair = load_pair(replace(config, device="cuda") if gpu else config)
 
     def run(self, config: dict, use_cache: bool) -> dict:
         return run_cell(ExperimentConfig.from_dict(config), self.pair, use_cache)
@@ -199,6 +203,18 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def actor_gpus(device: str, cluster_gpus: float) -> int:
+    """GPUs per Ray actor, one or none: a CUDA ``--device`` takes one, ``auto`` takes one wherever the
+    cluster has GPUs. A CUDA device on a cluster without GPUs is bad input (its actors would wait forever)."""
+    if device == AUTO:
+        return int(cluster_gpus > 0)
+    if device_type(device) != "cuda":
+        return 0
+    if cluster_gpus < 1:
+        raise UserError(f"--device {device}: the Ray cluster has no GPU (use --device cpu, or auto)")
+    return 1
+
+
 def run_ray(
     pending: list[grid.Cell], outcomes: dict, use_cache: bool, bar, cpus_per_worker: int, max_retries: int
 ) -> None:
@@ -207,11 +223,11 @@ def run_ray(
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    gpu = pending[0].config.device.startswith("cuda")
     resources = ray.cluster_resources()
+    gpu = actor_gpus(pending[0].config.device, float(resources.get("GPU", 0)))
     slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1) // cpus_per_worker)
     slots = max(1, min(slots, len(pending)))
-    worker = ray.remote(PairWorker).options(num_cpus=0 if gpu else cpus_per_worker, num_gpus=int(gpu))
+    worker = ray.remote(PairWorker).options(num_cpus=0 if gpu else cpus_per_worker, num_gpus=gpu)
     queue = deque(sorted(pending, key=lambda c: c.pair_key()))
     idle: list[tuple[tuple, object]] = []
     running: dict = {}
@@ -224,7 +240,7 @@ def run_ray(
             else:
                 if len(idle) + len(running) >= slots:
                     ray.kill(idle.pop(0)[1])  # its slot goes to another pair
-                actor = worker.remote(cell.config.to_dict())
+                actor = worker.remote(cell.config.to_dict(), bool(gpu))
             outcomes[cell.name].attempts += 1
             running[actor.run.remote(cell.config.to_dict(), use_cache)] = (cell, actor)
             bar(running=len(running))

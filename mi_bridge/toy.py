@@ -82,6 +82,7 @@ class ToyRecipe:
             parallel_attn_mlp=True,
             default_prepend_bos=False,
             seed=self.seed,
+            device="cpu",  # built and trained on the CPU, where training is bit-reproducible; loading moves it
         )
 
     def digest(self) -> str:

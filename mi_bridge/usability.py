@@ -15,6 +15,7 @@ import torch
 from mi_bridge.bridge import LinearBridge, Standardizer
 from mi_bridge.capture import answer_logits, batches, capture_resid_post
 from mi_bridge.config import SeedOffset
+from mi_bridge.device import model_device
 from mi_bridge.inject import MODES, inject_residual
 from mi_bridge.prepare import SeedContext
 
@@ -93,21 +94,28 @@ def train_usability_bridge(
     The receiver stays frozen: its prefix up to ``layer`` is computed once without gradients, and the
     optimizer holds only the map's parameters. A held-out part of the items picks the step with the
     least validation KL (early stopping), so the map is not judged after it has memorized its items.
+    Training runs on the receiver's device (the minibatches and their order are drawn on the CPU, so
+    they are the same on every device); the trained bridge is returned on the CPU.
     """
+    device = model_device(receiver)
     with torch.no_grad():
-        prefix = torch.cat([receiver(tokens[c], stop_at_layer=layer + 1) for c in batches(len(tokens), 256)])
-        target = oracle_logits.log_softmax(-1)
-        inputs = start.x_norm(sender_states)
+        prefix = torch.cat(
+            [receiver(tokens[c].to(device), stop_at_layer=layer + 1) for c in batches(len(tokens), 256)]
+        )
+        target = oracle_logits.to(device).log_softmax(-1)
+        inputs = start.x_norm(sender_states).to(device)
+    y_std, y_mean = start.y_norm.std.to(device), start.y_norm.mean.to(device)
     generator = torch.Generator().manual_seed(SeedOffset.USABILITY + seed)
     order = torch.randperm(len(tokens), generator=generator)
     n_val = max(1, int(len(tokens) * validation_fraction))
     val, train = order[:n_val], order[n_val:]
-    weight = start.weight.clone().requires_grad_(True)
-    offset = torch.zeros(start.d_receiver, requires_grad=True)  # in standardized units
+    weight = start.weight.to(device).clone().requires_grad_(True)
+    offset = torch.zeros(start.d_receiver, device=device, requires_grad=True)  # in standardized units
     optimizer = torch.optim.Adam([weight, offset], lr=lr)
 
     def kl(rows: torch.Tensor) -> torch.Tensor:
-        vectors = (inputs[rows] @ weight + offset) * start.y_norm.std + start.y_norm.mean
+        rows = rows.to(device)
+        vectors = (inputs[rows] @ weight + offset) * y_std + y_mean
         logits = answer_logits(
             receiver, inject_residual(prefix[rows], position, vectors, mode), start_at_layer=layer + 1
         )
@@ -133,7 +141,7 @@ def train_usability_bridge(
             loss.backward()
             optimizer.step()
             history["train"].append(loss.item())
-    _, best_weight, best_offset = best
+    best_weight, best_offset = best[1].cpu(), best[2].cpu()  # results live on the CPU
     y_norm = Standardizer(start.y_norm.mean + best_offset * start.y_norm.std, start.y_norm.std)
     trained = dataclass_replace(
         start,

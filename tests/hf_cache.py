@@ -42,10 +42,13 @@ def build_pythia_cache(
     *,
     weights_seed: int = 0,
     revision: str = "main",
+    config: dict | None = None,
 ) -> Path:
     """One snapshot of ``repo_id`` with random weights drawn from ``weights_seed``, and ``refs/<revision>``
     pointing at it. As on the Hub, the snapshot's folder name (its commit) is a hash of its files, so
-    different weights get a different commit and the same weights the same one. Returns the snapshot."""
+    different weights get a different commit and the same weights the same one. ``config``: another
+    GPT-NeoX config (default pythia-14m's; benchmarks.gpu_bench builds Pythia-160M and -410M). Returns
+    the snapshot."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
@@ -54,7 +57,7 @@ def build_pythia_cache(
     with tempfile.TemporaryDirectory(dir=repo) as staging:
         staging = Path(staging)
         torch.manual_seed(weights_seed)
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(**PYTHIA_14M_CONFIG))
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**(config or PYTHIA_14M_CONFIG)))
         model.save_pretrained(staging, safe_serialization=True)
         shutil.copy(tokenizer_file, staging / "tokenizer.json")
         special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from mi_bridge.run import main
 
@@ -106,6 +107,28 @@ def test_the_config_file_repeats_the_run_exactly(tiny_run, tmp_path):
     first, second = (json.loads((p / "results.json").read_text()) for p in (tiny_run, again))
     for key in ("validity", "bridge", "conditions", "verdict"):
         assert first[key] == second[key]
+
+
+def test_the_run_records_the_device_it_ran_on(tiny_run):
+    """--device defaults to auto: config.json keeps what was asked, and both files name the device that
+    ran and its GPU (here, without CUDA, the CPU and null)."""
+    from mi_bridge.device import describe, resolve_device
+
+    config = json.loads((tiny_run / "config.json").read_text())
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert config["device"] == "auto"
+    assert results["device"] == config["extra"]["device"] == describe(resolve_device("auto"))
+    if not torch.cuda.is_available():
+        assert results["device"] == {"device": "cpu", "gpu_name": None}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_absent_device_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--device", "cuda", "--out", str(tmp_path / "out")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not available" in lines[0], lines
+    assert not (tmp_path / "out").exists()
 
 
 def _bad_inputs(tmp_path):
