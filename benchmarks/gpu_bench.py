@@ -1,9 +1,9 @@
 """The Python parts of the one-call GPU check (``benchmarks/gpu_check.sh``): every figure it records.
 
     python -m benchmarks.gpu_bench caches --hf-home DIR              # random-weight Pythia-160M/-410M
-    python -m benchmarks.gpu_bench run --record FILE NAME -- ARGS    # mi_bridge.run ARGS, timed in process
+    python -m benchmarks.gpu_bench run --record FILE [--size NOTE] NAME -- ARGS  # mi_bridge.run, timed
     python -m benchmarks.gpu_bench kernels --record FILE             # matmul peak, sweep vs naive, rates
-    python -m benchmarks.gpu_bench collect --steps FILE --out FILE   # benchmarks/results_gpu.json
+    python -m benchmarks.gpu_bench collect --steps FILE --out FILE [--meta JSON]  # results_gpu.json
 
 ``--device cpu --tiny`` runs the same code at a size that takes seconds, so the CPU tests check it; on a
 GPU machine the check uses the real Pythia widths (random weights: speed does not depend on the values).
@@ -98,22 +98,63 @@ def kernels(device: str, tiny: bool) -> dict:
     return out | gpu_memory()
 
 
-def collect(steps: Path) -> dict:
+def collect(steps: Path, meta: dict | None = None) -> dict:
     """results_gpu.json: the GPU's name, then each step's wall seconds and exit code (one JSON line per
-    step, written by gpu_check.sh) with the figures that step recorded."""
+    step, written by gpu_check.sh; null: skipped) with its size ("full" or what ran instead) and the
+    figures that step recorded (a step that ended early has none: its figures entry stays a path)."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    records = [json.loads(line) for line in steps.read_text().splitlines() if line.strip()]
+    records = []
+    for line in steps.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if line.strip():
+                records.append({"name": "?", "unparsed": line})
     for record in records:
-        figures = Path(record.get("figures", ""))
+        figures = Path(record.get("figures") or "")
         if record.get("figures") and figures.is_file():
-            record["figures"] = json.loads(figures.read_text())
+            try:
+                record["figures"] = json.loads(figures.read_text())
+            except json.JSONDecodeError:
+                pass
     return {
         "gpu_name": gpu,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(meta or {}),
         "steps": records,
     }
+
+
+def summary(results: dict) -> str:
+    """A few lines for the end of the check's output: per step its exit code, wall seconds, in-process
+    seconds and peak GPU memory where recorded, and its size where it is not the full one."""
+    lines = [f"GPU: {results['gpu_name']}  torch {results['torch']}  CUDA {results['cuda']}"]
+    lines.append(
+        f"{'step':<26} {'exit':>5} {'wall s':>8} {'limit':>6} {'in-proc s':>9} {'peak GiB':>8}  size"
+    )
+    for step in results["steps"]:
+        figures = step.get("figures") if isinstance(step.get("figures"), dict) else {}
+        in_process = figures.get("in_process_s")
+        peak = figures.get("peak_gpu_memory_gib")
+        code = step.get("exit_code")
+        lines.append(
+            f"{step.get('name', '?'):<26} {'skip' if code is None else code:>5} "
+            f"{step.get('wall_s', 0):>8.1f} {step.get('limit_s', 0):>6} "
+            f"{'' if in_process is None else f'{in_process:.1f}':>9} {'' if peak is None else f'{peak:.2f}':>8}"
+            f"  {'' if step.get('size', 'full') == 'full' else step['size']}"
+        )
+    kernel = next((s.get("figures") for s in results["steps"] if s.get("name") == "kernels"), None)
+    if isinstance(kernel, dict):
+        peak = kernel.get("matmul_peak", {}).get("flops")
+        sweep = kernel.get("condition_sweep", {})
+        rate = kernel.get("pythia_estimate", {}).get("seconds_per_token_layer")
+        lines.append(
+            f"kernels: matmul peak {peak} FLOP/s; sweep {sweep.get('fast_s')} s vs naive "
+            f"{sweep.get('naive_s')} s; seconds per token-layer {rate}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run")
     run.add_argument("name")
     run.add_argument("--record", type=Path, required=True)
+    run.add_argument("--size", default="full", help="what size ran, when not the full one")
     run.add_argument("args", nargs=argparse.REMAINDER)
     kernel = commands.add_parser("kernels")
     kernel.add_argument("--record", type=Path, required=True)
@@ -133,15 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     gather = commands.add_parser("collect")
     gather.add_argument("--steps", type=Path, required=True)
     gather.add_argument("--out", type=Path, required=True)
+    gather.add_argument("--meta", type=json.loads, default={}, help="JSON object merged into the results")
     args = parser.parse_args(argv)
     if args.command == "caches":
         print(json.dumps(build_caches(args.hf_home, args.tiny)))
         return 0
     if args.command == "collect":
-        args.out.write_text(json.dumps(collect(args.steps), indent=2) + "\n")
+        results = collect(args.steps, args.meta)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(summary(results))
         return 0
     if args.command == "run":
-        record = {"name": args.name, **timed_run([a for a in args.args if a != "--"])}
+        record = {"name": args.name, "size": args.size, **timed_run([a for a in args.args if a != "--"])}
     else:
         record = kernels(args.device, args.tiny)
     args.record.write_text(json.dumps(record, indent=2) + "\n")

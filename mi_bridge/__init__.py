@@ -21,6 +21,8 @@ _PUBLIC = {
     "fit_quality": "bridge",
     "fit_report": "bridge",
     "inject_residual": "inject",
+    "load_model": "api",
+    "load_pair": "models",
     "rescale_to": "inject",
     "ridge_path": "bridge",
     "run_with_injection": "inject",
@@ -29,6 +31,10 @@ _PUBLIC = {
     "standard_conditions": "evaluate",
 }
 __all__ = sorted(_PUBLIC)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
 
 
 def __getattr__(name: str):

@@ -80,13 +80,16 @@ def _default_text(value) -> str:
     return str(value)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> None:
-    """One flag per ExperimentConfig field, its help the field's docstring and its default; the fields
-    named in ``lists`` take their value as text (a sweep's list or range, parsed by ``mi_bridge.grid``)."""
+def add_config_flags(
+    parser: argparse.ArgumentParser, lists: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+) -> None:
+    """One flag per ExperimentConfig field (or per field named in ``only``), its help the field's docstring
+    and its default; the fields named in ``lists`` take their value as text (a sweep's list or range,
+    parsed by ``mi_bridge.grid``)."""
     hints = typing.get_type_hints(ExperimentConfig)
     docs = field_docs()
     for spec in fields(ExperimentConfig):
-        if spec.name in NOT_FLAGS:
+        if spec.name in NOT_FLAGS or (only is not None and spec.name not in only):
             continue
         default = spec.default if spec.default is not MISSING else spec.default_factory()
         help_text = docs.get(spec.name, "")

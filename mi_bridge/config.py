@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-PAIRS = ("toy", "pythia")
+PAIRS = ("toy", "pythia", "smollm2")
 POSITIONS = ("slot", "final")
 TARGETS = ("relay-slot", "same-input")
 DTYPES = ("float32", "bfloat16", "float16")
 PROTOCOLS = ("split", "seed")
+TEMPLATES = ("list", "lives-in")
+"""The prompt forms of pretrained pairs (``mi_bridge.task.TEMPLATES``); the toy pair has its own, ``toy``."""
 BRIDGES = ("ridge", "sgd-l2", "both")
 CHOICES = {
     "pair": PAIRS,
@@ -21,9 +23,14 @@ CHOICES = {
     "dtype": DTYPES,
     "protocol": PROTOCOLS,
     "bridge": BRIDGES,
+    "template": TEMPLATES,
 }
 """The allowed values of the config fields that take one of a few names (used by the CLI)."""
-DEFAULT_MODELS = {"toy": ("toy-sender", "toy-receiver"), "pythia": ("pythia-160m", "pythia-410m")}
+DEFAULT_MODELS = {
+    "toy": ("toy-sender", "toy-receiver"),
+    "pythia": ("pythia-160m", "pythia-410m"),
+    "smollm2": ("smollm2-135m", "smollm2-135m"),  # one real model in two contexts (README: Real model)
+}
 
 
 class SeedOffset:
@@ -50,7 +57,9 @@ class ExperimentConfig:
     """Everything that determines one run of the transfer experiment."""
 
     pair: str = "toy"
-    """Model pair family: ``toy`` (embedded, trained here) or ``pythia`` (TransformerLens names)."""
+    """Model pair family: ``toy`` (embedded, trained here), ``pythia`` (TransformerLens names) or ``smollm2``
+    (SmolLM2-135M-Instruct as sender and receiver; fetch it first: python -m mi_bridge.models fetch
+    smollm2-135m)."""
     sender: str | None = None
     """Sender model name; default from the pair (``pythia-160m`` for pythia)."""
     receiver: str | None = None
@@ -66,6 +75,10 @@ class ExperimentConfig:
     """Bridge target: the receiver's oracle-run state at the site, or states on the same input."""
     alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     """Strengths of the additive injections (h + alpha * v), low first."""
+    template: str | None = None
+    """Prompt form of a pretrained pair: ``list`` (``List: Tom Paris. Ann Rome. Tom`` -> `` Paris``: the
+    query ends in the key) or ``lives-in`` (``Tom lives in Paris. ... Tom lives in``); default ``list``,
+    the form a real small model can do (``python -m mi_bridge.calibrate`` measures both)."""
     k: int = 4
     """Facts per hop in context (chance is 1/k)."""
     n_items: int = 1000
@@ -167,6 +180,13 @@ class ExperimentConfig:
                 raise UserError(
                     f"{name.replace('_', ' ')} {revision!r} is not a revision name (e.g. step143000)"
                 )
+        allowed = ("toy",) if self.pair == "toy" else TEMPLATES
+        if self.template is None:  # resolved here, so that config.json records the form that ran
+            self.template = allowed[0]
+        elif self.template not in allowed:
+            raise UserError(
+                f"unknown template {self.template!r} for pair {self.pair}; choose one of {', '.join(allowed)}"
+            )
         if self.protocol not in PROTOCOLS:
             raise UserError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if self.bridge is not None and self.bridge not in BRIDGES:
@@ -191,6 +211,11 @@ class ExperimentConfig:
     @property
     def receiver_name(self) -> str:
         return self.receiver or DEFAULT_MODELS[self.pair][1]
+
+    @property
+    def template_name(self) -> str:
+        """The prompt form, with the pair's default."""
+        return self.template
 
     @property
     def bridge_kind(self) -> str:

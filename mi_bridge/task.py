@@ -43,6 +43,8 @@ class Language:
     sender_query: tuple[str, ...]
     receiver_fact: tuple[str, ...]
     receiver_query: tuple[str, ...]
+    preamble: tuple[str, ...] = ()
+    """Literal text after BOS, before the facts, in both hops' prompts."""
 
     def token_id(self, entity: str) -> int:
         ids = self.encode(entity)
@@ -52,7 +54,13 @@ class Language:
 
     def texts(self) -> list[str]:
         """Every text the prompts are built from: entities, the placeholder, the templates' pieces."""
-        templates = (self.sender_fact, self.sender_query, self.receiver_fact, self.receiver_query)
+        templates = (
+            self.sender_fact,
+            self.sender_query,
+            self.receiver_fact,
+            self.receiver_query,
+            self.preamble,
+        )
         pieces = [piece for template in templates for piece in template if piece not in ENTITY_FIELDS]
         return [*self.persons, *self.places, self.placeholder, *pieces]
 
@@ -122,25 +130,72 @@ PYTHIA_PLACES = tuple(
 )
 
 
-def pythia_language(tokenizer) -> Language:
-    """English templates for any tokenizer with the Hugging Face ``encode``/``decode`` interface."""
+@dataclass(frozen=True)
+class Template:
+    """How the facts and queries of both hops are written (entity fields: A, B, C, SLOT)."""
+
+    sender_fact: tuple[str, ...]
+    sender_query: tuple[str, ...]
+    receiver_fact: tuple[str, ...]
+    receiver_query: tuple[str, ...]
+    preamble: tuple[str, ...] = ()
+
+
+TEMPLATES = {
+    # The original English form, as in the seed paper's prompts. Its query ends in " lives in", a token
+    # pair that follows every name in context, so an induction head has nothing to match on: a real
+    # 135M model (SmolLM2-135M-Instruct) is near chance on it (README: Real model).
+    "lives-in": Template(
+        sender_fact=("A", "'s friend is", "B", "."),
+        sender_query=("A", "'s friend is"),
+        receiver_fact=("B", " lives in", "C", "."),
+        receiver_query=("SLOT", " lives in"),
+    ),
+    # A key-value list whose query ends in the key: the answer is the token that followed the key, which
+    # an induction head copies. The form the toy pair uses; SmolLM2 is well above chance on it.
+    "list": Template(
+        preamble=("List:",),
+        sender_fact=("A", "B", "."),
+        sender_query=("A",),
+        receiver_fact=("B", "C", "."),
+        receiver_query=("SLOT",),
+    ),
+}
+"""Prompt forms for natural-language tokenizers (``--template``); ``calibrate`` measures each on a pair."""
+DEFAULT_TEMPLATE = "list"
+"""The default for pretrained pairs: the form a real small model can do (README: Real model)."""
+
+
+def single_tokens(candidates: Sequence[str], encode: Callable[[str], list[int]]) -> tuple[str, ...]:
+    """The candidates that are one token under ``encode``: a pair's entity set is chosen per tokenizer."""
+    return tuple(c for c in candidates if len(encode(c)) == 1)
+
+
+def english_language(tokenizer, template: str = DEFAULT_TEMPLATE) -> Language:
+    """English prompts of ``template`` for any tokenizer with the Hugging Face ``encode``/``decode``
+    interface; persons and places are the candidates that are single tokens in it."""
+    if template not in TEMPLATES:
+        raise UserError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
 
     def encode(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
     return Language(
-        name="pythia",
+        # The original form keeps its old name, so that its cached activations keep their keys.
+        name="pythia" if template == "lives-in" else f"english-{template}",
         bos_id=tokenizer.bos_token_id,
         encode=encode,
         decode=lambda ids: tokenizer.decode(list(ids)),
-        persons=PYTHIA_PERSONS,
-        places=PYTHIA_PLACES,
+        persons=single_tokens(PYTHIA_PERSONS, encode),
+        places=single_tokens(PYTHIA_PLACES, encode),
         placeholder=" someone",
-        sender_fact=("A", "'s friend is", "B", "."),
-        sender_query=("A", "'s friend is"),
-        receiver_fact=("B", " lives in", "C", "."),
-        receiver_query=("SLOT", " lives in"),
+        **vars(TEMPLATES[template]),
     )
+
+
+def pythia_language(tokenizer) -> Language:
+    """The original English form (``lives-in``), which the benchmarks and the seed-era tests time."""
+    return english_language(tokenizer, "lives-in")
 
 
 def load_neox_tokenizer(path: Path):
@@ -269,12 +324,13 @@ def sample_items(language: Language, *, k: int, n_items: int, seed: int) -> Task
         a_ids, b_ids = persons[:k], persons[k:]
         c_ids = rng.choice(place_ids, size=k, replace=False).tolist()
         j = int(rng.integers(k))
-        sender = [language.bos_id]
+        preamble = [language.bos_id, *language.render(language.preamble, {})]
+        sender = list(preamble)
         for i in rng.permutation(k):
             sender += language.render(language.sender_fact, {"A": a_ids[i], "B": b_ids[i]})
         sender += language.render(language.sender_query, {"A": a_ids[j]})
         order = rng.permutation(k)
-        receiver, counterfactual = [language.bos_id], [language.bos_id]
+        receiver, counterfactual = list(preamble), list(preamble)
         for q, i in enumerate(order):
             receiver += language.render(language.receiver_fact, {"B": b_ids[i], "C": c_ids[i]})
             shifted = order[(q + 1) % k]  # cyclic: fact q takes the C of fact q+1

@@ -74,3 +74,57 @@ def test_pythia_prompts_tokenize_as_the_tokenizer_would_tokenize_their_text(neox
     assert sample["sender"].endswith("'s friend is")
     assert sample["receiver_oracle"].endswith(sample["bridge"] + " lives in")
     assert items.final_position == items.slot_position + 2  # " Bob", " lives", " in"
+
+
+def test_the_list_template_ends_the_query_in_the_key(neox_tokenizer):
+    """``list``: ``List: A B. ... A`` -> B and ``List: B C. ... B`` -> C. The slot is the final position, and
+    the key's next token in context is the answer (what an induction head copies)."""
+    from mi_bridge.task import english_language
+
+    language = english_language(neox_tokenizer, "list")
+    assert language.name == "english-list" and language.preamble == ("List:",)
+    items = sample_items(language, k=4, n_items=30, seed=2)
+    assert items.slot_position == items.final_position
+    for tokens, _candidates, answer in (
+        (items.sender_tokens, items.bridge_candidates, items.bridge_ids),
+        (items.oracle_tokens, items.answer_candidates, items.answer_ids),
+    ):
+        for i in range(30):
+            row = tokens[i].tolist()
+            query = row[-1]
+            follows = [row[p + 1] for p in range(1, len(row) - 1) if row[p] == query]
+            assert follows == [int(answer[i])], language.decode(row)
+    assert language.decode(items.oracle_tokens[0].tolist()).startswith("<|endoftext|>List:")
+
+
+def test_the_original_template_is_unchanged(neox_tokenizer):
+    """``lives-in`` keeps its name, its prompts and so its cached activations' keys."""
+    from mi_bridge.task import english_language
+
+    a, b = english_language(neox_tokenizer, "lives-in"), pythia_language(neox_tokenizer)
+    assert a.name == b.name == "pythia" and a.preamble == ()
+    assert torch.equal(
+        sample_items(a, k=4, n_items=5, seed=0).oracle_tokens,
+        sample_items(b, k=4, n_items=5, seed=0).oracle_tokens,
+    )
+    text = b.decode(sample_items(b, k=2, n_items=4, seed=0).oracle_tokens[0].tolist())
+    assert text.endswith(" lives in") and "'s friend" not in text
+
+
+def test_entities_are_chosen_per_tokenizer():
+    from mi_bridge.task import single_tokens
+
+    encode = lambda text: [0] if text in (" Alice", " Paris") else [0, 1]
+    assert single_tokens((" Alice", " Bob", " Paris"), encode) == (" Alice", " Paris")
+
+
+def test_a_template_is_checked_against_the_pair():
+    from mi_bridge.config import ExperimentConfig
+
+    with pytest.raises(UserError, match="template 'list' for pair toy"):
+        ExperimentConfig(template="list")
+    with pytest.raises(UserError, match="unknown template 'nope'"):
+        ExperimentConfig(pair="pythia", template="nope")
+    assert ExperimentConfig(pair="pythia").template_name == "list"
+    assert ExperimentConfig().template_name == "toy"
+    assert ExperimentConfig(pair="smollm2").sender_name == "smollm2-135m"
