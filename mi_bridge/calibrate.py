@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from mi_bridge import cli, progress
 from mi_bridge.config import TEMPLATES, ExperimentConfig, UserError
+from mi_bridge.files import write_text_atomic
 from mi_bridge.stats import fmt_ci, paired_bootstrap_ci
 
 
@@ -207,10 +209,22 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(
                 f"{args.json_out} exists; calibration never replaces a file (choose another --out)"
             )
-        rows = calibrate(config, templates, ks)
+        if args.json_out is not None:
+            cli.check_writable(args.json_out)
+        from mi_bridge.models import load_pair
+
+        pair = load_pair(config)
+        rows = calibrate(config, templates, ks, pair=pair)
         render(rows, f"Calibration: {config.sender_name} -> {config.receiver_name}, {args.items} items each")
         if args.json_out is not None:
-            cli.write_json(args.json_out, {"pair": [config.sender_name, config.receiver_name], "rows": rows})
+            record = {
+                "pair": [config.sender_name, config.receiver_name],
+                "models": {"sender": pair.sender_identity, "receiver": pair.receiver_identity},
+                "items_seed": args.seed,
+                "versions": cli.versions(),
+                "rows": rows,
+            }
+            write_text_atomic(args.json_out, json.dumps(record, indent=2) + "\n")
         return 0
 
     return cli.one_line_errors(body, "nothing was written")

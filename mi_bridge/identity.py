@@ -108,6 +108,11 @@ def describe(identity: dict | None) -> str:
     """One line: ``EleutherAI/pythia-160m@step143000 (commit 1a2b3c4d5e6f, float32)``."""
     if identity is None:
         return "unknown checkpoint"
+    if "packaged" in identity:
+        return (
+            f"{identity['packaged']} (GGUF {identity['gguf_sha256'][:12]}, {identity['quantization']} dequantized, "
+            f"weights {identity['weights_sha256'][:12]}, {identity['dtype']})"
+        )
     if "toy" in identity:
         return (
             f"{identity['toy']} (recipe {identity['recipe']}, weights {identity['weights_sha256'][:12]}, "

