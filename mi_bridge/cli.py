@@ -130,6 +130,9 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
             raise UserError(f"cannot read config {args.config}: {err}") from None
         if not isinstance(data, dict):
             raise UserError(f"config {args.config} is not a JSON object")
+        if "template" not in data and data.get("pair", "toy") != "toy":
+            # Written before templates existed: those pretrained runs used the original form.
+            data["template"] = "lives-in"
     known = {f.name for f in fields(ExperimentConfig)}
     for key, value in vars(args).items():
         if key in known and value is not None:  # analysis scripts add flags of their own

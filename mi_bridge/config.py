@@ -242,9 +242,6 @@ class ExperimentConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown config keys: {', '.join(unknown)}")
-        if "template" not in data and data.get("pair", "toy") != "toy":
-            # Written before templates existed: those pretrained runs used the original form.
-            data = {**data, "template": "lives-in"}
         return cls(**_typed(data))
 
 

@@ -343,7 +343,7 @@ def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> M
         if role == "receiver" and same_checkpoint(checked.sender, spec) and identities["sender"] is not None:
             # One model in two contexts: loaded once. Hooks are scoped to each forward pass, so the two
             # roles never see each other's interventions, and a second copy would only cost memory.
-            models[role], identities[role] = models["sender"], identities["sender"]
+            models[role], identities[role] = models["sender"], dict(identities["sender"])
             continue
         models[role], identities[role] = load_model(spec, resolve_device(config.device), config.dtype)
         if identities[role] is None:

@@ -197,10 +197,17 @@ def test_a_recorded_packaged_identity_is_described_and_old_configs_keep_their_te
         "dtype": "bfloat16",
     }
     assert identity.describe(recorded).startswith("smollm2-135m (GGUF b179c9523d0e, Q4_1 dequantized")
-    # a pretrained config.json written before templates existed ran the original form
-    assert ExperimentConfig.from_dict({"pair": "pythia"}).template == "lives-in"
+    # a pretrained config.json written before templates existed ran the original form; flags do not
+    import argparse
+    import json as json_module
+
+    from mi_bridge.cli import config_from_args
+
+    old = Path(tempfile.mkdtemp()) / "config.json"
+    old.write_text(json_module.dumps({"pair": "pythia"}))
+    assert config_from_args(argparse.Namespace(config=old)).template == "lives-in"
+    assert config_from_args(argparse.Namespace(config=None, pair="pythia")).template == "list"
     assert ExperimentConfig.from_dict({"pair": "toy"}).template == "toy"
-    assert ExperimentConfig(pair="pythia").template == "list"
 
 
 @pytest.mark.parametrize(
