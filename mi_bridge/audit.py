@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_bridge.stats import paired_bootstrap_ci
+from mi_bridge.stats import paired_bootstrap_ci, task_valid
 
 NEAR_NULL = 0.01
 """Relative change below which an injection is flagged near-null (1% of the state's norm)."""
@@ -122,5 +122,5 @@ def task_validity(
         "ci": list(ci),
         "n": int(diff.size),
         "min_gap": min_gap,
-        "valid": bool(gap >= min_gap and ci[0] > 0),
+        "valid": task_valid(gap, ci, min_gap),
     }

@@ -24,7 +24,7 @@ import numpy as np
 from mi_bridge import cli, progress
 from mi_bridge.config import TEMPLATES, ExperimentConfig, UserError
 from mi_bridge.files import write_text_atomic
-from mi_bridge.stats import fmt_ci, paired_bootstrap_ci
+from mi_bridge.stats import fmt_ci, paired_bootstrap_ci, task_valid
 
 
 def exact_interval(successes: int, n: int) -> list[float]:
@@ -75,7 +75,7 @@ def calibrate_language(
         "receiver_oracle": rate(oracle),
         "receiver_baseline": rate(baseline),
         "oracle_minus_baseline": {"mean": gap, "ci": gap_ci},
-        "valid": bool(gap >= min_gap and gap_ci[0] > 0),
+        "valid": task_valid(gap, gap_ci, min_gap),
         "example": {
             "sender": language.decode(items.sender_tokens[0].tolist()),
             "receiver": language.decode(items.oracle_tokens[0].tolist()),
@@ -83,12 +83,10 @@ def calibrate_language(
     }
 
 
-def calibrate(config: ExperimentConfig, templates: list[str], ks: list[int], pair=None) -> list[dict]:
-    """Rows for every template x k on ``config``'s pair (loaded unless given), without printing."""
-    from mi_bridge.models import load_pair
+def calibrate(config: ExperimentConfig, templates: list[str], ks: list[int], pair) -> list[dict]:
+    """Rows for every template x k on ``config``'s loaded pair, without printing."""
     from mi_bridge.task import english_language
 
-    pair = pair or load_pair(config)
     rows = []
     for template in progress.track(templates, "templates"):
         language = (

@@ -213,11 +213,6 @@ class ExperimentConfig:
         return self.receiver or DEFAULT_MODELS[self.pair][1]
 
     @property
-    def template_name(self) -> str:
-        """The prompt form, with the pair's default."""
-        return self.template
-
-    @property
     def bridge_kind(self) -> str:
         """The bridge recipe, with the protocol's default."""
         return self.bridge or ("sgd-l2" if self.protocol == "seed" else "ridge")

@@ -29,7 +29,7 @@ from mi_bridge.evaluate import (
 )
 from mi_bridge.models import ModelPair
 from mi_bridge.prepare import ActivationStore, SeedContext, seed_contexts
-from mi_bridge.stats import mean_and_seeds, mean_with_ci, paired_bootstrap_ci, sign_test_p
+from mi_bridge.stats import mean_and_seeds, mean_with_ci, paired_bootstrap_ci, sign_test_p, task_valid
 
 SITE_CONDITIONS = [
     Condition(diagnosis.site_condition_name(k), vector=k, mode=diagnosis.SITE_MODE)
@@ -179,7 +179,7 @@ def summarize(
     by_name = {c["name"]: c for c in conditions_out}
     oracle = by_name["oracle"]
     gap, gap_ci = oracle["delta_accuracy"], oracle["delta_accuracy_ci"]
-    valid = bool(gap >= config.min_oracle_gap and gap_ci[0] > 0)
+    valid = task_valid(gap, gap_ci, config.min_oracle_gap)
     validity = {
         "chance": 1 / config.k,
         "sender_hop1_accuracy": mean_and_seeds([s.sender_accuracy for s in seeds]),

@@ -245,7 +245,7 @@ def check_pair(config: ExperimentConfig) -> CheckedPair:
                 raise UserError(
                     f"the tokenizer of {spec.name} has token ids beyond its vocabulary ({spec.d_vocab})"
                 )
-        language = english_language(receiver.tokenizer, config.template_name)
+        language = english_language(receiver.tokenizer, config.template)
     for entity in (*language.persons, *language.places, language.placeholder):
         language.token_id(entity)  # every entity must be one token
     if config.k > language.max_k():
@@ -353,7 +353,7 @@ def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> M
             )
     language = checked.language
     if checked.receiver.repository or checked.receiver.folder:  # now the receiver's own HF tokenizer
-        language = english_language(models["receiver"].tokenizer, config.template_name)
+        language = english_language(models["receiver"].tokenizer, config.template)
         if any(language.encode(text) != checked.language.encode(text) for text in language.texts()):
             raise RuntimeError(
                 f"the tokenizers of {checked.receiver.name} checked and loaded encode differently"

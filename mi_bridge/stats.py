@@ -69,6 +69,11 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def task_valid(gap: float, ci: Sequence[float], min_gap: float) -> bool:
+    """The task-validity rule: oracle - baseline at least ``min_gap``, with its CI above 0."""
+    return bool(gap >= min_gap and ci[0] > 0)
+
+
 def excludes_zero(interval: Sequence[float]) -> bool:
     low, high = interval
     return bool(low > 0 or high < 0)

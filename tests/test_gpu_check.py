@@ -57,25 +57,32 @@ def _probe_wheel(folder: Path) -> Path:
     return wheel
 
 
+def dry_run_check(tmp_path, *, wheels: str, only: str, timeout: int, **settings: str):
+    """``gpu_check.sh --dry-run`` on the steps in ``only``, with $OUT, its work folder and its wheels folder
+    under ``tmp_path``."""
+    env = os.environ | {
+        "PYTHON": sys.executable,
+        "OUT": str(tmp_path / "out"),
+        "GPU_CHECK_WORK": str(tmp_path / "work"),
+        "GPU_CHECK_WHEELS": str(tmp_path / wheels),
+        "GPU_CHECK_ONLY": only,
+        **settings,
+    }
+    return subprocess.run(
+        ["bash", str(REPOSITORY / "benchmarks" / "gpu_check.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
 def test_the_real_install_step_installs_a_carried_wheel_and_the_results_come_back_in_out(tmp_path):
     """The dry run's install step is the GPU run's (the same line, the real function): one pip call for
     the missing wheels, the imports, `pip check`; results_gpu.json and the log bundle land in $OUT."""
     _probe_wheel(tmp_path / "wheels")
     out, work = tmp_path / "out", tmp_path / "work"
-    env = os.environ | {
-        "PYTHON": sys.executable,
-        "OUT": str(out),
-        "GPU_CHECK_WORK": str(work),
-        "GPU_CHECK_WHEELS": str(tmp_path / "wheels"),
-        "GPU_CHECK_ONLY": "install",
-    }
-    done = subprocess.run(
-        ["bash", str(REPOSITORY / "benchmarks" / "gpu_check.sh"), "--dry-run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = dry_run_check(tmp_path, wheels="wheels", only="install", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     log = (work / "logs" / "install.log").read_text()
     assert (work / "site" / "gpucheck_probe" / "__init__.py").is_file(), log
@@ -119,20 +126,8 @@ def test_the_measurements_run_at_a_tiny_size_and_are_collected(tmp_path):
 
 
 def test_a_step_past_the_checks_budget_is_skipped_and_recorded(tmp_path):
-    env = os.environ | {
-        "PYTHON": sys.executable,
-        "OUT": str(tmp_path / "out"),
-        "GPU_CHECK_WORK": str(tmp_path / "work"),
-        "GPU_CHECK_WHEELS": str(tmp_path / "no-wheels"),
-        "GPU_CHECK_ONLY": "install,seed_protocol",
-        "GPU_CHECK_BUDGET": "0",
-    }
-    done = subprocess.run(
-        ["bash", str(REPOSITORY / "benchmarks" / "gpu_check.sh"), "--dry-run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    done = dry_run_check(
+        tmp_path, wheels="no-wheels", only="install,seed_protocol", timeout=120, GPU_CHECK_BUDGET="0"
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "out" / "results_gpu.json").read_text())

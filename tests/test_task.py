@@ -125,6 +125,6 @@ def test_a_template_is_checked_against_the_pair():
         ExperimentConfig(template="list")
     with pytest.raises(UserError, match="unknown template 'nope'"):
         ExperimentConfig(pair="pythia", template="nope")
-    assert ExperimentConfig(pair="pythia").template_name == "list"
-    assert ExperimentConfig().template_name == "toy"
+    assert ExperimentConfig(pair="pythia").template == "list"
+    assert ExperimentConfig().template == "toy"
     assert ExperimentConfig(pair="smollm2").sender_name == "smollm2-135m"
