@@ -34,14 +34,15 @@ from rich.table import Table
 from transformer_lens import HookedTransformer
 
 from benchmarks.pythia_arch import pythia_architecture, pythia_items
-from mi_bridge.bridge import LinearBridge, Standardizer, ridge_path
-from mi_bridge.capture import capture_resid_post
-from mi_bridge.evaluate import Condition, condition_logits, standard_conditions
-from mi_bridge.experiment import SITE_CONDITIONS
+from mi_bridge.bridges.ridge import LinearBridge, Standardizer, ridge_path
+from mi_bridge.core.capture import capture_resid_post
+from mi_bridge.core.evaluate import Condition, condition_logits, standard_conditions
+from mi_bridge.core.inject import run_with_injection
 from mi_bridge.files import write_text_atomic
-from mi_bridge.inject import run_with_injection
-from mi_bridge.task import TaskItems, sample_items, toy_language
-from mi_bridge.toy import TOY_MODELS, folder_name, load_toy_model, shipped_folder
+from mi_bridge.models.language import toy_language
+from mi_bridge.models.task import TaskItems, sample_items
+from mi_bridge.models.toy import TOY_MODELS, folder_name, load_toy_model, shipped_folder
+from mi_bridge.protocols.split.experiment import SITE_CONDITIONS
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent
@@ -294,9 +295,10 @@ def toy_sweep(repeats: int) -> dict:
     pass, and one pass per condition. A small model's tail pass is memory-bound: one huge pass leaves
     the CPU's cache, one pass per condition pays the per-pass overhead 73 times."""
     from mi_bridge.config import ExperimentConfig
-    from mi_bridge.experiment import control_vectors, site_vectors
-    from mi_bridge.models import load_pair, resolve_layers
-    from mi_bridge.prepare import ActivationStore, seed_contexts
+    from mi_bridge.core.store import ActivationStore
+    from mi_bridge.models.loading import load_pair, resolve_layers
+    from mi_bridge.protocols.split.experiment import control_vectors, site_vectors
+    from mi_bridge.protocols.split.prepare import seed_contexts
 
     config = ExperimentConfig()
     pair = load_pair(config)
@@ -516,10 +518,10 @@ def toy_runs() -> dict:
 
 
 def retrain() -> dict:
-    """`python -m mi_bridge.toy train` into an empty cache; bit-identity read from the checksums."""
+    """`python -m mi_bridge.models.toy train` into an empty cache; bit-identity read from the checksums."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MI_BRIDGE_CACHE=tmp)
-        seconds, stdout = fresh_process(["-m", "mi_bridge.toy", "train"], env, terminal=True)
+        seconds, stdout = fresh_process(["-m", "mi_bridge.models.toy", "train"], env, terminal=True)
         per_model = {  # "<name>: <steps> steps in <seconds> s, ...", each process timing its own training
             name: {"steps": int(steps), "seconds": int(own)}
             for name, steps, own in re.findall(r"(toy-\w+): (\d+) steps in (\d+) s", stdout)

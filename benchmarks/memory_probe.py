@@ -17,8 +17,8 @@ import resource
 import torch
 
 from benchmarks.pythia_arch import pythia_architecture, pythia_items
-from mi_bridge.capture import capture_resid_post
-from mi_bridge.evaluate import condition_logits, standard_conditions
+from mi_bridge.core.capture import capture_resid_post
+from mi_bridge.core.evaluate import condition_logits, standard_conditions
 
 SENDER_LAYER, RECEIVER_LAYER = 5, 11  # the Pythia defaults (middle layers)
 

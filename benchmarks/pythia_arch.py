@@ -7,7 +7,8 @@ from pathlib import Path
 
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mi_bridge.task import TaskItems, load_neox_tokenizer, pythia_language, sample_items
+from mi_bridge.models.language import load_neox_tokenizer, pythia_language
+from mi_bridge.models.task import TaskItems, sample_items
 
 TOKENIZER = Path(__file__).resolve().parent.parent / "tests" / "data" / "gpt-neox-20b-tokenizer.json"
 PYTHIA = {  # (n_layers, d_model, n_heads): the published Pythia architectures

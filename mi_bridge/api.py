@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mi_bridge import models
 from mi_bridge.config import DTYPES, UserError
-from mi_bridge.device import resolve_device
-from mi_bridge.toy import TOY_MODELS
+from mi_bridge.core.device import resolve_device
+from mi_bridge.models import loading, specs
+from mi_bridge.models.toy import TOY_MODELS
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -25,7 +25,7 @@ def load_model(
     if name in TOY_MODELS:
         if revision is not None:
             raise UserError(f"{name} is a toy model; it takes no revision")
-        spec = models.toy_spec(name)
+        spec = specs.toy_spec(name)
     else:
-        spec = models.pretrained_spec(name, revision)
-    return models.load_model(spec, resolve_device(device), dtype)[0]
+        spec = specs.pretrained_spec(name, revision)
+    return loading.load_model(spec, resolve_device(device), dtype)[0]

@@ -18,10 +18,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from mi_bridge import cli, progress
+from mi_bridge import cli
 from mi_bridge.config import UserError
-from mi_bridge.identity import describe
-from mi_bridge.toy import cache_root
+from mi_bridge.core import progress
+from mi_bridge.files import cache_root
+from mi_bridge.models.identity import describe
 
 PARTS = {"activations": "activations", "models": "toy"}
 DEFAULT_MAX_GB = 20

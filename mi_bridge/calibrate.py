@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mi_bridge import cli, progress
+from mi_bridge import cli
 from mi_bridge.config import TEMPLATES, ExperimentConfig, UserError
+from mi_bridge.core import progress
 from mi_bridge.files import write_text_atomic
 from mi_bridge.stats import fmt_ci, paired_bootstrap_ci, task_valid
 
@@ -42,7 +43,7 @@ def rate(correct: np.ndarray) -> dict:
 
 def candidate_correct(model, tokens, candidates, gold, batch_size: int) -> np.ndarray:
     """Per item, 1 if the next-token logit of the gold candidate is the highest of the k candidates."""
-    from mi_bridge.capture import capture_resid_post
+    from mi_bridge.core.capture import capture_resid_post
 
     logits = capture_resid_post(
         model, tokens, layers=[0], positions=[-1], with_answer_logits=True, batch_size=batch_size
@@ -54,7 +55,7 @@ def calibrate_language(
     pair, language, k: int, *, n_items: int, seed: int, batch_size: int, n_bootstrap: int, min_gap: float
 ) -> dict:
     """The calibration row of one prompt form and k."""
-    from mi_bridge.task import sample_items
+    from mi_bridge.models.task import sample_items
 
     items = sample_items(language, k=k, n_items=n_items, seed=seed)
     sender = candidate_correct(
@@ -85,7 +86,7 @@ def calibrate_language(
 
 def calibrate(config: ExperimentConfig, templates: list[str], ks: list[int], pair) -> list[dict]:
     """Rows for every template x k on ``config``'s loaded pair, without printing."""
-    from mi_bridge.task import english_language
+    from mi_bridge.models.language import english_language
 
     rows = []
     for template in progress.track(templates, "templates"):
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.json_out is not None:
             cli.check_writable(args.json_out)
-        from mi_bridge.models import load_pair
+        from mi_bridge.models.loading import load_pair
 
         pair = load_pair(config)
         rows = calibrate(config, templates, ks, pair=pair)

@@ -21,8 +21,8 @@ from importlib import metadata
 from pathlib import Path
 
 from mi_bridge.config import CHOICES, ExperimentConfig, UserError
-from mi_bridge.files import publish_folder
-from mi_bridge.progress import error
+from mi_bridge.core.progress import error
+from mi_bridge.files import publish_folder, write_json
 
 NOT_FLAGS = ("extra",)
 """Config fields that are not command-line flags (free-form notes carried in config.json)."""
@@ -187,10 +187,6 @@ def git_revision() -> str | None:
         return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def publish_run(

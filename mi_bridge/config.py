@@ -33,6 +33,10 @@ DEFAULT_MODELS = {
 }
 
 
+SEED_LAYER_DEPTH = 0.67
+"""The seed paper's relative layer (``layer_rel``): blocks 8 of 12 and 16 of 24 for Pythia-160M/410M."""
+
+
 class SeedOffset:
     """Offsets added to a seed's index so that each random stream of one seed is distinct."""
 
@@ -157,7 +161,7 @@ class ExperimentConfig:
             )
         if self.batch_size < 1 or self.n_bootstrap < 100:
             raise UserError("batch size must be >= 1 and bootstrap resamples >= 100")
-        from mi_bridge.device import AUTO, device_type  # device imports this module
+        from mi_bridge.core.device import AUTO, device_type  # device imports this module
 
         try:
             if self.device != AUTO:
@@ -216,6 +220,11 @@ class ExperimentConfig:
     def bridge_kind(self) -> str:
         """The bridge recipe, with the protocol's default."""
         return self.bridge or ("sgd-l2" if self.protocol == "seed" else "ridge")
+
+    @property
+    def layer_depth(self) -> float | None:
+        """The default layers' relative depth under the protocol (None: ``models.default_layer``'s rule)."""
+        return SEED_LAYER_DEPTH if self.protocol == "seed" else None
 
     @property
     def n_test(self) -> int:

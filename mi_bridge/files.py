@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mi_bridge.device import to_cpu_numpy
+from mi_bridge.core.device import to_cpu_numpy
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -65,3 +66,12 @@ def sha256_file(path: Path) -> str:
 def sha256_tensor(tensor) -> str:
     """Checksum of a tensor's bytes (dtype-agnostic: the raw storage), on any device."""
     return hashlib.sha256(to_cpu_numpy(tensor.contiguous().view(-1).view(torch.uint8)).tobytes()).hexdigest()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MI_BRIDGE_CACHE", Path.home() / ".cache" / "mi_bridge"))
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Pretty JSON with a final newline (inside a staging folder: the folder is what is atomic)."""
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -22,21 +22,14 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mi_bridge import cli, grid, report
+from mi_bridge import cli, grid
 from mi_bridge.config import ExperimentConfig, UserError
-from mi_bridge.device import AUTO, device_type
-from mi_bridge.files import write_text_atomic
-from mi_bridge.progress import console
+from mi_bridge.core.device import AUTO, device_type
+from mi_bridge.core.progress import console
+from mi_bridge.sweep_summary import write_summary
 
-METRICS = {
-    "translated": "best translated Δ accuracy",
-    "context_free": "context-free ceiling (Δ accuracy)",
-    "normalized_cosine": "normalized cosine",
-}
-"""The numbers kept per cell in sweep.json, each drawn as a heatmap."""
 WORKER_ENV = ("MI_BRIDGE_CACHE", "MI_BRIDGE_CACHE_MAX_GB", "HF_HOME", "HF_HUB_OFFLINE")
 """Environment variables handed to the Ray workers when the driver sets them (where the caches are)."""
 RAY_MISSING = "Ray is not installed: pip install -e '.[ray]' (or run the cells in process with --local)"
@@ -80,7 +73,7 @@ def key_numbers(results: dict) -> dict:
     translated condition and the context-free ceiling as the decomposition reads them (the best
     surviving translated condition with its Holm p, else the best by mean; the best context-free
     self-patch), and the normalized cosine. A seed-protocol run has only its layers."""
-    from mi_bridge.diagnosis import best, best_translated, holm_p
+    from mi_bridge.protocols.split.diagnosis import best, best_translated, holm_p
 
     numbers = {"layers": results["layers"]}
     if "site" not in results:
@@ -114,7 +107,7 @@ class PairWorker:
     """Holds one loaded model pair and runs the cells that share it (a Ray actor)."""
 
     def __init__(self, config: dict, gpu: bool = False):
-        from mi_bridge.models import load_pair
+        from mi_bridge.models.loading import load_pair
 
         config = ExperimentConfig.from_dict(config)
         # An actor with a GPU sees only that one (Ray sets CUDA_VISIBLE_DEVICES), as cuda:0 whatever the
@@ -142,7 +135,7 @@ def finished(cell: grid.Cell) -> dict | None:
 
 def run_local(pending: list[grid.Cell], outcomes: dict, use_cache: bool, bar) -> None:
     """Cells in this process, one pair loaded per group of cells; a failing cell does not stop the rest."""
-    from mi_bridge.models import load_pair
+    from mi_bridge.models.loading import load_pair
 
     pair, key = None, None
     for cell in sorted(pending, key=lambda c: c.pair_key()):
@@ -262,110 +255,6 @@ def run_ray(
         bar(running=len(running))
     for _, actor in idle:
         ray.kill(actor)
-
-
-def heatmaps(cells: list[grid.Cell], outcomes: dict, folder: Path) -> list[str]:
-    """One figure per metric: sender layer x receiver layer, one panel per other grid combination."""
-    panels: dict[str, dict] = {}
-    for cell in cells:
-        numbers = outcomes[cell.name].numbers
-        if outcomes[cell.name].status == "done":
-            c = cell.config
-            title = " ".join(
-                f"{name}@{revision}" if revision else name
-                for name, revision in (
-                    (c.sender_name, c.sender_revision),
-                    (c.receiver_name, c.receiver_revision),
-                )
-            )
-            title += f" {c.position} {c.target}"
-            panels.setdefault(title, {})[(numbers["layers"]["sender"], numbers["layers"]["receiver"])] = (
-                numbers
-            )
-    names = []
-    for metric, label in METRICS.items():
-        if not any(metric in n for panel in panels.values() for n in panel.values()):
-            continue
-        name = f"heatmap_{metric}.png"
-        with report.saved_figure(
-            folder / name, 1, len(panels), squeeze=False, figsize=(4.5 * len(panels), 3.8)
-        ) as (fig, axes):
-            for ax, (title, panel) in zip(axes[0], panels.items(), strict=True):
-                senders = sorted({s for s, _ in panel})
-                receivers = sorted({r for _, r in panel})
-                values = [
-                    [panel.get((s, r), {}).get(metric, {}).get("mean", float("nan")) for r in receivers]
-                    for s in senders
-                ]
-                values = np.array(values, dtype=float)
-                if metric == "normalized_cosine":
-                    image = ax.imshow(values, cmap="viridis")
-                else:  # Δ accuracy: white at 0, gains red, losses blue
-                    bound = max(float(np.nanmax(np.abs(values), initial=0.0)), 1e-6)
-                    image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
-                if values.size <= 200:  # small grids: the numbers themselves
-                    for (i, j), value in np.ndenumerate(values):
-                        ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=7)
-                ax.set_xticks(range(len(receivers)), receivers)
-                ax.set_yticks(range(len(senders)), senders)
-                ax.set_xlabel("receiver layer")
-                ax.set_ylabel("sender layer")
-                ax.set_title(title, fontsize=9)
-                fig.colorbar(image, ax=ax, label=label)
-        names.append(name)
-    return names
-
-
-def write_summary(folder: Path, values: dict, base: ExperimentConfig, cells, outcomes: dict) -> None:
-    """sweep.json, report.md and the heatmaps, each written atomically (also after Ctrl-C)."""
-    rows = [
-        {
-            "name": cell.name,
-            "folder": cell.name,
-            **{k: v for k, v in vars(outcomes[cell.name]).items() if v is not None},
-        }
-        for cell in cells
-    ]
-    base_dict = {k: v for k, v in base.to_dict().items() if k not in grid.GRID_FIELDS + ("out", "extra")}
-    data = {"grid": values, "config": base_dict, "cells": rows}
-    write_text_atomic(folder / "sweep.json", json.dumps(data, indent=2) + "\n")
-    figures = heatmaps(cells, outcomes, folder)
-
-    def number(numbers: dict, key: str) -> str:
-        if key not in numbers:
-            return ""
-        value = numbers[key]
-        ci = f" [{value['ci'][0]:+.3f}, {value['ci'][1]:+.3f}]" if "ci" in value else ""
-        return f"{value['mean']:+.3f}{ci}"
-
-    counts = Counter(o.status for o in outcomes.values())
-    lines = [
-        "# Sweep",
-        "",
-        f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending. "
-        "Grid: "
-        + ("; ".join(f"{k} {json.dumps(v)}" for k, v in values.items() if v != [None]) or "one cell")
-        + ".",
-        "",
-    ]
-    lines += report.md_table(
-        ("cell", "status", "site", "best translated Δ acc", "context-free ceiling", "norm. cosine", "error"),
-        [
-            (
-                f"[{cell.name}]({cell.name}/report.md)" if o.status == "done" else cell.name,
-                o.status,
-                o.numbers.get("site_class", ""),
-                number(o.numbers, "translated"),
-                number(o.numbers, "context_free"),
-                number(o.numbers, "normalized_cosine"),
-                o.error or "",
-            )
-            for cell in cells
-            for o in [outcomes[cell.name]]
-        ],
-    )
-    lines += ["", *(f"![{name}]({name})" for name in figures)]
-    write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

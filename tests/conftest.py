@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
-from mi_bridge.task import TOY_WORDS  # noqa: E402
+from mi_bridge.models.language import TOY_WORDS  # noqa: E402
 
 TOKENIZER_FILE = Path(__file__).resolve().parent / "data" / "gpt-neox-20b-tokenizer.json"
 
@@ -60,7 +60,7 @@ def tiny_model() -> HookedTransformer:
 
 @pytest.fixture(scope="session")
 def neox_tokenizer():
-    from mi_bridge.task import load_neox_tokenizer
+    from mi_bridge.models.language import load_neox_tokenizer
 
     if not TOKENIZER_FILE.exists():
         pytest.fail(f"the GPT-NeoX tokenizer is expected at {TOKENIZER_FILE} (it ships with the repository)")

@@ -6,11 +6,12 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer
 
-from mi_bridge.analyses import ORDER, load_script, main, qualify_by_site
-from mi_bridge.capture import answer_logits
-from mi_bridge.diagnosis import SITE_CLASSES
-from mi_bridge.evaluate import Condition, evaluate_conditions
-from mi_bridge.result import VERDICTS, Result
+from mi_bridge.analyses.runner import ORDER, load_script, main
+from mi_bridge.core.capture import answer_logits
+from mi_bridge.core.evaluate import Condition, evaluate_conditions
+from mi_bridge.protocols.split.analysis import qualify_by_site
+from mi_bridge.protocols.split.diagnosis import SITE_CLASSES
+from mi_bridge.report.result import VERDICTS, Result
 
 from .conftest import make_cfg
 
@@ -69,8 +70,8 @@ def test_the_logit_lens_of_the_last_residual_is_the_models_output(tiny_model):
 
 
 def test_the_usability_bridge_learns_and_only_the_map_gets_gradients():
-    from mi_bridge import usability
-    from mi_bridge.bridge import LinearBridge
+    from mi_bridge.bridges import usability
+    from mi_bridge.bridges.ridge import LinearBridge
 
     receiver = HookedTransformer(make_cfg(n_layers=2)).train()
     g = torch.Generator().manual_seed(0)
@@ -153,7 +154,7 @@ def test_every_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
         source = load_script(name).__file__
         first_lines = open(source).read().splitlines()[:4]
         assert any(
-            f"python analyses/{name}.py" in line for line in first_lines
+            f"python -m mi_bridge.analyses {name}" in line for line in first_lines
         )  # hypothesis and command on top
 
 

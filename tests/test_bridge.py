@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mi_bridge.bridge import LinearBridge, fit_quality, fit_report, ridge_path
+from mi_bridge.bridges.ridge import LinearBridge, fit_quality, fit_report, ridge_path
 from mi_bridge.config import UserError
 
 
@@ -58,7 +58,7 @@ def test_ridge_path_at_lambda_zero_matches_least_squares():
 
 
 def test_closed_form_heldout_errors_match_explicit_predictions():
-    from mi_bridge.bridge import heldout_errors
+    from mi_bridge.bridges.ridge import heldout_errors
 
     g = torch.Generator().manual_seed(3)
     x, y = (
@@ -100,3 +100,22 @@ def test_a_damaged_bridge_file_is_refused_with_a_clear_error(tmp_path, damage):
         (tmp_path / "bridge.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="bridge"):
         LinearBridge.load(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["ridge", "sgd-l2"])
+def test_every_bridge_kind_saves_and_loads_as_itself(tmp_path, kind):
+    from mi_bridge.bridges.base import BRIDGES, Bridge, load_bridge
+    from mi_bridge.bridges.sgd_l2 import SGDRecipe
+
+    x, y = torch.randn(64, 5), torch.randn(64, 7)
+    options = {"recipe": SGDRecipe(epochs=2)} if kind == "sgd-l2" else {}
+    bridge = BRIDGES[kind].fit(x, y, seed=0, **options)
+    bridge.metadata = {"sender": "a"}
+    bridge.save(tmp_path)
+    loaded = load_bridge(tmp_path, expect={"sender": "a"})
+    assert type(loaded) is type(bridge) and loaded.kind == kind
+    torch.testing.assert_close(loaded(x), bridge(x), rtol=0, atol=1e-6)  # saved contiguous: same map
+    with pytest.raises(UserError, match="not a"):
+        other = next(v for k, v in BRIDGES.items() if k != kind)
+        other.load(tmp_path)
+    assert isinstance(loaded, Bridge)

@@ -7,10 +7,11 @@ from transformer_lens import HookedTransformer
 
 from mi_bridge.cache import main as cache_main
 from mi_bridge.config import ExperimentConfig, UserError
-from mi_bridge.identity import describe, toy_identity
-from mi_bridge.models import ModelPair
-from mi_bridge.prepare import ActivationStore, SeedContext, default_store
-from mi_bridge.task import toy_language
+from mi_bridge.core.store import ActivationStore, default_store
+from mi_bridge.models.identity import describe, toy_identity
+from mi_bridge.models.language import toy_language
+from mi_bridge.models.loading import ModelPair
+from mi_bridge.protocols.split.prepare import SeedContext
 
 from .conftest import make_cfg
 

@@ -112,7 +112,7 @@ def test_the_config_file_repeats_the_run_exactly(tiny_run, tmp_path):
 def test_the_run_records_the_device_it_ran_on(tiny_run):
     """--device defaults to auto: config.json keeps what was asked, and both files name the device that
     ran and its GPU (here, without CUDA, the CPU and null)."""
-    from mi_bridge.device import describe, resolve_device
+    from mi_bridge.core.device import describe, resolve_device
 
     config = json.loads((tiny_run / "config.json").read_text())
     results = json.loads((tiny_run / "results.json").read_text())

@@ -9,12 +9,12 @@ as a CUDA tensor mixed with a CPU one does.
 import pytest
 import torch
 
-from mi_bridge.bridge import LAMBDA_RATIOS, Standardizer, heldout_errors, ridge_solve
+from mi_bridge.bridges.ridge import LAMBDA_RATIOS, Standardizer, heldout_errors, ridge_solve
 from mi_bridge.config import ExperimentConfig, UserError
-from mi_bridge.device import describe, resolve_device, to_cpu_numpy
+from mi_bridge.core.device import describe, resolve_device, to_cpu_numpy
+from mi_bridge.core.inject import inject_residual
 from mi_bridge.files import sha256_tensor
-from mi_bridge.inject import inject_residual
-from mi_bridge.seed_experiment import injected_state
+from mi_bridge.protocols.seed.experiment import injected_state
 from mi_bridge.sweep import actor_gpus
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from mi_bridge.config import ExperimentConfig, UserError
-from mi_bridge.models import load_model, load_pretrained, toy_spec
+from mi_bridge.models.language import pythia_language, toy_language
+from mi_bridge.models.loading import load_model, load_pretrained, toy_spec
+from mi_bridge.models.task import sample_items
 from mi_bridge.run import main
-from mi_bridge.task import pythia_language, sample_items, toy_language
 
 from .conftest import TOKENIZER_FILE
 from .hf_cache import build_pythia_cache

@@ -71,7 +71,7 @@ def test_bad_input_fails_before_any_model_loads(case, offline_models, tmp_path, 
     def loading(*args, **kwargs):
         raise AssertionError(f"{case}: a model was loaded before the input was checked")
 
-    monkeypatch.setattr("mi_bridge.models.load_model", loading)
+    monkeypatch.setattr("mi_bridge.models.loading.load_model", loading)
     cold = tmp_path / "cold-cache"
     cold.mkdir()
     monkeypatch.setenv("MI_BRIDGE_CACHE", str(cold))

@@ -54,9 +54,9 @@ def pythia_cache() -> Path:
 @pytest.fixture(scope="module")
 def toy_runs() -> dict:
     """The default toy run's summary and per-seed scores on each device (nothing written)."""
-    from mi_bridge.experiment import run_experiment
-    from mi_bridge.models import load_pair, resolve_layers
-    from mi_bridge.prepare import ActivationStore
+    from mi_bridge.core.store import ActivationStore
+    from mi_bridge.models.loading import load_pair, resolve_layers
+    from mi_bridge.protocols.split.experiment import run_experiment
 
     runs = {}
     for device in ("cpu", "cuda"):
@@ -69,7 +69,7 @@ def toy_runs() -> dict:
 @pytest.mark.gpu
 @CUDA
 def test_the_toy_run_on_cuda_gives_the_cpu_runs_answer(toy_runs):
-    from mi_bridge.diagnosis import verdict_label
+    from mi_bridge.protocols.split.diagnosis import verdict_label
 
     (cpu, cpu_seeds), (cuda, cuda_seeds) = toy_runs["cpu"], toy_runs["cuda"]
     assert cuda["site"]["class"] == cpu["site"]["class"]
@@ -117,10 +117,11 @@ def _hf_self_patch_logits(hf, tokens, donor_tokens, layer: int, position: int) -
 def test_gpt_neox_logits_and_a_self_patch_match_hugging_face(pythia_cache, device):
     from transformers import AutoModelForCausalLM
 
-    from mi_bridge.capture import capture_resid_post
-    from mi_bridge.inject import run_with_injection
-    from mi_bridge.models import load_pretrained
-    from mi_bridge.task import pythia_language, sample_items
+    from mi_bridge.core.capture import capture_resid_post
+    from mi_bridge.core.inject import run_with_injection
+    from mi_bridge.models.language import pythia_language
+    from mi_bridge.models.loading import load_pretrained
+    from mi_bridge.models.task import sample_items
 
     ours = load_pretrained("pythia-14m", device)
     hf = AutoModelForCausalLM.from_pretrained(pythia_cache).to(device).eval()
@@ -142,8 +143,9 @@ def test_gpt_neox_logits_and_a_self_patch_match_hugging_face(pythia_cache, devic
 @pytest.mark.gpu
 @CUDA
 def test_bfloat16_stays_within_rounding_of_float32_on_cuda(pythia_cache):
-    from mi_bridge.models import load_pretrained
-    from mi_bridge.task import pythia_language, sample_items
+    from mi_bridge.models.language import pythia_language
+    from mi_bridge.models.loading import load_pretrained
+    from mi_bridge.models.task import sample_items
 
     full = load_pretrained("pythia-14m", "cuda")
     half = load_pretrained("pythia-14m", "cuda", dtype="bfloat16")
@@ -190,7 +192,7 @@ def test_the_seed_protocol_on_cuda(pythia_cache, tmp_path, dtype):
 @CUDA
 def test_every_analysis_on_cuda(tmp_path):
     """Every analysis, the usability-trained bridge and the learning curve included."""
-    from mi_bridge.analyses import ORDER, main
+    from mi_bridge.analyses.runner import ORDER, main
 
     argv = ["all", "--n-items", "60", "--seeds", "1", "--n-bootstrap", "200", "--alphas", "1"]
     argv += ["--scales", "0.5,1,2", "--train-steps", "20", "--curve-sizes", "16,32", "--device", "cuda"]
@@ -202,7 +204,7 @@ def test_every_analysis_on_cuda(tmp_path):
 @pytest.mark.gpu
 @CUDA
 def test_every_seed_protocol_analysis_on_cuda(pythia_cache, tmp_path):
-    from mi_bridge.analyses import main
+    from mi_bridge.analyses.runner import main
 
     argv = ["all", *TINY_SEED[:-4], "--n-bootstrap", "200", "--scales", "0.5,1", "--device", "cuda"]
     assert main([*argv, "--out", str(tmp_path / "all")]) == 0

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted((ROOT / "mi_bridge").glob("*.py")) + sorted((ROOT / "analyses").glob("*.py"))
+SOURCES = sorted((ROOT / "mi_bridge").rglob("*.py")) + sorted((ROOT / "analyses").glob("*.py"))
+"""Every module, in every subpackage (a one-level glob would silently stop checking them)."""
 
 
 def test_ruff_finds_nothing():
@@ -14,6 +15,21 @@ def test_ruff_finds_nothing():
         [sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_sources_include_every_subpackage():
+    packages = {
+        p.parent.relative_to(ROOT / "mi_bridge").as_posix() for p in SOURCES if "mi_bridge" in p.parts
+    }
+    assert {
+        "core",
+        "models",
+        "bridges",
+        "protocols/split",
+        "protocols/seed",
+        "report",
+        "analyses",
+    } <= packages
 
 
 def test_nothing_unpickles():

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mi_bridge.config import ExperimentConfig
-from mi_bridge.identity import resolve_commit
-from mi_bridge.models import load_pair
+from mi_bridge.models.identity import resolve_commit
+from mi_bridge.models.loading import load_pair
 from mi_bridge.run import main
 
 from .conftest import TOKENIZER_FILE
@@ -138,8 +138,8 @@ def test_the_report_names_revisions_and_commits(two_revisions, tmp_path, capsys)
 
 
 def test_a_repeat_that_loads_another_checkpoint_says_so(tiny_model, capsys):
-    from mi_bridge.models import ModelPair, record_identities
-    from mi_bridge.task import toy_language
+    from mi_bridge.models.language import toy_language
+    from mi_bridge.models.loading import ModelPair, record_identities
 
     then = {"repository": "EleutherAI/pythia-14m", "revision": "main", "commit": "a" * 40, "dtype": "float32"}
     now = {**then, "commit": "b" * 40}

@@ -4,8 +4,8 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
-from mi_bridge.capture import answer_logits, capture_resid_post
-from mi_bridge.evaluate import (
+from mi_bridge.core.capture import answer_logits, capture_resid_post
+from mi_bridge.core.evaluate import (
     MATMUL_ROWS,
     Condition,
     SharedPrefix,
@@ -15,8 +15,8 @@ from mi_bridge.evaluate import (
     pass_sizes,
     score,
 )
-from mi_bridge.hooks import resid_post_name
-from mi_bridge.inject import MODES, apply_injection, inject_residual, rescale_to, run_with_injection
+from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.inject import MODES, apply_injection, inject_residual, rescale_to, run_with_injection
 
 N, POS = 5, 12
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_bridge.capture import capture_resid_post
 from mi_bridge.config import UserError
-from mi_bridge.models import load_pretrained
+from mi_bridge.core.capture import capture_resid_post
+from mi_bridge.models.language import pythia_language
+from mi_bridge.models.loading import load_pretrained
+from mi_bridge.models.task import sample_items
 from mi_bridge.run import main
-from mi_bridge.task import pythia_language, sample_items
 
 from .conftest import TOKENIZER_FILE
 from .hf_cache import PYTHIA_14M_CONFIG, build_pythia_cache
@@ -115,7 +116,7 @@ def test_the_checks_read_the_model_that_loads(pythia_cache, pythia):
     what they learn must be what the loaded model is: its shape, and its tokenizer's ids for every text
     the prompts are built from."""
     from mi_bridge.config import ExperimentConfig
-    from mi_bridge.models import check_pair
+    from mi_bridge.models.loading import check_pair
 
     checked = check_pair(ExperimentConfig(pair="pythia", sender="pythia-14m", receiver="pythia-14m"))
     assert (checked.receiver.n_layers, checked.receiver.d_vocab) == (pythia.cfg.n_layers, pythia.cfg.d_vocab)

@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from mi_bridge.bridge import LinearBridge
+from mi_bridge.bridges.ridge import LinearBridge
 from mi_bridge.cli import config_from_args
 from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.files import write_atomic
+from mi_bridge.models.toy import TOY_MODELS
 from mi_bridge.run import build_parser, main
-from mi_bridge.toy import TOY_MODELS
 
 TINY = ["--n-items", "40", "--seeds", "1", "--alphas", "1", "--n-bootstrap", "200"]
 RESULT_KEYS = ("validity", "bridge", "conditions", "verdict")
@@ -207,7 +207,7 @@ def test_cold_and_warm_runs_are_bit_identical_and_record_their_provenance(cold_r
 def test_a_damaged_toy_model_is_never_loaded(tmp_path):
     from transformer_lens import HookedTransformer
 
-    from mi_bridge.toy import _load_cached, _save_atomic
+    from mi_bridge.models.toy import _load_cached, _save_atomic
 
     recipe = TOY_MODELS["toy-sender"]
     model = HookedTransformer(recipe.model_config())
@@ -317,14 +317,14 @@ def test_malformed_config_files_are_one_clear_error(content, tmp_path):
 
 
 def test_analysis_names_cannot_become_paths(capsys):
-    from mi_bridge.analyses import main as analyses_main
+    from mi_bridge.analyses.runner import main as analyses_main
 
     assert analyses_main(["../../etc/passwd"]) == 2
     assert "no analysis script named" in capsys.readouterr().err
 
 
 def test_analyses_help_without_names_lists_every_scripts_flags(capsys):
-    from mi_bridge.analyses import main as analyses_main
+    from mi_bridge.analyses.runner import main as analyses_main
 
     with pytest.raises(SystemExit) as exit_:
         analyses_main(["--help"])

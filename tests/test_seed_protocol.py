@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_bridge.bridge import LinearBridge, fit_report, unit
+from mi_bridge.bridges.ridge import LinearBridge, fit_report, unit
+from mi_bridge.bridges.sgd_l2 import SGDL2Bridge, SGDRecipe
 from mi_bridge.config import UserError
-from mi_bridge.generate import apply_repetition_penalty, banned_ngram_tokens, greedy_generate
-from mi_bridge.hooks import resid_post_name
-from mi_bridge.seed_experiment import injected_state, prefill_hook
-from mi_bridge.seed_metrics import boundary_contains, legacy_contains, normalized_exact_match
-from mi_bridge.seed_task import EVAL_SHA256, answer_fact, data_dir, load_eval, load_published
-from mi_bridge.sgd_bridge import SGDL2Bridge, SGDRecipe
+from mi_bridge.core.generate import apply_repetition_penalty, banned_ngram_tokens, greedy_generate
+from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.protocols.seed.experiment import injected_state, prefill_hook
+from mi_bridge.protocols.seed.metrics import boundary_contains, legacy_contains, normalized_exact_match
+from mi_bridge.protocols.seed.task import EVAL_SHA256, answer_fact, data_dir, load_eval, load_published
 
 from .conftest import TOKENIZER_FILE
 from .hf_cache import build_pythia_cache
@@ -183,7 +183,13 @@ def test_the_seed_protocol_runs_end_to_end_and_its_audit_flags_the_task(pythia_c
         "report.md",
         "figure.png",
         "predictions.json",
+        "bridge",
     }
+    # every bridge of the run is published, per kind and seed, and loads back as its kind
+    from mi_bridge.bridges.base import load_bridge
+
+    assert {p.parent.name for p in (out / "bridge").glob("*/seed*")} == {"sgd-l2", "ridge"}
+    assert load_bridge(next((out / "bridge" / "sgd-l2").iterdir())).kind == "sgd-l2"
 
 
 def test_the_seed_protocol_refuses_the_toy_pair(tmp_path, capsys):
@@ -201,7 +207,7 @@ def test_teacher_forced_answer_scores_match_token_by_token_forwards(tiny_model, 
     """``answer_logprobs`` against an independent computation: one forward per answer token, with a plain
     TransformerLens hook overwriting the prompt positions only. Catches an off-by-one in the answer
     positions and an injection that leaks into them."""
-    from mi_bridge.seed_analysis import answer_logprobs
+    from mi_bridge.protocols.seed.analysis import answer_logprobs
 
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, tiny_model.cfg.d_vocab, (n,), generator=g).tolist() for n in (5, 5, 7)]
@@ -244,7 +250,7 @@ def test_teacher_forced_answer_scores_match_token_by_token_forwards(tiny_model, 
 def test_the_analyses_run_under_the_seed_protocol_and_say_where_they_do_not_apply(
     pythia_cache, tmp_path, one_thread
 ):
-    from mi_bridge.analyses import ORDER, main
+    from mi_bridge.analyses.runner import ORDER, main
 
     out = tmp_path / "analyses"
     argv = "all --protocol seed --pair pythia --sender pythia-14m --receiver pythia-14m --n-items 4".split()
@@ -273,7 +279,7 @@ def test_the_analyses_run_under_the_seed_protocol_and_say_where_they_do_not_appl
 
 
 def test_an_analysis_that_does_not_apply_to_the_seed_protocol_says_why_in_one_line(capsys, tmp_path):
-    from mi_bridge.analyses import main
+    from mi_bridge.analyses.runner import main
 
     out = tmp_path / "x"
     assert main(["lookup_phase", "--protocol", "seed", "--pair", "pythia", "--out", str(out)]) == 2
@@ -286,8 +292,8 @@ def test_an_analysis_that_does_not_apply_to_the_seed_protocol_says_why_in_one_li
 def test_seed_prompts_and_answers_are_encoded_without_bos(pythia_cache):
     """The paper's tokenizer adds no BOS; the models' tokenizer is built with add_bos_token=True, so the
     seed protocol must switch special tokens off (else every answer would start with <|endoftext|>)."""
-    from mi_bridge.models import hf_tokenizer
-    from mi_bridge.seed_experiment import encode
+    from mi_bridge.models.loading import hf_tokenizer
+    from mi_bridge.protocols.seed.experiment import encode
 
     tokenizer = hf_tokenizer("EleutherAI/pythia-14m", None)
     assert tokenizer(" Paris")["input_ids"][0] == tokenizer.bos_token_id  # what the seed path must avoid
@@ -297,7 +303,7 @@ def test_seed_prompts_and_answers_are_encoded_without_bos(pythia_cache):
 
 
 def test_the_seed_runs_verdict_label_reads_translated_conditions_and_the_asymmetry():
-    from mi_bridge.seed_report import verdict_label
+    from mi_bridge.protocols.seed.report import verdict_label
 
     def results(valid: bool, asymmetric: bool, helped: str | None, p: float = 0.001) -> dict:
         conditions = [
@@ -339,7 +345,7 @@ def test_runs_of_one_item_set_are_averaged_per_item_not_pooled():
     Three identical runs are then exactly one run; pooled, they would triple n and narrow the CI."""
     import numpy as np
 
-    from mi_bridge import audit
+    from mi_bridge.protocols.seed import audit
     from mi_bridge.stats import paired_bootstrap_ci, sign_test_p
 
     rng = np.random.default_rng(0)

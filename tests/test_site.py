@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from mi_bridge import diagnosis
-from mi_bridge.task import pythia_language, sample_items, toy_language
+from mi_bridge.models.language import pythia_language, toy_language
+from mi_bridge.models.task import sample_items
+from mi_bridge.protocols.split import diagnosis
 
 
 def languages(neox_tokenizer):
@@ -136,7 +137,7 @@ def test_decomposition_names_the_first_stage_that_fails(context_free, probe_low,
 def test_the_runs_verdict_label_follows_validity_help_and_site():
     """The transfer experiment's verdict on the published negative result: withheld where the task is
     not valid or the site admits no sender vector; refuted by any translated condition that helps."""
-    from mi_bridge.diagnosis import verdict_label
+    from mi_bridge.protocols.split.diagnosis import verdict_label
 
     def results(valid: bool, site: str, translated_ci: tuple[float, float]) -> dict:
         low, high = translated_ci

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import mi_bridge
-from mi_bridge import packaged
 from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.models import packaged
 from mi_bridge.run import main
 
 pytestmark = pytest.mark.slow
@@ -150,8 +150,8 @@ def test_the_split_protocol_runs_on_the_real_model_and_its_gate_reports(smollm2_
 
 def test_the_calibration_measures_every_template(hooked):
     from mi_bridge.calibrate import calibrate
-    from mi_bridge.models import ModelPair
-    from mi_bridge.task import english_language
+    from mi_bridge.models.language import english_language
+    from mi_bridge.models.loading import ModelPair
 
     pair = ModelPair(hooked, hooked, "smollm2-135m", "smollm2-135m", english_language(hooked.tokenizer))
     config = ExperimentConfig(pair="smollm2", n_items=32, n_bootstrap=200, device="cpu", extra={"seed": 0})
@@ -186,7 +186,7 @@ def test_a_wheel_whose_file_does_not_hash_right_is_refused(tmp_path, monkeypatch
 
 
 def test_a_recorded_packaged_identity_is_described_and_old_configs_keep_their_template():
-    from mi_bridge import identity
+    from mi_bridge.models import identity
 
     recorded = {
         "packaged": "smollm2-135m",

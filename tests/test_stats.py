@@ -44,8 +44,12 @@ def test_summaries_on_threads_equal_the_serial_loop():
     import torch
 
     from mi_bridge.config import ExperimentConfig
-    from mi_bridge.evaluate import BASELINE, ItemScores
-    from mi_bridge.experiment import SITE_CONDITIONS, summarize_condition, summarize_conditions
+    from mi_bridge.core.evaluate import BASELINE, ItemScores
+    from mi_bridge.protocols.split.experiment import (
+        SITE_CONDITIONS,
+        summarize_condition,
+        summarize_conditions,
+    )
 
     generator = torch.Generator().manual_seed(0)
 

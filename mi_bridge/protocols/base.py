@@ -1,0 +1,89 @@
+"""The protocol interface, and the registry of protocols by name.
+
+A protocol is what a run does between loading the pair and publishing the run folder, in five stages:
+``prepare`` (items, states, bridges) → ``conditions`` (what to evaluate) → ``evaluate`` → ``summarize``
+(results.json's sections) → ``judge`` (the verdict as a ``Result``). ``run`` chains them; the commands
+(``mi_bridge.run``, the sweep, the analyses) know only this interface, so a third protocol is a new
+subpackage and one line in ``PROTOCOLS``. Protocols never import each other: what both use lives in
+``mi_bridge.core``, ``mi_bridge.bridges`` and ``mi_bridge.models``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.report.result import Result
+
+
+@dataclass
+class Outcome:
+    """One run's results.json sections and what else its folder gets (bridges, predictions)."""
+
+    results: dict
+    evaluated: Any
+    """The protocol's own per-run data, handed back to ``write_artifacts``."""
+
+
+class Protocol(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def prepare(self, config: ExperimentConfig, pair, sender_layer: int, receiver_layer: int, store) -> Any:
+        """Items, cached states and fitted bridges: everything the conditions read."""
+
+    @abstractmethod
+    def conditions(self, config: ExperimentConfig) -> list:
+        """The conditions evaluated, baseline and controls included, in report order."""
+
+    @abstractmethod
+    def evaluate(self, prepared: Any, conditions: list) -> Any:
+        """Every condition's per-item scores."""
+
+    @abstractmethod
+    def summarize(self, config: ExperimentConfig, prepared: Any, evaluated: Any, conditions: list) -> dict:
+        """results.json's sections: validity, effects with their intervals, and the protocol's diagnoses."""
+
+    @abstractmethod
+    def judge(self, results: dict) -> Result:
+        """The verdict on the protocol's hypothesis, with the tables the report shows."""
+
+    @abstractmethod
+    def header(self, config: ExperimentConfig, pair) -> dict:
+        """results.json's sections that describe the models and the sample, before the results."""
+
+    @abstractmethod
+    def figure(self, results: dict, path: Path) -> None: ...
+
+    @abstractmethod
+    def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
+        """Files of the run folder beyond results, config, report and figure (bridges, predictions)."""
+
+    @abstractmethod
+    def folder_tag(self, config: ExperimentConfig) -> str:
+        """What the default run folder's name adds to pair, models and layers."""
+
+    def run(self, config: ExperimentConfig, pair, sender_layer: int, receiver_layer: int, store) -> Outcome:
+        prepared = self.prepare(config, pair, sender_layer, receiver_layer, store)
+        conditions = self.conditions(config)
+        evaluated = self.evaluate(prepared, conditions)
+        return Outcome(self.summarize(config, prepared, evaluated, conditions), evaluated)
+
+
+PROTOCOLS = {
+    "split": "mi_bridge.protocols.split.protocol:SplitProtocol",
+    "seed": "mi_bridge.protocols.seed.protocol:SeedProtocol",
+}
+"""Every protocol by name, as ``module:class``: imported only when a run asks for it (so that bad input
+is refused before torch and TransformerLens load)."""
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise UserError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    module, cls = PROTOCOLS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -1,0 +1,190 @@
+"""Per-seed preparation shared by the split protocol's experiment and every analysis: items, the
+train/test split, cached states (``mi_bridge.core.store``) and bridges."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mi_bridge import __version__
+from mi_bridge.bridges.ridge import LinearBridge
+from mi_bridge.config import ExperimentConfig, SeedOffset, UserError
+from mi_bridge.core.capture import capture_resid_post
+from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.store import CACHE_VERSION, ActivationStore
+from mi_bridge.models import identity
+from mi_bridge.models.loading import ModelPair
+from mi_bridge.models.task import TaskItems, sample_items
+
+
+def split(n_items: int, n_test: int, seed: int) -> tuple[Int[Tensor, " n_fit"], Int[Tensor, " n_test"]]:
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(SeedOffset.SPLIT + seed))
+    return order[n_test:], order[:n_test]
+
+
+@dataclass
+class SeedContext:
+    """One seed's items, train/test split and cached states for one model pair."""
+
+    config: ExperimentConfig
+    pair: ModelPair
+    seed: int
+    store: ActivationStore
+    items: TaskItems = field(init=False)
+    fit_idx: Tensor = field(init=False)
+    test_idx: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.items = sample_items(
+            self.pair.language, k=self.config.k, n_items=self.config.n_items, seed=self.seed
+        )
+        self.fit_idx, self.test_idx = split(self.items.n_items, self.config.n_test, self.seed)
+        if self.config.n_fit is not None:  # fit items of their own; the held-out items stay the same
+            extra = sample_items(
+                self.pair.language,
+                k=self.config.k,
+                n_items=self.config.n_fit,
+                seed=SeedOffset.FIT_ITEMS + self.seed,
+            )
+            self.fit_idx = torch.arange(self.items.n_items, self.items.n_items + extra.n_items)
+            self.items = self.items.join(extra)
+
+    @property
+    def test(self) -> TaskItems:
+        return self.items.subset(self.test_idx)
+
+    def position(self, site: str | None = None) -> int:
+        site = site or self.config.position
+        if site not in ("slot", "final"):
+            raise UserError(f"unknown position {site!r}; choose slot or final")
+        return self.items.slot_position if site == "slot" else self.items.final_position
+
+    def _key(self, role: str, prompt: str) -> str:
+        exact = self.pair.sender_identity if role == "sender" else self.pair.receiver_identity
+        model = self.pair.sender if role == "sender" else self.pair.receiver
+        what = {
+            "language": self.pair.language.name,
+            "prompt": prompt,
+            "k": self.config.k,
+            "n_items": self.config.n_items,
+            "seed": self.seed,
+        }
+        if self.config.n_fit is not None:  # extra fit items change the items behind the key
+            what["n_fit"] = self.config.n_fit
+        # Unknown checkpoint: a key for this process only (the loaded object), never stored on disk.
+        model_key = identity.key_material(exact) if exact is not None else {"unresolved": id(model)}
+        blob = json.dumps([CACHE_VERSION, __version__, model_key, what], sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:20]
+        self.store.describe(key, None if exact is None else {"model": exact, **what})
+        return key
+
+    def _tokens(self, prompt: str) -> Tensor:
+        return {
+            "sender": self.items.sender_tokens,
+            "placeholder": self.items.placeholder_tokens,
+            "oracle": self.items.oracle_tokens,
+            "counterfactual": self.items.counterfactual_tokens,
+            "context-free": self.items.context_free_tokens,
+        }[prompt]
+
+    def states(
+        self, role: str, layers: Sequence[int], prompt: str, position: int
+    ) -> dict[int, Float[Tensor, "n_items d_model"]]:
+        """States of ``role``'s model on ``prompt`` at ``position`` for several layers (one pass)."""
+        model = self.pair.sender if role == "sender" else self.pair.receiver
+        position = position % self._tokens(prompt).shape[1]
+        return self.store.states(
+            self._key(role, prompt), model, self._tokens(prompt), layers, position, self.config.batch_size
+        )
+
+    def sender_states(self, layers: Sequence[int]) -> dict[int, Float[Tensor, "n_items d_sender"]]:
+        return self.states("sender", layers, "sender", -1)
+
+    def receiver_states(
+        self, layers: Sequence[int], prompt: str = "oracle", site: str | None = None
+    ) -> dict[int, Float[Tensor, "n_items d_receiver"]]:
+        return self.states("receiver", layers, prompt, self.position(site))
+
+    def sender_logits(self) -> Float[Tensor, "n_items d_vocab"]:
+        """The sender's next-token logits restricted to nothing: full vocabulary, last position."""
+
+        def compute() -> Tensor:
+            return capture_resid_post(
+                self.pair.sender,
+                self.items.sender_tokens,
+                layers=[0],
+                positions=[-1],
+                with_answer_logits=True,
+                batch_size=self.config.batch_size,
+            ).answer_logits.float()
+
+        return self.store.tensor(self._key("sender", "sender"), "answer_logits", compute)
+
+    def greedy_b(self) -> Int[Tensor, " n_items"]:
+        return self.sender_logits().argmax(-1)
+
+    def bridge_data(
+        self, sender_layer: int, receiver_layer: int, target: str | None = None, site: str | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(x_fit, y_fit, x_test, y_test) for a bridge fitted to ``target`` at ``site``."""
+        target = target or self.config.target
+        x = self.sender_states([sender_layer])[sender_layer]
+        if target == "relay-slot":
+            y = self.receiver_states([receiver_layer], "oracle", site)[receiver_layer]
+            return x[self.fit_idx], y[self.fit_idx], x[self.test_idx], y[self.test_idx]
+        # same-input: both models read the same texts; states paired by token
+        reads = [("sender", -1), ("oracle", self.items.slot_position), ("oracle", self.items.final_position)]
+        xs = [self.states("sender", [sender_layer], prompt, p)[sender_layer] for prompt, p in reads]
+        ys = [self.states("receiver", [receiver_layer], prompt, p)[receiver_layer] for prompt, p in reads]
+        stack = lambda parts, idx: torch.cat([part[idx] for part in parts])
+        return (
+            stack(xs, self.fit_idx),
+            stack(ys, self.fit_idx),
+            stack(xs, self.test_idx),
+            stack(ys, self.test_idx),
+        )
+
+    def fit_bridge(
+        self, sender_layer: int, receiver_layer: int, target: str | None = None, site: str | None = None
+    ) -> LinearBridge:
+        x_fit, y_fit, _, _ = self.bridge_data(sender_layer, receiver_layer, target, site)
+        check_finite(x_fit, y_fit, what="captured activations")
+        metadata = {
+            "sender": self.pair.sender_name,
+            "receiver": self.pair.receiver_name,
+            "sender_hook": resid_post_name(sender_layer),
+            "receiver_hook": resid_post_name(receiver_layer),
+            "target": target or self.config.target,
+            "position": site or self.config.position,
+            "seed": self.seed,
+        }
+        return LinearBridge.fit(x_fit, y_fit, seed=self.seed, metadata=metadata)
+
+    def translated(self, bridge: LinearBridge, sender_layer: int) -> Float[Tensor, "n_test d_receiver"]:
+        """The bridge's outputs for the held-out items' sender states."""
+        vectors = bridge(self.sender_states([sender_layer])[sender_layer][self.test_idx])
+        check_finite(vectors, what="bridge outputs")
+        return vectors
+
+    def test_prompts(self) -> dict[str, Int[Tensor, "n_test pos"]]:
+        test = self.test
+        return {
+            "placeholder": test.placeholder_tokens,
+            "relay": test.with_slot(self.greedy_b()[self.test_idx]),
+            "oracle": test.oracle_tokens,
+        }
+
+
+def check_finite(*tensors: Tensor, what: str) -> None:
+    if not all(torch.isfinite(t).all() for t in tensors):
+        raise UserError(f"NaN or infinite values in {what}; the result would be meaningless, stopping")
+
+
+def seed_contexts(config: ExperimentConfig, pair: ModelPair, store: ActivationStore) -> list[SeedContext]:
+    return [SeedContext(config, pair, seed, store) for seed in range(config.seeds)]

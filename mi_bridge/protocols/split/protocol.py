@@ -1,0 +1,71 @@
+"""The split protocol (the default): the sender reads what the receiver's prompt lacks, and the bridge
+hands its state across (``experiment``, ``diagnosis``, ``report``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mi_bridge.config import ExperimentConfig
+from mi_bridge.core.evaluate import standard_conditions
+from mi_bridge.protocols.base import Outcome, Protocol
+from mi_bridge.protocols.split import report
+from mi_bridge.protocols.split.experiment import run_seed, summarize
+from mi_bridge.protocols.split.prepare import seed_contexts
+from mi_bridge.report.result import Result
+
+
+class SplitProtocol(Protocol):
+    name = "split"
+
+    def prepare(self, config: ExperimentConfig, pair, sender_layer: int, receiver_layer: int, store):
+        return seed_contexts(config, pair, store), sender_layer, receiver_layer
+
+    def conditions(self, config: ExperimentConfig) -> list:
+        return standard_conditions(config.alphas)
+
+    def evaluate(self, prepared, conditions: list) -> list:
+        contexts, sender_layer, receiver_layer = prepared
+        return [run_seed(ctx, sender_layer, receiver_layer, conditions) for ctx in contexts]
+
+    def summarize(self, config: ExperimentConfig, prepared, evaluated, conditions: list) -> dict:
+        return summarize(config, evaluated, conditions, receiver_layer=prepared[2])
+
+    def judge(self, results: dict) -> Result:
+        return report.transfer_result(results)
+
+    def header(self, config: ExperimentConfig, pair) -> dict:
+        roles = (("sender", pair.sender_name, pair.sender), ("receiver", pair.receiver_name, pair.receiver))
+        return {
+            "models": {
+                role: {
+                    "name": name,
+                    "n_layers": model.cfg.n_layers,
+                    "d_model": model.cfg.d_model,
+                    "identity": config.extra["models"][role],
+                }
+                for role, name, model in roles
+            },
+            "n_test": config.n_test,
+        }
+
+    def figure(self, results: dict, path: Path) -> None:
+        report.conditions_figure(results, path)
+
+    def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
+        for i, seed in enumerate(outcome.evaluated):
+            seed.bridge.save(staging / "bridge" / f"seed{i}")
+
+    def folder_tag(self, config: ExperimentConfig) -> str:
+        return f"{config.position}-{config.target}"
+
+    analysis_entry = "analyze"
+
+    def analysis_context(self, config: ExperimentConfig, options, store=None):
+        from mi_bridge.protocols.split.analysis import prepare_split_context
+
+        return prepare_split_context(config, options, store)
+
+    def qualify(self, module, result: Result, site: dict) -> Result:
+        from mi_bridge.protocols.split.analysis import qualify_by_site
+
+        return qualify_by_site(module, result, site)
