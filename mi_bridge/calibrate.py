@@ -52,14 +52,27 @@ def candidate_correct(model, tokens, candidates, gold, batch_size: int) -> np.nd
 
 
 def calibrate_language(
-    pair, language, k: int, *, n_items: int, seed: int, batch_size: int, n_bootstrap: int, min_gap: float
+    pair,
+    language,
+    k: int,
+    *,
+    n_items: int,
+    seed: int,
+    batch_size: int,
+    n_bootstrap: int,
+    min_gap: float,
+    sender_language=None,
 ) -> dict:
-    """The calibration row of one prompt form and k."""
+    """The calibration row of one prompt form and k (``sender_language``: the sender's, where the two
+    tokenizers differ; the same items in its tokens)."""
     from mi_bridge.models.task import sample_items
 
     items = sample_items(language, k=k, n_items=n_items, seed=seed)
+    on_sender = (
+        items if sender_language is None else sample_items(sender_language, k=k, n_items=n_items, seed=seed)
+    )
     sender = candidate_correct(
-        pair.sender, items.sender_tokens, items.bridge_candidates, items.gold_index, batch_size
+        pair.sender, on_sender.sender_tokens, on_sender.bridge_candidates, on_sender.gold_index, batch_size
     )
     oracle, baseline = (
         candidate_correct(pair.receiver, tokens, items.answer_candidates, items.gold_index, batch_size)
@@ -78,7 +91,7 @@ def calibrate_language(
         "oracle_minus_baseline": {"mean": gap, "ci": gap_ci},
         "valid": task_valid(gap, gap_ci, min_gap),
         "example": {
-            "sender": language.decode(items.sender_tokens[0].tolist()),
+            "sender": (sender_language or language).decode(on_sender.sender_tokens[0].tolist()),
             "receiver": language.decode(items.oracle_tokens[0].tolist()),
         },
     }
@@ -86,12 +99,16 @@ def calibrate_language(
 
 def calibrate(config: ExperimentConfig, templates: list[str], ks: list[int], pair) -> list[dict]:
     """Rows for every template x k on ``config``'s loaded pair, without printing."""
-    from mi_bridge.models.language import english_language
+    from mi_bridge.models.loading import pair_languages
 
     rows = []
     for template in progress.track(templates, "templates"):
-        language = (
-            pair.language if config.pair == "toy" else english_language(pair.receiver.tokenizer, template)
+        language, sender_language = (
+            (pair.language, None)
+            if config.pair == "toy"
+            else pair_languages(
+                pair.sender.tokenizer, pair.receiver.tokenizer, replace(config, template=template)
+            )
         )
         for k in ks:
             if k > language.max_k():
@@ -105,6 +122,7 @@ def calibrate(config: ExperimentConfig, templates: list[str], ks: list[int], pai
                 batch_size=config.batch_size,
                 n_bootstrap=config.n_bootstrap,
                 min_gap=config.min_oracle_gap,
+                sender_language=sender_language,
             )
             rows.append({"template": template, **row})
     return rows

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-PAIRS = ("toy", "pythia", "smollm2")
+PAIRS = ("toy", "pythia", "smollm2", "hf")
 POSITIONS = ("slot", "final")
 TARGETS = ("relay-slot", "same-input")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -30,6 +30,7 @@ DEFAULT_MODELS = {
     "toy": ("toy-sender", "toy-receiver"),
     "pythia": ("pythia-160m", "pythia-410m"),
     "smollm2": ("smollm2-135m", "smollm2-135m"),  # one real model in two contexts (README: Real model)
+    "hf": (None, None),  # any Hugging Face causal LM, by hub name or local folder: both must be named
 }
 
 
@@ -61,9 +62,10 @@ class ExperimentConfig:
     """Everything that determines one run of the transfer experiment."""
 
     pair: str = "toy"
-    """Model pair family: ``toy`` (embedded, trained here), ``pythia`` (TransformerLens names) or ``smollm2``
+    """Model pair family: ``toy`` (embedded, trained here), ``pythia`` (TransformerLens names), ``smollm2``
     (SmolLM2-135M-Instruct as sender and receiver; fetch it first: python -m mi_bridge.models fetch
-    smollm2-135m)."""
+    smollm2-135m) or ``hf`` (any Hugging Face causal LM that TransformerLens can convert, by hub name or
+    local folder: name both with ``--sender`` and ``--receiver``)."""
     sender: str | None = None
     """Sender model name; default from the pair (``pythia-160m`` for pythia)."""
     receiver: str | None = None
@@ -139,6 +141,10 @@ class ExperimentConfig:
                 raise UserError(f"{name} model name must not be empty")
         if self.pair not in PAIRS:
             raise UserError(f"unknown pair {self.pair!r}; choose one of {', '.join(PAIRS)}")
+        if self.pair == "hf" and (self.sender is None or self.receiver is None):
+            raise UserError(
+                "--pair hf needs --sender and --receiver: each a Hugging Face model name or a local folder"
+            )
         if self.position not in POSITIONS:
             raise UserError(f"unknown position {self.position!r}; choose one of {', '.join(POSITIONS)}")
         if self.target not in TARGETS:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mi_bridge.config import ExperimentConfig
-from mi_bridge.models.identity import resolve_commit
+from mi_bridge.models.identity import file_sha256, resolve_commit, weights_digest
 from mi_bridge.models.loading import load_pair
 from mi_bridge.run import main
 
@@ -38,6 +38,20 @@ def run_cli(args: list[str], hf_home: Path, cache: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def runs_share_one_cache_and_match_a_fresh_one(homes: dict[int, Path], tmp_path: Path) -> Path:
+    """One run per Hugging Face cache, both into one activation cache; the second checkpoint's results
+    must equal those of a run with no cache at all, and differ from the first's (the weights differ)."""
+    shared = tmp_path / "shared"
+    for seed, home in homes.items():
+        run_cli([*PYTHIA_14M, *TINY, "--out", str(tmp_path / f"shared{seed}")], home, shared)
+    run_cli(
+        [*PYTHIA_14M, *TINY, "--no-cache", "--out", str(tmp_path / "alone1")], homes[1], tmp_path / "other"
+    )
+    assert results_of(tmp_path / "shared1") == results_of(tmp_path / "alone1")
+    assert results_of(tmp_path / "shared0") != results_of(tmp_path / "shared1")
+    return shared
+
+
 def test_two_checkpoints_under_one_name_never_share_cached_activations(tmp_path):
     # Two Hugging Face caches, each holding pythia-14m with different random weights (as after a
     # newer snapshot or on another machine), and one activation cache shared by both.
@@ -46,30 +60,58 @@ def test_two_checkpoints_under_one_name_never_share_cached_activations(tmp_path)
         seed: build_pythia_cache(home, TOKENIZER_FILE, weights_seed=seed).name for seed, home in homes.items()
     }
     assert commits[0] != commits[1]
-    shared = tmp_path / "shared"
-    for seed, home in homes.items():
-        run_cli([*PYTHIA_14M, *TINY, "--out", str(tmp_path / f"shared{seed}")], home, shared)
-    # The reference: the second checkpoint with no cache at all.
-    run_cli(
-        [*PYTHIA_14M, *TINY, "--no-cache", "--out", str(tmp_path / "alone1")], homes[1], tmp_path / "other"
-    )
-
-    assert results_of(tmp_path / "shared1") == results_of(tmp_path / "alone1")
-    assert results_of(tmp_path / "shared0") != results_of(tmp_path / "shared1")  # the weights do differ
+    shared = runs_share_one_cache_and_match_a_fresh_one(homes, tmp_path)
     recorded = {
         json.loads(p.read_text())["model"]["commit"] for p in (shared / "activations").glob("*/identity.json")
     }
     assert recorded == set(commits.values())
     for seed in (0, 1):
         config = json.loads((tmp_path / f"shared{seed}" / "config.json").read_text())
+        snapshot = homes[seed] / "hub" / "models--EleutherAI--pythia-14m" / "snapshots" / commits[seed]
         assert config["extra"]["models"]["receiver"] == {
             "repository": "EleutherAI/pythia-14m",
             "revision": "main",
             "commit": commits[seed],
+            "weights_sha256": weights_digest(snapshot),
             "dtype": "float32",
         }
         results = json.loads((tmp_path / f"shared{seed}" / "results.json").read_text())
         assert results["models"]["sender"]["identity"]["commit"] == commits[seed]
+
+
+def test_same_name_and_commit_with_other_weights_never_share_cached_activations(tmp_path):
+    """The issue's case: two caches with one name and one commit id (a snapshot edited in place, a copied
+    cache) but different weights, and one shared activation cache."""
+    homes = {seed: tmp_path / f"hf{seed}" for seed in (0, 1)}
+    snapshots = {
+        seed: build_pythia_cache(home, TOKENIZER_FILE, weights_seed=seed) for seed, home in homes.items()
+    }
+    forged = snapshots[1].with_name(snapshots[0].name)  # seed 1's weights under seed 0's commit
+    snapshots[1].rename(forged)
+    (homes[1] / "hub" / "models--EleutherAI--pythia-14m" / "refs" / "main").write_text(snapshots[0].name)
+    shared = runs_share_one_cache_and_match_a_fresh_one(homes, tmp_path)
+    recorded = [json.loads(p.read_text())["model"] for p in (shared / "activations").glob("*/identity.json")]
+    assert {r["commit"] for r in recorded} == {snapshots[0].name}  # one commit id ...
+    assert len({r["weights_sha256"] for r in recorded}) == 2  # ... two checkpoints
+
+
+def test_a_file_hash_is_computed_once_and_follows_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    first = file_sha256(weights)
+    assert json.loads((tmp_path / "cache" / "hashes.json").read_text())  # kept
+    calls = []
+    monkeypatch.setattr("mi_bridge.models.identity.sha256_file", lambda p: calls.append(p) or "0" * 64)
+    assert file_sha256(weights) == first and not calls  # from the cache
+    weights.write_bytes(b"b" * 1000)  # replaced in place: another mtime, hashed again
+    os.utime(weights, ns=(1, 1))
+    assert file_sha256(weights) == "0" * 64 and calls
+    blob = tmp_path / "blobs" / ("e" * 64)  # a hub blob is named by its own SHA-256: no read at all
+    blob.parent.mkdir()
+    blob.write_bytes(b"x")
+    (tmp_path / "link.safetensors").symlink_to(blob)
+    assert file_sha256(tmp_path / "link.safetensors") == "e" * 64
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +147,7 @@ def test_a_revision_loads_exactly_its_snapshot(two_revisions):
             "repository": "EleutherAI/pythia-31m",
             "revision": revision,
             "commit": snapshot.name,
+            "weights_sha256": weights_digest(snapshot),
             "dtype": "float32",
         }
         hf = AutoModelForCausalLM.from_pretrained(snapshot).eval()

@@ -148,6 +148,44 @@ def test_the_split_protocol_runs_on_the_real_model_and_its_gate_reports(smollm2_
     assert config["template"] == "list"
 
 
+def test_a_pair_with_two_real_tokenizers_runs_offline_end_to_end(smollm2_cache, tmp_path, monkeypatch):
+    """GPT-NeoX's tokenizer (a random-weight Pythia-architecture folder) as the sender, SmolLM2's (the real
+    model) as the receiver: entities single tokens in both, the sender reads its own tokens, the relay is
+    decoded and re-encoded, and the seed protocol refuses in one line."""
+    from tests.conftest import TOKENIZER_FILE
+    from tests.hf_cache import build_pythia_cache
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sender = build_pythia_cache(tmp_path / "hf", TOKENIZER_FILE)
+    receiver = str(packaged.folder("smollm2-135m"))
+    out = tmp_path / "run"
+    argv = [
+        "--pair",
+        "hf",
+        "--sender",
+        str(sender),
+        "--receiver",
+        receiver,
+        "--n-items",
+        "48",
+        "--seeds",
+        "1",
+    ]
+    argv += ["--no-site-scan", "--alphas", "1", "--n-bootstrap", "200", "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["validity"]["valid"] is True  # the real receiver can use the entity in its slot
+    assert results["models"]["sender"]["identity"]["folder"] == str(sender.resolve())
+    assert {c["name"] for c in results["conditions"]} >= {"baseline", "text relay", "oracle"}
+    config = mi_bridge.ExperimentConfig(pair="hf", sender=str(sender), receiver=receiver, n_items=48)
+    pair = mi_bridge.load_pair(config)
+    assert pair.sender_language is not pair.language
+    assert pair.sender_language.persons == pair.language.persons  # one entity set, two tokenizations
+    assert pair.sender_language.encode(" Paris") != pair.language.encode(" Paris")
+    assert main([*argv[:6], "--protocol", "seed", "--out", str(tmp_path / "seed")]) == 2
+    assert not (tmp_path / "seed").exists()
+
+
 def test_the_calibration_measures_every_template(hooked):
     from mi_bridge.calibrate import calibrate
     from mi_bridge.models.language import english_language

@@ -122,3 +122,49 @@ def test_a_template_is_checked_against_the_pair():
     assert ExperimentConfig(pair="pythia").template == "list"
     assert ExperimentConfig().template == "toy"
     assert ExperimentConfig(pair="smollm2").sender_name == "smollm2-135m"
+
+
+class WordTokenizer:
+    """A tokenizer of whole words (leading space kept), ids offset per instance: two vocabularies that
+    share every word under other ids, one of which splits ``split`` into two tokens."""
+
+    bos_token_id = 0
+
+    def __init__(self, offset: int, split: str = ""):
+        self.offset, self.split, self.words = offset, split, {}
+
+    def encode(self, text, add_special_tokens=False):
+        import re
+
+        pieces = re.findall(r" ?[^ ]+", text)
+        if text == self.split:
+            pieces = [text[:2], text[2:]]
+        return [self.words.setdefault(p, self.offset + len(self.words)) for p in pieces]
+
+    def decode(self, ids):
+        inverse = {i: w for w, i in self.words.items()}
+        return "".join(inverse.get(i, "<bos>") for i in ids)
+
+    def get_vocab(self):
+        return dict(self.words)
+
+
+def test_two_tokenizers_share_one_entity_set_and_the_relay_is_re_encoded():
+    from mi_bridge.models.language import english_language, relay_tokens
+    from mi_bridge.models.task import sample_items
+
+    sender_tok, receiver_tok = WordTokenizer(1000, split=" Paris"), WordTokenizer(5000)
+    sender = english_language(sender_tok, "list", also=receiver_tok)
+    receiver = english_language(receiver_tok, "list", also=sender_tok)
+    assert sender.persons == receiver.persons and " Paris" not in receiver.places  # one token in both only
+    assert sender.name == receiver.name != english_language(receiver_tok, "list").name  # cache keys differ
+    a, b = (sample_items(language, k=3, n_items=5, seed=7) for language in (sender, receiver))
+    assert [sender.decode(t.tolist()) for t in a.sender_tokens] == [
+        receiver.decode(t.tolist()) for t in b.sender_tokens
+    ]  # the same items, in other token ids
+    assert not torch.equal(a.sender_tokens, b.sender_tokens)
+    relayed = relay_tokens(a.bridge_ids, sender, receiver)
+    assert torch.equal(relayed, b.bridge_ids)
+    foreign = torch.tensor([sender_tok.encode(" zzz")[0]])  # a word the receiver splits is no entity
+    receiver_tok.split = " zzz"
+    assert relay_tokens(foreign, sender, receiver).item() == receiver.token_id(receiver.placeholder)

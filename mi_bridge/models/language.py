@@ -1,4 +1,5 @@
-"""The two-hop protocol: languages (toy and Pythia English), item sampling, prompts as token tensors.
+"""The language side of a pair: how the two-hop task is written (toy words, English templates) and
+tokenized, with entities chosen per tokenizer (the items themselves are ``mi_bridge.models.task``).
 
 Hop 1 (sender) reads k facts ``A's friend is B.`` and the query ``A's friend is`` -> B.
 Hop 2 (receiver) reads k facts ``B lives in C.`` and the query ``<slot> lives in`` -> C.
@@ -10,9 +11,14 @@ Every entity is one token, every template has a fixed token length, so all items
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from mi_bridge.config import UserError
 
@@ -168,26 +174,47 @@ def single_tokens(candidates: Sequence[str], encode: Callable[[str], list[int]])
     return tuple(c for c in candidates if len(encode(c)) == 1)
 
 
-def english_language(tokenizer, template: str = DEFAULT_TEMPLATE) -> Language:
+def english_language(tokenizer, template: str = DEFAULT_TEMPLATE, also=None) -> Language:
     """English prompts of ``template`` for any tokenizer with the Hugging Face ``encode``/``decode``
-    interface; persons and places are the candidates that are single tokens in it."""
+    interface; persons and places are the candidates that are single tokens in it, and in ``also`` (the
+    other model's tokenizer, for a pair with two tokenizers: both languages then hold the same entities
+    in the same order, so one seed draws the same items in both)."""
     if template not in TEMPLATES:
         raise UserError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
 
     def encode(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
+    persons, places = single_tokens(PYTHIA_PERSONS, encode), single_tokens(PYTHIA_PLACES, encode)
+    # The original form keeps its old name, so that its cached activations keep their keys.
+    name = "pythia" if template == "lives-in" else f"english-{template}"
+    if also is not None:
+        other = lambda text: list(also.encode(text, add_special_tokens=False))
+        persons, places = single_tokens(persons, other), single_tokens(places, other)
+        # The entity set now depends on both tokenizers: it is part of the name, so of the cache key.
+        name += "-shared-" + hashlib.sha256(repr((persons, places)).encode()).hexdigest()[:8]
     return Language(
-        # The original form keeps its old name, so that its cached activations keep their keys.
-        name="pythia" if template == "lives-in" else f"english-{template}",
+        name=name,
         bos_id=tokenizer.bos_token_id,
         encode=encode,
         decode=lambda ids: tokenizer.decode(list(ids)),
-        persons=single_tokens(PYTHIA_PERSONS, encode),
-        places=single_tokens(PYTHIA_PLACES, encode),
+        persons=persons,
+        places=places,
         placeholder=" someone",
         **vars(TEMPLATES[template]),
     )
+
+
+def relay_tokens(ids: Int[Tensor, " n"], sender: Language, receiver: Language) -> Int[Tensor, " n"]:
+    """The text relay across tokenizers: each sender token decoded to text and encoded again by the
+    receiver (as C2C's aligner does). A text that is not one receiver token cannot fill the one-token
+    slot: it becomes the receiver's placeholder, an answer that carries nothing."""
+    placeholder = receiver.token_id(receiver.placeholder)
+    out = []
+    for token in ids.tolist():
+        encoded = receiver.encode(sender.decode([token]))
+        out.append(encoded[0] if len(encoded) == 1 else placeholder)
+    return torch.tensor(out, dtype=ids.dtype)
 
 
 def pythia_language(tokenizer) -> Language:

@@ -36,9 +36,17 @@ class ModelPair:
     sender_name: str
     receiver_name: str
     language: Language
+    """The receiver's language (its tokenizer writes every receiver prompt)."""
     sender_identity: dict | None = None
     """The exact checkpoint (see ``mi_bridge.identity``); None when it cannot be resolved."""
     receiver_identity: dict | None = None
+    sender_language: Language | None = None
+    """The sender's own language where the two tokenizers differ (same entities, other token ids); it is
+    ``language`` itself when they share one."""
+
+    def __post_init__(self) -> None:
+        if self.sender_language is None:
+            self.sender_language = self.language
 
 
 @dataclass
@@ -50,6 +58,8 @@ class CheckedPair:
     language: Language
     sender_layer: int
     receiver_layer: int
+    sender_language: Language | None = None
+    """Set where the two tokenizers differ (see ``ModelPair.sender_language``)."""
 
 
 def middle_layer(n_layers: int) -> int:
@@ -83,22 +93,17 @@ def check_pair(config: ExperimentConfig) -> CheckedPair:
     resolve_device(config.device)  # an unavailable device is bad input too
     if config.pair == "toy":
         sender, receiver = toy_spec(config.sender_name), toy_spec(config.receiver_name)
-        language = toy_language()
+        language, sender_language = toy_language(), None
     else:
         sender = pretrained_spec(config.sender_name, config.sender_revision)
         receiver = pretrained_spec(config.receiver_name, config.receiver_revision)
-        vocab = receiver.tokenizer.get_vocab()
-        if sender.tokenizer.get_vocab() != vocab:
-            raise UserError(
-                f"{sender.name} and {receiver.name} have different tokenizers; sender and receiver must "
-                "share one (the text relay writes the sender's token ids into the receiver's prompt)"
-            )
         for spec in (sender, receiver):
-            if max(vocab.values()) >= spec.d_vocab:
+            if max(spec.tokenizer.get_vocab().values()) >= spec.d_vocab:
                 raise UserError(
                     f"the tokenizer of {spec.name} has token ids beyond its vocabulary ({spec.d_vocab})"
                 )
-        language = english_language(receiver.tokenizer, config.template)
+        languages = pair_languages(sender.tokenizer, receiver.tokenizer, config)
+        language, sender_language = languages
     for entity in (*language.persons, *language.places, language.placeholder):
         language.token_id(entity)  # every entity must be one token
     if config.k > language.max_k():
@@ -109,6 +114,32 @@ def check_pair(config: ExperimentConfig) -> CheckedPair:
         language,
         choose_layer(config, "sender", sender.name, sender.n_layers),
         choose_layer(config, "receiver", receiver.name, receiver.n_layers),
+        sender_language,
+    )
+
+
+def pair_languages(
+    sender_tokenizer, receiver_tokenizer, config: ExperimentConfig
+) -> tuple[Language, Language | None]:
+    """The receiver's language, and the sender's where the tokenizers differ (None where they are one).
+    Two tokenizers: the entities must be single tokens in both, and what needs equal token ids is
+    refused in one line (the seed protocol's every-position replacement, states paired by token)."""
+    if sender_tokenizer.get_vocab() == receiver_tokenizer.get_vocab():
+        return english_language(receiver_tokenizer, config.template), None
+    if config.protocol == "seed":
+        raise UserError(
+            "the two models tokenize differently: the seed protocol replaces the receiver's state at every "
+            "prompt position with the sender's state at the same position, which needs one tokenizer "
+            "(use --protocol split, which hands over the last token's state)"
+        )
+    if config.target == "same-input":
+        raise UserError(
+            "the two models tokenize differently: --target same-input pairs their states token by token, "
+            "which needs one tokenizer (use --target relay-slot)"
+        )
+    return (
+        english_language(receiver_tokenizer, config.template, also=sender_tokenizer),
+        english_language(sender_tokenizer, config.template, also=receiver_tokenizer),
     )
 
 
@@ -121,10 +152,15 @@ def load_pretrained(
 
 def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransformer, dict | None]:
     """The model of a checked spec, in ``dtype``, with its identity (None if it cannot be resolved)."""
-    if spec.folder is not None:
+    if spec.folder is not None and packaged.is_packaged(spec.name):
         exact = packaged.identity(spec.name, dtype)
         packaged.check_weights(spec.name)
         return hooked_from_folder(spec.folder, device, dtype), exact
+    if spec.folder is not None:  # a local folder, or a hub snapshot TransformerLens' table does not list
+        model = hooked_from_folder(spec.folder, device, dtype)
+        if spec.repository is None:
+            return model, identity.folder_identity(spec.folder, dtype)
+        return model, identity.pretrained_identity(spec.repository, spec.revision, spec.commit, dtype)
     if spec.repository is None:
         model = load_toy_model(spec.name, device)
         exact = identity.toy_identity(spec.name, TOY_MODELS[spec.name].digest(), model, dtype)
@@ -167,8 +203,12 @@ def hooked_from_folder(folder: Path, device: str, dtype: str) -> HookedTransform
     from transformers import AutoModelForCausalLM
 
     torch_dtype = getattr(torch, dtype)
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    cfg = loading.get_pretrained_model_config(str(folder), fold_ln=True, device=device, dtype=torch_dtype)
+    try:  # not a causal LM, or an architecture TransformerLens has no converter for: one line
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        cfg = loading.get_pretrained_model_config(str(folder), fold_ln=True, device=device, dtype=torch_dtype)
+    except (NotImplementedError, ValueError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"TransformerLens cannot convert {folder} to a HookedTransformer: {first}") from None
     state_dict = loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=torch_dtype)
     model = HookedTransformer(cfg, hf_tokenizer(str(folder), None), move_to_device=False)
     model.load_and_process_state_dict(
@@ -204,13 +244,14 @@ def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> M
                 f"cannot resolve the exact checkpoint of {spec.name} in the Hugging Face cache; its "
                 "activations are kept in memory only, not cached"
             )
-    language = checked.language
-    if checked.receiver.repository or checked.receiver.folder:  # now the receiver's own HF tokenizer
-        language = english_language(models["receiver"].tokenizer, config.template)
-        if any(language.encode(text) != checked.language.encode(text) for text in language.texts()):
-            raise RuntimeError(
-                f"the tokenizers of {checked.receiver.name} checked and loaded encode differently"
-            )
+    language, sender_language = checked.language, checked.sender_language
+    if checked.receiver.repository or checked.receiver.folder:  # now the models' own HF tokenizers
+        language, sender_language = pair_languages(
+            models["sender"].tokenizer, models["receiver"].tokenizer, config
+        )
+        for loaded, was in ((language, checked.language), (sender_language, checked.sender_language)):
+            if loaded is not None and any(loaded.encode(text) != was.encode(text) for text in loaded.texts()):
+                raise RuntimeError("the tokenizers checked and loaded encode differently")
     return ModelPair(
         models["sender"],
         models["receiver"],
@@ -219,6 +260,7 @@ def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> M
         language,
         identities["sender"],
         identities["receiver"],
+        sender_language,
     )
 
 
@@ -241,7 +283,7 @@ def record_identities(config: ExperimentConfig, pair: ModelPair) -> ExperimentCo
         if (
             isinstance(before, dict)
             and now[role] is not None
-            and identity.key_material(before) != identity.key_material(now[role])
+            and not identity.same_weights(before, now[role])
         ):
             progress.warn(
                 f"the {role} was {identity.describe(before)} when this configuration was recorded and is "
@@ -249,11 +291,3 @@ def record_identities(config: ExperimentConfig, pair: ModelPair) -> ExperimentCo
             )
     used = describe(model_device(pair.receiver))  # the device that ran (``auto`` resolved) and its GPU
     return replace(config, extra={**config.extra, "models": now, "device": used})
-
-
-if __name__ == "__main__":  # python -m mi_bridge.models fetch NAME
-    import sys
-
-    from mi_bridge.models.packaged import main
-
-    sys.exit(main())

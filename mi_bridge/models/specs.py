@@ -9,15 +9,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mi_bridge.config import UserError
 from mi_bridge.models import identity, packaged
 from mi_bridge.models.language import TOY_WORDS
 from mi_bridge.models.toy import TOY_MODELS
-
-if TYPE_CHECKING:  # TransformerLens loads with the first model, after every input check
-    pass
 
 
 @dataclass
@@ -35,7 +31,10 @@ class ModelSpec:
     """The commit the revision names in the local cache; None if the cache does not hold it yet."""
     tokenizer: object | None = None
     folder: Path | None = None
-    """A Hugging Face checkpoint folder on disk (a packaged model, see ``mi_bridge.packaged``)."""
+    """A Hugging Face checkpoint folder on disk: a packaged model (``mi_bridge.models.packaged``), a local
+    folder, or the cached snapshot of a hub model that TransformerLens' table does not list."""
+    in_table: bool = True
+    """Whether TransformerLens' table lists the model (it then loads through ``from_pretrained``)."""
 
 
 def missing_files(name: str, what: str) -> UserError:
@@ -55,6 +54,12 @@ def toy_spec(name: str) -> ModelSpec:
     return ModelSpec(name=name, n_layers=TOY_MODELS[name].n_layers, d_vocab=len(TOY_WORDS))
 
 
+UNKNOWN = (
+    "not a TransformerLens model name (e.g. pythia-160m), a Hugging Face repository id (org/name) or a "
+    "local folder holding a config.json"
+)
+
+
 def official_name(name: str) -> str:
     """TransformerLens' official name (the Hugging Face repository) of a model name or alias, from the
     table its ``get_official_model_name`` reads. That table, ``transformer_lens/supported_models.py``,
@@ -68,9 +73,7 @@ def official_name(name: str) -> str:
         try:
             return get_official_model_name(name)
         except ValueError:
-            raise UserError(
-                f"unknown model {name!r}: not a TransformerLens model name (e.g. pythia-160m)"
-            ) from None
+            raise UserError(f"unknown model {name!r}: {UNKNOWN}") from None
     spec = importlib.util.spec_from_file_location("_transformer_lens_supported_models", table_file)
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
@@ -78,7 +81,7 @@ def official_name(name: str) -> str:
     for official in table.OFFICIAL_MODEL_NAMES:
         names.update({alias.lower(): official for alias in table.MODEL_ALIASES.get(official, [])})
     if name.lower() not in names:
-        raise UserError(f"unknown model {name!r}: not a TransformerLens model name (e.g. pythia-160m)")
+        raise UserError(f"unknown model {name!r}: {UNKNOWN}")
     return names[name.lower()]
 
 
@@ -133,6 +136,63 @@ def packaged_spec(name: str, revision: str | None = None) -> ModelSpec:
     return ModelSpec(name, *shape, tokenizer=CheckTokenizer(where / "tokenizer.json"), folder=where)
 
 
+def local_folder(name: str) -> Path | None:
+    """``name`` as a local Hugging Face checkpoint folder (one holding a ``config.json``), else None."""
+    path = Path(name).expanduser()
+    return path.resolve() if (path / "config.json").is_file() else None
+
+
+def folder_tokenizer(folder: Path):
+    """The fast ``CheckTokenizer`` where the folder has a ``tokenizer.json``, else the Hugging Face one."""
+    if (folder / "tokenizer.json").is_file():
+        return CheckTokenizer(folder / "tokenizer.json")
+    return hf_tokenizer(str(folder), None)
+
+
+def folder_shape(folder: Path) -> tuple[int, int]:
+    config = json.loads((folder / "config.json").read_text())
+    n_layers = next((config[key] for key in identity.LAYER_KEYS if isinstance(config.get(key), int)), None)
+    if not isinstance(n_layers, int) or not isinstance(config.get("vocab_size"), int):
+        raise UserError(f"{folder}/config.json names no layer count or vocabulary size mi_bridge can read")
+    return n_layers, config["vocab_size"]
+
+
+def folder_spec(name: str, folder: Path, revision: str | None = None) -> ModelSpec:
+    """A local checkpoint folder: shape from its ``config.json``, tokenizer from its files. Its identity is
+    its weights' content (``identity.folder_identity``), so a folder needs no commit."""
+    if revision is not None:
+        raise UserError(f"{name} is a local folder; it takes no revision")
+    try:
+        tokenizer = folder_tokenizer(folder)
+    except OSError:
+        raise UserError(
+            f"{folder} holds no tokenizer (tokenizer.json or the files AutoTokenizer reads)"
+        ) from None
+    return ModelSpec(name, *folder_shape(folder), tokenizer=tokenizer, folder=folder, in_table=False)
+
+
+def hub_spec(name: str, revision: str | None) -> ModelSpec:
+    """A hub model that TransformerLens' table does not list: its cached snapshot, converted from the folder
+    by TransformerLens' converters where they know its architecture (``loading.hooked_from_folder``)."""
+    label = name if revision is None else f"{name} (revision {revision})"
+    commit = identity.resolve_commit(name, revision)
+    if commit is None and not identity.offline():
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(name, revision=revision)
+        except Exception as err:  # hub errors are not OSErrors in every version
+            raise UserError(f"cannot download {label}: {type(err).__name__}: {err}") from None
+        commit = identity.resolve_commit(name, revision)
+    if commit is None or not identity.weights_cached(name, commit):
+        raise missing_files(label, "weights")
+    snapshot = identity.repo_folder(name) / "snapshots" / commit
+    spec = folder_spec(name, snapshot)
+    return ModelSpec(
+        name, spec.n_layers, spec.d_vocab, name, revision, commit, spec.tokenizer, snapshot, in_table=False
+    )
+
+
 def pretrained_spec(name: str, revision: str | None = None) -> ModelSpec:
     """Config and tokenizer of a TransformerLens pretrained model, without its weights (offline, they come
     from the Hugging Face cache; online, these small files may be downloaded). The layer count and
@@ -140,7 +200,14 @@ def pretrained_spec(name: str, revision: str | None = None) -> ModelSpec:
     TransformerLens builds. A packaged model's name reads its fetched folder instead."""
     if packaged.is_packaged(name):
         return packaged_spec(name, revision)
-    repository = official_name(name)
+    if (folder := local_folder(name)) is not None:
+        return folder_spec(name, folder, revision)
+    try:
+        repository = official_name(name)
+    except UserError:
+        if "/" not in name:  # not a hub repository id either
+            raise
+        return hub_spec(name, revision)
     label = repository if revision is None else f"{repository} (revision {revision})"
     commit = identity.resolve_commit(repository, revision)
     if identity.offline() and (commit is None or not identity.weights_cached(repository, commit)):

@@ -80,11 +80,12 @@ def run_seed(
         batch_size=config.batch_size,
         description=f"seed {ctx.seed}: conditions",
     )
-    sender_choice = sender_logits.gather(1, test.bridge_candidates).argmax(-1)
+    sender_test = ctx.sender_test  # the sender's logits index the sender's vocabulary
+    sender_choice = sender_logits.gather(1, sender_test.bridge_candidates).argmax(-1)
     return SeedData(
         scores=scores,
         sender_accuracy=float((sender_choice == test.gold_index).double().mean()),
-        sender_greedy_match=float((sender_logits.argmax(-1) == test.bridge_ids).double().mean()),
+        sender_greedy_match=float((sender_logits.argmax(-1) == sender_test.bridge_ids).double().mean()),
         fit=fit,
         bridge=bridge,
         follow_index=test.follow_index,

@@ -19,6 +19,7 @@ from mi_bridge.core.capture import capture_resid_post
 from mi_bridge.core.hooks import resid_post_name
 from mi_bridge.core.store import CACHE_VERSION, ActivationStore
 from mi_bridge.models import identity
+from mi_bridge.models.language import relay_tokens
 from mi_bridge.models.loading import ModelPair
 from mi_bridge.models.task import TaskItems, sample_items
 
@@ -37,27 +38,38 @@ class SeedContext:
     seed: int
     store: ActivationStore
     items: TaskItems = field(init=False)
+    """The items in the receiver's tokens."""
+    sender_items: TaskItems = field(init=False)
+    """The same items in the sender's tokens (the same object when both models share a tokenizer)."""
     fit_idx: Tensor = field(init=False)
     test_idx: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.items = sample_items(
-            self.pair.language, k=self.config.k, n_items=self.config.n_items, seed=self.seed
-        )
-        self.fit_idx, self.test_idx = split(self.items.n_items, self.config.n_test, self.seed)
+        self.items = self._sample(self.pair.language)
+        self.fit_idx, self.test_idx = split(self.config.n_items, self.config.n_test, self.seed)
         if self.config.n_fit is not None:  # fit items of their own; the held-out items stay the same
-            extra = sample_items(
-                self.pair.language,
-                k=self.config.k,
-                n_items=self.config.n_fit,
-                seed=SeedOffset.FIT_ITEMS + self.seed,
-            )
-            self.fit_idx = torch.arange(self.items.n_items, self.items.n_items + extra.n_items)
-            self.items = self.items.join(extra)
+            self.fit_idx = torch.arange(self.config.n_items, self.config.n_items + self.config.n_fit)
+        shared = self.pair.sender_language is self.pair.language
+        # Both languages hold the same entities in the same order, so one seed draws the same items.
+        self.sender_items = self.items if shared else self._sample(self.pair.sender_language)
+
+    def _sample(self, language) -> TaskItems:
+        items = sample_items(language, k=self.config.k, n_items=self.config.n_items, seed=self.seed)
+        if self.config.n_fit is None:
+            return items
+        extra = sample_items(
+            language, k=self.config.k, n_items=self.config.n_fit, seed=SeedOffset.FIT_ITEMS + self.seed
+        )
+        return items.join(extra)
 
     @property
     def test(self) -> TaskItems:
         return self.items.subset(self.test_idx)
+
+    @property
+    def sender_test(self) -> TaskItems:
+        """The held-out items in the sender's tokens: its answer candidates are sender token ids."""
+        return self.sender_items.subset(self.test_idx)
 
     def position(self, site: str | None = None) -> int:
         site = site or self.config.position
@@ -68,8 +80,9 @@ class SeedContext:
     def _key(self, role: str, prompt: str) -> str:
         exact = self.pair.sender_identity if role == "sender" else self.pair.receiver_identity
         model = self.pair.sender if role == "sender" else self.pair.receiver
+        language = self.pair.sender_language if role == "sender" else self.pair.language
         what = {
-            "language": self.pair.language.name,
+            "language": language.name,
             "prompt": prompt,
             "k": self.config.k,
             "n_items": self.config.n_items,
@@ -86,7 +99,7 @@ class SeedContext:
 
     def _tokens(self, prompt: str) -> Tensor:
         return {
-            "sender": self.items.sender_tokens,
+            "sender": self.sender_items.sender_tokens,
             "placeholder": self.items.placeholder_tokens,
             "oracle": self.items.oracle_tokens,
             "counterfactual": self.items.counterfactual_tokens,
@@ -117,7 +130,7 @@ class SeedContext:
         def compute() -> Tensor:
             return capture_resid_post(
                 self.pair.sender,
-                self.items.sender_tokens,
+                self.sender_items.sender_tokens,
                 layers=[0],
                 positions=[-1],
                 with_answer_logits=True,
@@ -127,7 +140,11 @@ class SeedContext:
         return self.store.tensor(self._key("sender", "sender"), "answer_logits", compute)
 
     def greedy_b(self) -> Int[Tensor, " n_items"]:
-        return self.sender_logits().argmax(-1)
+        """The sender's greedy next token, as a receiver token: the text relay writes it into the slot."""
+        greedy = self.sender_logits().argmax(-1)
+        if self.pair.sender_language is self.pair.language:
+            return greedy
+        return relay_tokens(greedy, self.pair.sender_language, self.pair.language)
 
     def bridge_data(
         self, sender_layer: int, receiver_layer: int, target: str | None = None, site: str | None = None
