@@ -10,13 +10,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 from mi_bridge.models.language import TOY_WORDS  # noqa: E402
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 TOKENIZER_FILE = Path(__file__).resolve().parent / "data" / "gpt-neox-20b-tokenizer.json"
 
@@ -28,8 +31,10 @@ def _seed():
     torch.manual_seed(0)
 
 
-def make_cfg(**overrides) -> HookedTransformerConfig:
+def make_cfg(**overrides) -> "HookedTransformerConfig":
     """A tiny Pythia-architecture config (rotary, parallel attention+MLP, LayerNorm, GELU)."""
+    from transformer_lens import HookedTransformerConfig  # imported here: TransformerLens 4 has none
+
     settings = dict(
         n_layers=3,
         d_model=32,
@@ -52,7 +57,9 @@ def make_cfg(**overrides) -> HookedTransformerConfig:
 
 
 @pytest.fixture
-def tiny_model() -> HookedTransformer:
+def tiny_model() -> "HookedTransformer":
+    from transformer_lens import HookedTransformer
+
     model = HookedTransformer(make_cfg()).eval()
     assert (model.cfg.n_layers, model.cfg.d_model) == (3, 32)
     return model
