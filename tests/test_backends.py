@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mi_bridge.backends import (
+from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.models.backends import (
     PREFIX_CACHE,
     TL_MAJOR,
     HookedModel,
@@ -18,7 +19,6 @@ from mi_bridge.backends import (
     neox_from_hooked,
     residual_at,
 )
-from mi_bridge.hooks import resid_post_name
 
 from .conftest import TOKENIZER_FILE
 from .hf_cache import build_pythia_cache
@@ -178,8 +178,8 @@ def test_residual_at_means_what_tl3_stop_at_layer_means(processed, tokens):
 def test_the_toy_pair_runs_as_a_gpt_neox_checkpoint(name):
     """The shipped toy weights (HookedTransformer keys) as GPT-NeoX with an unembedding bias compute what
     the toy computes: its HookedTransformer under TL 3, the unprocessed bridge of that GPT-NeoX under TL 4."""
-    from mi_bridge.task import TOY_WORDS
-    from mi_bridge.toy import TOY_MODELS, shipped_folder
+    from mi_bridge.models.language import TOY_WORDS
+    from mi_bridge.models.toy import TOY_MODELS, shipped_folder
 
     recipe = TOY_MODELS[name]
     state_dict = load_file(shipped_folder(name) / "model.safetensors")
@@ -188,7 +188,7 @@ def test_the_toy_pair_runs_as_a_gpt_neox_checkpoint(name):
     with torch.no_grad():
         theirs = neox(tokens).logits
     if TL_MAJOR < 4:  # TL 3 runs the toy as a HookedTransformer (its GPT-NeoX converter knows no b_U)
-        from mi_bridge.toy import load_toy_model
+        from mi_bridge.models.toy import load_toy_model
 
         model = load_toy_model(name)
     else:
@@ -196,3 +196,46 @@ def test_the_toy_pair_runs_as_a_gpt_neox_checkpoint(name):
     assert model.cfg.n_layers == recipe.n_layers and model.cfg.d_model == recipe.d_model
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), theirs, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("layer", [0, 2])  # 2: the last block, where TL 4's stop_at_layer gives logits
+@pytest.mark.parametrize("position", [0, 5, 9])
+def test_the_evaluator_equals_one_full_hooked_run_on_either_backend(processed, tokens, layer, position):
+    from mi_bridge.core.evaluate import Condition, evaluate_conditions, score
+    from mi_bridge.core.inject import MODES, run_with_injection
+
+    n, k = tokens.shape[0], 3
+    candidates = torch.randint(0, 50000, (n, k))
+    gold = torch.randint(0, k, (n,))
+    vectors = {"v": 3.0 * torch.randn(n, 64)}
+    conditions = [Condition("baseline")] + [
+        Condition(f"v {mode}", vector="v", mode=mode, alpha=0.7) for mode in MODES
+    ]
+    fast = evaluate_conditions(
+        processed,
+        {"placeholder": tokens},
+        candidates,
+        gold,
+        layer=layer,
+        position=position,
+        vectors=vectors,
+        conditions=conditions,
+    )
+    with torch.no_grad():
+        for condition in conditions:
+            if condition.is_injection:
+                logits = run_with_injection(
+                    processed,
+                    tokens,
+                    layer=layer,
+                    position=position,
+                    vector=vectors["v"],
+                    mode=condition.mode,
+                    alpha=condition.alpha,
+                )[:, -1]
+            else:
+                logits = processed(tokens)[:, -1]
+            slow = score(logits, candidates, gold)
+            got = fast[condition.name]
+            torch.testing.assert_close(got.gold_logprob, slow.gold_logprob, rtol=0, atol=ATOL)
+            torch.testing.assert_close(got.correct, slow.correct)

@@ -17,6 +17,7 @@ from mi_bridge.config import SeedOffset
 from mi_bridge.core.capture import answer_logits, batches
 from mi_bridge.core.device import model_device
 from mi_bridge.core.inject import MODES, inject_residual
+from mi_bridge.models.backends import residual_at
 
 
 def add_training_arguments(parser) -> None:
@@ -61,7 +62,10 @@ def train_usability_bridge(
     device = model_device(receiver)
     with torch.no_grad():
         prefix = torch.cat(
-            [receiver(tokens[c].to(device), stop_at_layer=layer + 1) for c in batches(len(tokens), 256)]
+            [
+                residual_at(receiver, tokens[c].to(device), stop_at_layer=layer + 1)
+                for c in batches(len(tokens), 256)
+            ]
         )
         target = oracle_logits.to(device).log_softmax(-1)
         inputs = start.x_norm(sender_states).to(device)

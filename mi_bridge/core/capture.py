@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from mi_bridge.core import progress
 from mi_bridge.core.device import model_device
 from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.models.backends import HookedModel, residual_at
 
 
 def batches(n: int, batch_size: int) -> list[slice]:
@@ -33,7 +33,7 @@ class Capture:
 
 @torch.no_grad()
 def capture_resid_post(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[Tensor, "n_items pos"],
     *,
     layers: Sequence[int],
@@ -59,7 +59,7 @@ def capture_resid_post(
     hooks = [(resid_post_name(layer), store) for layer in layers]
     stop = model.cfg.n_layers if with_answer_logits else max(layers) + 1
     for chunk in chunks:
-        final = model.run_with_hooks(tokens[chunk].to(device), fwd_hooks=hooks, stop_at_layer=stop)
+        final = residual_at(model, tokens[chunk].to(device), fwd_hooks=hooks, stop_at_layer=stop)
         if with_answer_logits:
             logits.append(answer_logits(model, final, start_at_layer=stop).cpu())
     return Capture(
@@ -69,7 +69,7 @@ def capture_resid_post(
 
 
 def answer_logits(
-    model: HookedTransformer,
+    model: HookedModel,
     residual: Float[Tensor, "batch pos d_model"],
     *,
     start_at_layer: int,
@@ -77,7 +77,8 @@ def answer_logits(
 ) -> Float[Tensor, "batch d_vocab"]:
     """Run the remaining layers from ``start_at_layer`` (against ``past_kv_cache`` when the residual
     holds only the last positions); logits at the last position only."""
-    final = model(
-        residual, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers, past_kv_cache=past_kv_cache
+    cached = {} if past_kv_cache is None else {"past_kv_cache": past_kv_cache}  # TL 4 takes no such keyword
+    final = residual_at(
+        model, residual, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers, **cached
     )
     return model.unembed(model.ln_final(final[:, -1:]))[:, 0]

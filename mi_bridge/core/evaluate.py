@@ -17,7 +17,6 @@ from dataclasses import dataclass, fields
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
@@ -25,6 +24,7 @@ from mi_bridge.core import progress
 from mi_bridge.core.capture import answer_logits, batches
 from mi_bridge.core.device import model_device
 from mi_bridge.core.inject import inject_residual
+from mi_bridge.models.backends import PREFIX_CACHE, HookedModel, residual_at
 
 VECTOR_KINDS = (
     "translated",
@@ -161,7 +161,7 @@ class SharedPrefix:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: HookedModel,
         tokens: Int[Tensor, "batch pos"],
         *,
         layer: int,
@@ -177,7 +177,7 @@ class SharedPrefix:
         # Items are never padded: an explicit all-ones mask (with a cache TransformerLens would otherwise
         # derive one from the tokenizer's pad token, which for Pythia is the BOS token).
         no_padding = lambda t: torch.ones_like(t)
-        if position > 0:
+        if position > 0 and PREFIX_CACHE:  # TL 4 ignores the cache: the whole prompt is the tail there
             if self.cache is None:
                 self.cache = TransformerLensKeyValueCache.init_cache(
                     model.cfg, tokens.device, tokens.shape[0]
@@ -190,8 +190,10 @@ class SharedPrefix:
                 )
                 self.cache.freeze()
             tokens, self.offset = tokens[:, position:], 0
-        mask = no_padding(tokens) if self.cache is not None else None
-        self.tail = model(tokens, past_kv_cache=self.cache, attention_mask=mask, stop_at_layer=layer + 1)
+        cached = (
+            {} if self.cache is None else {"past_kv_cache": self.cache, "attention_mask": no_padding(tokens)}
+        )
+        self.tail = residual_at(model, tokens, stop_at_layer=layer + 1, **cached)
 
     def shares_prefix(self, tokens: Int[Tensor, "batch pos"]) -> bool:
         """Whether ``tokens`` agree with this prompt before the site (placeholder, relay and oracle
@@ -257,7 +259,7 @@ def _repeated(cache: TransformerLensKeyValueCache, copies: int) -> TransformerLe
 
 @torch.no_grad()
 def condition_logits(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: dict[str, Int[Tensor, "n_items pos"]],
     *,
     layer: int,
@@ -324,7 +326,7 @@ def _edited_tail(
 
 @torch.no_grad()
 def evaluate_conditions(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: dict[str, Int[Tensor, "n_items pos"]],
     candidates: Int[Tensor, "n_items k"],
     gold_index: Int[Tensor, " n_items"],
@@ -354,7 +356,7 @@ def evaluate_conditions(
 
 @torch.no_grad()
 def evaluate_layers(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[Tensor, "n_items pos"],
     candidates: Int[Tensor, "n_items k"],
     gold_index: Int[Tensor, " n_items"],

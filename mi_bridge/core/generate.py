@@ -17,8 +17,9 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+from mi_bridge.models.backends import PREFIX_CACHE, HookedModel
 
 REPETITION_PENALTY = 1.3
 NO_REPEAT_NGRAM = 3
@@ -75,7 +76,7 @@ def next_tokens(
 
 @torch.no_grad()
 def greedy_generate(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[Tensor, "batch pos"],
     *,
     max_new_tokens: int,
@@ -85,6 +86,8 @@ def greedy_generate(
     no_repeat_ngram: int = NO_REPEAT_NGRAM,
 ) -> list[list[int]]:
     """The new tokens of each prompt (up to and excluding an end-of-text token)."""
+    if not PREFIX_CACHE:  # TL 4's bridge would ignore the cache and decode from the last token alone
+        raise NotImplementedError("greedy_generate needs TransformerLens 3 (its KV cache)")
     batch = tokens.shape[0]
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, batch)
     # Never padded: an explicit all-ones mask (with a cache TransformerLens would otherwise derive one

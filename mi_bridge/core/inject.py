@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.models.backends import HookedModel
 
 MODES = ("add", "replace", "rescale", "rescale-add")
 EPS = 1e-12
@@ -79,7 +79,7 @@ def injection_hook(positions, vectors, mode: str, alpha: float = 1.0):
 
 
 def run_with_injection(
-    model: HookedTransformer,
+    model: HookedModel,
     tokens: Int[Tensor, "n pos"],
     *,
     layer: int,

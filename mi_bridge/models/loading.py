@@ -1,4 +1,5 @@
-"""Loading the sender/receiver pair as TransformerLens ``HookedTransformer``s.
+"""Loading the sender/receiver pair as hooked models: TransformerLens 3 ``HookedTransformer``s, or TransformerLens 4
+``TransformerBridge``s in compatibility mode (``mi_bridge.models.backends``).
 
 Every check a configuration can fail (model names, revisions, weights in the cache, layer ranges, k
 against the entity pool, the tokenizers) runs first, on what is known without weights: a toy model's
@@ -13,7 +14,6 @@ import contextlib
 import io
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,18 +21,16 @@ from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.core import progress
 from mi_bridge.core.device import describe, model_device, resolve_device
 from mi_bridge.models import identity, packaged
+from mi_bridge.models.backends import TL_MAJOR, HookedModel, load_from_hf
 from mi_bridge.models.language import Language, english_language, toy_language
 from mi_bridge.models.specs import ModelSpec, hf_tokenizer, missing_files, pretrained_spec, toy_spec
 from mi_bridge.models.toy import TOY_MODELS, load_toy_model
 
-if TYPE_CHECKING:  # TransformerLens loads with the first model, after every input check
-    from transformer_lens import HookedTransformer
-
 
 @dataclass
 class ModelPair:
-    sender: HookedTransformer
-    receiver: HookedTransformer
+    sender: HookedModel
+    receiver: HookedModel
     sender_name: str
     receiver_name: str
     language: Language
@@ -145,12 +143,12 @@ def pair_languages(
 
 def load_pretrained(
     name: str, device: str, revision: str | None = None, dtype: str = "float32"
-) -> HookedTransformer:
+) -> HookedModel:
     """A TransformerLens pretrained model, offline from the Hugging Face cache when HF_HUB_OFFLINE=1."""
     return load_model(pretrained_spec(name, revision), resolve_device(device), dtype)[0]
 
 
-def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransformer, dict | None]:
+def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedModel, dict | None]:
     """The model of a checked spec, in ``dtype``, with its identity (None if it cannot be resolved)."""
     if spec.folder is not None and packaged.is_packaged(spec.name):
         exact = packaged.identity(spec.name, dtype)
@@ -167,18 +165,8 @@ def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransfor
         if dtype != "float32":
             model = model.to(getattr(torch, dtype), print_details=False)
         return model, exact
-    from transformer_lens import HookedTransformer
-
     try:
-        tokenizer = hf_tokenizer(spec.repository, spec.commit or spec.revision)
-        with contextlib.redirect_stdout(io.StringIO()):  # TL prints a "Loaded pretrained model" line
-            model = HookedTransformer.from_pretrained(
-                spec.repository,
-                device=device,
-                dtype=dtype,
-                tokenizer=tokenizer,
-                revision=spec.commit or spec.revision,
-            )
+        model = hub_model(spec, device, dtype)
     except OSError:
         raise missing_files(spec.repository, "weights") from None
     built = model.cfg.n_layers, model.cfg.d_vocab
@@ -194,27 +182,44 @@ def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedTransfor
     return model.eval(), identity.pretrained_identity(spec.repository, spec.revision, commit, dtype)
 
 
-def hooked_from_folder(folder: Path, device: str, dtype: str) -> HookedTransformer:
-    """A ``HookedTransformer`` of the Hugging Face checkpoint in ``folder``, processed as
-    ``HookedTransformer.from_pretrained`` processes a hub model (folded norms, centred writing weights and
-    unembedding), through TransformerLens' own config and weight converters, which take a local path."""
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
+def hooked_from_folder(folder: Path, device: str, dtype: str) -> HookedModel:
+    """A hooked model of the Hugging Face checkpoint in ``folder``, processed as
+    ``HookedModel.from_pretrained`` processes a hub model (folded norms, centred writing weights and
+    unembedding): through TransformerLens 3's own config and weight converters, which take a local path,
+    or TransformerLens 4's bridge in compatibility mode (``mi_bridge.models.backends``)."""
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = getattr(torch, dtype)
     try:  # not a causal LM, or an architecture TransformerLens has no converter for: one line
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        cfg = loading.get_pretrained_model_config(str(folder), fold_ln=True, device=device, dtype=torch_dtype)
+        return load_from_hf(
+            hf_model, hf_tokenizer(str(folder), None), name=str(folder), device=device, dtype=dtype
+        )
     except (NotImplementedError, ValueError, KeyError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"TransformerLens cannot convert {folder} to a HookedTransformer: {first}") from None
-    state_dict = loading.get_pretrained_state_dict(str(folder), cfg, hf_model, dtype=torch_dtype)
-    model = HookedTransformer(cfg, hf_tokenizer(str(folder), None), move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
-    )
-    return model.to(device, print_details=False).eval()
+        raise UserError(f"TransformerLens cannot convert {folder} to a hooked model: {first}") from None
+
+
+def hub_model(spec: ModelSpec, device: str, dtype: str) -> HookedModel:
+    """A model of TransformerLens' table from the hub cache: ``HookedModel.from_pretrained`` under
+    TransformerLens 3, the Hugging Face model in a bridge under 4."""
+    tokenizer = hf_tokenizer(spec.repository, spec.commit or spec.revision)
+    if TL_MAJOR >= 4:
+        from transformers import AutoModelForCausalLM
+
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            spec.repository, revision=spec.commit or spec.revision, dtype=torch.float32
+        )
+        return load_from_hf(hf_model, tokenizer, name=spec.repository, device=device, dtype=dtype)
+    from transformer_lens import HookedTransformer
+
+    with contextlib.redirect_stdout(io.StringIO()):  # TL prints a "Loaded pretrained model" line
+        return HookedTransformer.from_pretrained(
+            spec.repository,
+            device=device,
+            dtype=dtype,
+            tokenizer=tokenizer,
+            revision=spec.commit or spec.revision,
+        )
 
 
 def same_checkpoint(a: ModelSpec, b: ModelSpec) -> bool:

@@ -33,8 +33,12 @@ if TYPE_CHECKING:  # TransformerLens loads when a model is built, so input check
 from mi_bridge.config import UserError
 from mi_bridge.core import progress
 from mi_bridge.files import sha256_file, write_atomic, write_text_atomic
+from mi_bridge.models.backends import TL_MAJOR, load_from_hf, neox_from_hooked
 from mi_bridge.models.language import TOY_WORDS, toy_language
 from mi_bridge.models.task import sample_items
+
+N_CTX = 128
+"""Context length of the toy models (their rotary tables)."""
 
 RECIPE_VERSION = 2  # bump when the training code changes in a way the recipe fields do not capture
 # (2: single-threaded training, bit-reproducible)
@@ -72,7 +76,7 @@ class ToyRecipe:
             d_head=d_head,
             d_mlp=4 * self.d_model,
             d_vocab=len(TOY_WORDS),
-            n_ctx=128,
+            n_ctx=N_CTX,
             act_fn="gelu",
             normalization_type="LN",
             positional_embedding_type="rotary",
@@ -125,6 +129,8 @@ def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
     if name not in TOY_MODELS:
         raise UserError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
     recipe = TOY_MODELS[name]
+    if TL_MAJOR >= 4:
+        return _load_as_bridge(name, recipe, device)
     model = build_model(recipe)
     shipped = shipped_folder(name)
     if shipped.exists():  # a damaged shipped file is the installation's fault: say so, never retrain silently
@@ -153,19 +159,45 @@ def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
 def _load_cached(model: HookedTransformer, folder: Path, recipe: ToyRecipe) -> str | None:
     """Load weights whose recipe hash and checksum match the ones recorded at save time; None if
     loaded, else why not."""
+    weights, problem = _checked_weights(folder, recipe)
+    if problem is None:
+        try:
+            model.load_state_dict(weights)
+        except Exception as err:
+            return f"unreadable ({type(err).__name__})"
+    return problem
+
+
+def _checked_weights(folder: Path, recipe: ToyRecipe) -> tuple[dict[str, Tensor], str | None]:
+    """The state dict in ``folder`` if its recipe hash and checksum match the recorded ones, else why not."""
     weights, config = folder / "model.safetensors", folder / "config.json"
     if not weights.exists() or not config.exists():
-        return "absent"
+        return {}, "absent"
     try:
         meta = json.loads(config.read_text())
         if meta.get("digest") != recipe.digest():
-            return f"damaged (recipe hash {meta.get('digest')!r} recorded, {recipe.digest()!r} expected)"
+            return {}, f"damaged (recipe hash {meta.get('digest')!r} recorded, {recipe.digest()!r} expected)"
         if meta.get("sha256") != sha256_file(weights):
-            return "damaged (checksum mismatch)"
-        model.load_state_dict(load_file(weights))
+            return {}, "damaged (checksum mismatch)"
+        return load_file(weights), None
     except Exception as err:
-        return f"unreadable ({type(err).__name__})"
-    return None
+        return {}, f"unreadable ({type(err).__name__})"
+
+
+def _load_as_bridge(name: str, recipe: ToyRecipe, device: str):
+    """TransformerLens 4 has no HookedTransformer: the shipped (else cached) weights, checked as above, run
+    unprocessed as a GPT-NeoX model in a TransformerBridge, which computes the same function
+    (tests/test_backends.py). Training a recipe needs TransformerLens 3."""
+    shipped = shipped_folder(name)
+    folder = shipped if shipped.exists() else cached_folder(name)
+    weights, problem = _checked_weights(folder, recipe)
+    if problem is not None:
+        raise UserError(
+            f"the toy model in {folder} is {problem}; under TransformerLens {TL_MAJOR} it can be loaded, not "
+            "trained (reinstall mi_bridge, or train it with TransformerLens 3)"
+        )
+    neox = neox_from_hooked(weights, n_heads=recipe.n_heads, n_ctx=N_CTX)
+    return load_from_hf(neox, None, name=name, device=device, processing=False)
 
 
 def _save_atomic(model: HookedTransformer, recipe: ToyRecipe, folder: Path) -> None:
