@@ -62,10 +62,9 @@ class ExperimentConfig:
     """Everything that determines one run of the transfer experiment."""
 
     pair: str = "toy"
-    """Model pair family: ``toy`` (embedded, trained here), ``pythia`` (TransformerLens names), ``smollm2``
-    (SmolLM2-135M-Instruct as sender and receiver; fetch it first: python -m mi_bridge.models fetch
-    smollm2-135m) or ``hf`` (any Hugging Face causal LM that TransformerLens can convert, by hub name or
-    local folder: name both with ``--sender`` and ``--receiver``)."""
+    """Model pair family: ``toy`` (embedded), ``pythia`` (TransformerLens names), ``smollm2`` (fetch it
+    first: python -m mi_bridge.models fetch smollm2-135m) or ``hf`` (any causal LM by hub name or folder,
+    both named)."""
     sender: str | None = None
     """Sender model name; default from the pair (``pythia-160m`` for pythia)."""
     receiver: str | None = None
@@ -113,6 +112,10 @@ class ExperimentConfig:
     dtype: str = "float32"
     """Precision the models run in: ``float32``, ``bfloat16`` or ``float16`` (not on the CPU); the bridge
     fit and the statistics stay in float32/float64."""
+    n_devices: int = 1
+    """GPUs each pretrained model is split across, in consecutive blocks of layers (TransformerLens'
+    ``n_devices``; under TransformerLens 4 the bridge's), for models that do not fit one GPU; the run
+    records the placement. Needs that many CUDA GPUs."""
     protocol: str = "split"
     """``split`` (the sender holds what the receiver lacks) or ``seed`` (the reference paper's protocol as
     released; needs a pair with a shared tokenizer, e.g. ``--pair pythia``; README: Seed-paper protocol)."""
@@ -174,6 +177,10 @@ class ExperimentConfig:
                 torch.device(self.device)
         except (RuntimeError, ValueError):
             raise UserError(f"unknown device {self.device!r} (e.g. auto, cpu, cuda, cuda:1, mps)") from None
+        if self.n_devices < 1:
+            raise UserError(f"n_devices must be at least 1 (got {self.n_devices})")
+        if self.n_devices > 1 and self.pair == "toy":
+            raise UserError("n_devices applies to pretrained models; the toy pair fits any one device")
         if self.dtype not in DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.dtype == "float16" and device_type(self.device) == "cpu":

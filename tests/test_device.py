@@ -86,3 +86,22 @@ def test_ray_actors_take_one_gpu_where_the_run_is_on_cuda(device, cluster_gpus, 
 def test_cuda_on_a_ray_cluster_without_gpus_is_bad_input():
     with pytest.raises(UserError, match="no GPU"):
         actor_gpus("cuda", 0.0)
+
+
+def test_a_split_across_gpus_is_checked_before_any_model_loads(capsys, tmp_path):
+    """What can be tested without several GPUs: the flag is validated in one line, the toy pair refuses
+    it, and a single-device run records no placement (tests/test_gpu.py has no multi-GPU test: untested)."""
+    from mi_bridge.config import ExperimentConfig, UserError
+    from mi_bridge.core.device import check_devices
+    from mi_bridge.run import main
+
+    with pytest.raises(UserError, match="needs 2 CUDA GPUs"):
+        check_devices("cpu", 2)
+    check_devices("cpu", 1)
+    with pytest.raises(UserError, match="toy pair"):
+        ExperimentConfig(n_devices=2)
+    with pytest.raises(UserError, match="at least 1"):
+        ExperimentConfig(n_devices=0)
+    argv = ["--pair", "pythia", "--n-devices", "2", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "needs 2 CUDA GPUs" in capsys.readouterr().err and not (tmp_path / "out").exists()

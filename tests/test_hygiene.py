@@ -44,3 +44,17 @@ def test_nothing_unpickles():
     assert unsafe.search("state = torch.load(path)") and not unsafe.search(
         "torch.load(path, weights_only=True)"
     )
+
+
+def test_the_transformer_lens_4_constraints_differ_only_in_transformer_lens():
+    pins = lambda name: {
+        line.split("==")[0]: line
+        for line in (ROOT / name).read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    main, tl4 = pins("constraints.txt"), pins("constraints-tl4.txt")
+    assert (
+        main.pop("transformer-lens").endswith("==3.9.0")
+        and tl4.pop("transformer-lens") == "transformer-lens==4.3.0"
+    )
+    assert main == tl4

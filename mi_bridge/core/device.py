@@ -45,6 +45,18 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def check_devices(name: str, n_devices: int) -> None:
+    """A model split across ``n_devices`` GPUs needs CUDA and that many GPUs: else one clear line."""
+    if n_devices > 1 and (device_type(name) != "cuda" or torch.cuda.device_count() < n_devices):
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise UserError(f"--n-devices {n_devices} needs {n_devices} CUDA GPUs; this machine has {found}")
+
+
+def placement(model: torch.nn.Module) -> list[str]:
+    """Every device a model's weights are on, in order of first use (one, unless split across GPUs)."""
+    return list(dict.fromkeys(str(p.device) for p in model.parameters()))
+
+
 def device_type(name: str) -> str:
     """``cpu``, ``cuda``, ... of a device name; ``auto`` counts as what it resolves to here."""
     return torch.device(resolve_device(name) if name == AUTO else name).type

@@ -65,6 +65,7 @@ def load_from_hf(
     device: str = "cpu",
     dtype: str = "float32",
     processing: bool = True,
+    n_devices: int = 1,
 ) -> HookedModel:
     """A hooked model of the Hugging Face causal LM ``hf_model``, in eval mode.
 
@@ -73,14 +74,24 @@ def load_from_hf(
     for a model without one (the toy pair). ``processing``: HookedTransformer's load-time processing
     (``from_pretrained``'s defaults); off, the weights run as they are (``from_pretrained_no_processing``).
     Under TL 4 the bridge wraps ``hf_model`` itself and rewrites its weights: pass a copy to keep one.
+    ``n_devices`` > 1 splits the layers across that many GPUs (TL 3's ``n_devices``; under TL 4 the bridge
+    loads the checkpoint itself with ``n_devices``, which it refuses beside a preloaded model).
     """
     if TL_MAJOR < 4:
-        return _hooked_transformer(hf_model, tokenizer, name, device, dtype, processing)
+        return _hooked_transformer(hf_model, tokenizer, name, device, dtype, processing, n_devices)
+    if n_devices > 1:
+        from transformer_lens import TransformerBridge
+
+        bridge = TransformerBridge.boot_transformers(
+            name, tokenizer=tokenizer, dtype=getattr(torch, dtype), n_devices=n_devices
+        )
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not processing)
+        return bridge.eval()
     return _bridge(hf_model, tokenizer, name, device, dtype, processing)
 
 
 def _hooked_transformer(
-    hf_model: Any, tokenizer: Any, name: str, device: str, dtype: str, processing: bool
+    hf_model: Any, tokenizer: Any, name: str, device: str, dtype: str, processing: bool, n_devices: int = 1
 ) -> HookedModel:
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
@@ -92,16 +103,22 @@ def _hooked_transformer(
         fold_value_biases=processing,
     )
     if not (Path(name) / "config.json").exists():  # a TransformerLens name: its own loader
+        split = {"n_devices": n_devices} if n_devices > 1 else {}
         model = HookedTransformer.from_pretrained(
-            name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype, **flags
+            name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype, **flags, **split
         )
         return model.eval()
     # from_pretrained knows names only; its config and weight converters also take a local folder
     torch_dtype = getattr(torch, dtype)
-    cfg = loading.get_pretrained_model_config(name, fold_ln=processing, device=device, dtype=torch_dtype)
+    cfg = loading.get_pretrained_model_config(
+        name, fold_ln=processing, device=device, dtype=torch_dtype, n_devices=n_devices
+    )
     state_dict = loading.get_pretrained_state_dict(name, cfg, hf_model, dtype=torch_dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(state_dict, **flags)
+    if n_devices > 1:  # consecutive blocks of layers on cuda:0 .. cuda:n-1, as TransformerLens places them
+        model.move_model_modules_to_device()
+        return model.eval()
     return model.to(device, print_details=False).eval()
 
 

@@ -19,7 +19,7 @@ import torch
 
 from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.core import progress
-from mi_bridge.core.device import describe, model_device, resolve_device
+from mi_bridge.core.device import check_devices, describe, model_device, placement, resolve_device
 from mi_bridge.models import identity, packaged
 from mi_bridge.models.backends import TL_MAJOR, HookedModel, load_from_hf
 from mi_bridge.models.language import Language, english_language, toy_language
@@ -89,6 +89,7 @@ def check_pair(config: ExperimentConfig) -> CheckedPair:
     """Every check that needs the models' shapes or tokenizers, done from configs: nothing is trained,
     downloaded beyond config and tokenizer files, or loaded. Raises ``UserError`` on bad input."""
     resolve_device(config.device)  # an unavailable device is bad input too
+    check_devices(config.device, config.n_devices)
     if config.pair == "toy":
         sender, receiver = toy_spec(config.sender_name), toy_spec(config.receiver_name)
         language, sender_language = toy_language(), None
@@ -148,14 +149,17 @@ def load_pretrained(
     return load_model(pretrained_spec(name, revision), resolve_device(device), dtype)[0]
 
 
-def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedModel, dict | None]:
-    """The model of a checked spec, in ``dtype``, with its identity (None if it cannot be resolved)."""
+def load_model(
+    spec: ModelSpec, device: str, dtype: str, n_devices: int = 1
+) -> tuple[HookedModel, dict | None]:
+    """The model of a checked spec, in ``dtype`` (split across ``n_devices`` GPUs), with its identity (None
+    if it cannot be resolved)."""
     if spec.folder is not None and packaged.is_packaged(spec.name):
         exact = packaged.identity(spec.name, dtype)
         packaged.check_weights(spec.name)
-        return hooked_from_folder(spec.folder, device, dtype), exact
+        return hooked_from_folder(spec.folder, device, dtype, n_devices), exact
     if spec.folder is not None:  # a local folder, or a hub snapshot TransformerLens' table does not list
-        model = hooked_from_folder(spec.folder, device, dtype)
+        model = hooked_from_folder(spec.folder, device, dtype, n_devices)
         if spec.repository is None:
             return model, identity.folder_identity(spec.folder, dtype)
         return model, identity.pretrained_identity(spec.repository, spec.revision, spec.commit, dtype)
@@ -166,7 +170,7 @@ def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedModel, d
             model = model.to(getattr(torch, dtype), print_details=False)
         return model, exact
     try:
-        model = hub_model(spec, device, dtype)
+        model = hub_model(spec, device, dtype, n_devices)
     except OSError:
         raise missing_files(spec.repository, "weights") from None
     built = model.cfg.n_layers, model.cfg.d_vocab
@@ -182,25 +186,26 @@ def load_model(spec: ModelSpec, device: str, dtype: str) -> tuple[HookedModel, d
     return model.eval(), identity.pretrained_identity(spec.repository, spec.revision, commit, dtype)
 
 
-def hooked_from_folder(folder: Path, device: str, dtype: str) -> HookedModel:
+def hooked_from_folder(folder: Path, device: str, dtype: str, n_devices: int = 1) -> HookedModel:
     """A hooked model of the Hugging Face checkpoint in ``folder``, processed as
-    ``HookedModel.from_pretrained`` processes a hub model (folded norms, centred writing weights and
+    ``HookedTransformer.from_pretrained`` processes a hub model (folded norms, centred writing weights and
     unembedding): through TransformerLens 3's own config and weight converters, which take a local path,
     or TransformerLens 4's bridge in compatibility mode (``mi_bridge.models.backends``)."""
     from transformers import AutoModelForCausalLM
 
     try:  # not a causal LM, or an architecture TransformerLens has no converter for: one line
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        tokenizer = hf_tokenizer(str(folder), None)
         return load_from_hf(
-            hf_model, hf_tokenizer(str(folder), None), name=str(folder), device=device, dtype=dtype
+            hf_model, tokenizer, name=str(folder), device=device, dtype=dtype, n_devices=n_devices
         )
     except (NotImplementedError, ValueError, KeyError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"TransformerLens cannot convert {folder} to a hooked model: {first}") from None
 
 
-def hub_model(spec: ModelSpec, device: str, dtype: str) -> HookedModel:
-    """A model of TransformerLens' table from the hub cache: ``HookedModel.from_pretrained`` under
+def hub_model(spec: ModelSpec, device: str, dtype: str, n_devices: int = 1) -> HookedModel:
+    """A model of TransformerLens' table from the hub cache: ``HookedTransformer.from_pretrained`` under
     TransformerLens 3, the Hugging Face model in a bridge under 4."""
     tokenizer = hf_tokenizer(spec.repository, spec.commit or spec.revision)
     if TL_MAJOR >= 4:
@@ -209,7 +214,9 @@ def hub_model(spec: ModelSpec, device: str, dtype: str) -> HookedModel:
         hf_model = AutoModelForCausalLM.from_pretrained(
             spec.repository, revision=spec.commit or spec.revision, dtype=torch.float32
         )
-        return load_from_hf(hf_model, tokenizer, name=spec.repository, device=device, dtype=dtype)
+        return load_from_hf(
+            hf_model, tokenizer, name=spec.repository, device=device, dtype=dtype, n_devices=n_devices
+        )
     from transformer_lens import HookedTransformer
 
     with contextlib.redirect_stdout(io.StringIO()):  # TL prints a "Loaded pretrained model" line
@@ -219,6 +226,9 @@ def hub_model(spec: ModelSpec, device: str, dtype: str) -> HookedModel:
             dtype=dtype,
             tokenizer=tokenizer,
             revision=spec.commit or spec.revision,
+            **(
+                {"n_devices": n_devices} if n_devices > 1 else {}
+            ),  # only then: the default path stays as it was
         )
 
 
@@ -243,7 +253,9 @@ def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> M
             # roles never see each other's interventions, and a second copy would only cost memory.
             models[role], identities[role] = models["sender"], dict(identities["sender"])
             continue
-        models[role], identities[role] = load_model(spec, resolve_device(config.device), config.dtype)
+        models[role], identities[role] = load_model(
+            spec, resolve_device(config.device), config.dtype, config.n_devices
+        )
         if identities[role] is None:
             progress.warn(
                 f"cannot resolve the exact checkpoint of {spec.name} in the Hugging Face cache; its "
@@ -295,4 +307,9 @@ def record_identities(config: ExperimentConfig, pair: ModelPair) -> ExperimentCo
                 f"now {identity.describe(now[role])}: numbers will differ (--{role}-revision <commit> pins one)"
             )
     used = describe(model_device(pair.receiver))  # the device that ran (``auto`` resolved) and its GPU
+    if config.n_devices > 1:  # a split model: where each one's layers went
+        used |= {
+            "n_devices": config.n_devices,
+            "placement": {r: placement(m) for r, m in (("sender", pair.sender), ("receiver", pair.receiver))},
+        }
     return replace(config, extra={**config.extra, "models": now, "device": used})
