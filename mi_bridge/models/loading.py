@@ -199,7 +199,7 @@ def hooked_from_folder(folder: Path, device: str, dtype: str, n_devices: int = 1
         return load_from_hf(
             hf_model, tokenizer, name=str(folder), device=device, dtype=dtype, n_devices=n_devices
         )
-    except (NotImplementedError, ValueError, KeyError) as err:
+    except Exception as err:  # each library and version raises its own kind here
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"TransformerLens cannot convert {folder} to a hooked model: {first}") from None
 
