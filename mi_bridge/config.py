@@ -102,6 +102,10 @@ class ExperimentConfig:
     site_scan: bool = True
     """Diagnose every receiver layer (self-patch, context-free ceiling, follow rate), so that the verdict
     can name the layers where a sender-derived vector could help."""
+    second_site: bool = True
+    """When the receiver layer is not pre-lookup and the site scan found a pre-lookup layer, also evaluate
+    the translated conditions and controls at the pre-lookup layer nearest it (ties: the larger
+    context-free ceiling), reported side by side with the requested site."""
     min_oracle_gap: float = 0.25
     """Task validity: oracle accuracy must exceed baseline accuracy by this much (CI excluding 0)."""
     sender_revision: str | None = None

@@ -1,5 +1,6 @@
-"""Statistics: paired bootstrap confidence intervals and sign tests (scipy.stats), the Holm correction
-for a family of conditions, and summaries over seeds."""
+"""Statistics: paired bootstrap confidence intervals (pooled, or two-level over seeds and items), exact
+binomial intervals for rates, sign tests (scipy.stats), the Holm correction for a family of conditions,
+and the one number format of an estimate with its interval."""
 
 from __future__ import annotations
 
@@ -36,6 +37,63 @@ def paired_bootstrap_ci(
             rng=np.random.default_rng(seed),
         )
     return (float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
+def two_level_bootstrap_ci(
+    groups: Sequence[np.ndarray], *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the pooled mean of per-item paired differences, one array per seed.
+
+    Each seed fits its own bridge, so its items are not independent of each other: a replicate draws
+    the seeds with replacement, then items with replacement within each drawn seed, and pools them
+    (weighted by item counts, as the point estimate is). The interval then carries the between-seed
+    variance of the fit; with one seed it is the item bootstrap. A constant sample is degenerate.
+    """
+    groups = [np.asarray(g, dtype=np.float64) for g in groups if np.size(g)]
+    if not groups:
+        return (float("nan"), float("nan"))
+    pooled = np.concatenate(groups)
+    if np.ptp(pooled) == 0:
+        value = float(pooled[0])
+        return (value, value)
+    rng = np.random.default_rng(seed)
+    n_seeds = len(groups)
+    item_means = np.stack([_resampled_means(g, n_resamples, rng) for g in groups])  # (seeds, resamples)
+    picks = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+    # The j-th pick of replicate b reads its seed's ((b + j) mod B)-th item resample: a seed drawn twice in
+    # one replicate gets two independent item resamples, at the cost of one resample set per seed.
+    columns = (np.arange(n_resamples)[:, None] + np.arange(n_seeds)[None, :]) % n_resamples
+    sizes = np.array([g.size for g in groups], dtype=np.float64)[picks]
+    replicates = (item_means[picks, columns] * sizes).sum(1) / sizes.sum(1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return (float(low), float(high))
+
+
+def _resampled_means(values: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``n_resamples`` resamples with replacement, drawn in chunks of about 4M indices."""
+    chunk = max(1, (1 << 22) // values.size)
+    return np.concatenate(
+        [
+            values[rng.integers(0, values.size, size=(min(chunk, n_resamples - start), values.size))].mean(1)
+            for start in range(0, n_resamples, chunk)
+        ]
+    )
+
+
+def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact binomial (Clopper–Pearson) interval of a rate: never of zero width, even at 0 or 1 of n."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    interval = stats.binomtest(int(successes), int(n)).proportion_ci(confidence, method="exact")
+    return (float(interval.low), float(interval.high))
+
+
+def rate_with_ci(outcomes: np.ndarray) -> dict:
+    """``{"mean", "ci", "n"}`` of 0/1 outcomes (an accuracy, a follow rate), with the exact interval."""
+    outcomes = np.asarray(outcomes, dtype=np.float64)
+    ci = clopper_pearson(int(outcomes.sum()), outcomes.size)
+    return {"mean": float(outcomes.mean()), "ci": list(ci), "n": int(outcomes.size)}
 
 
 def sign_test_p(differences: np.ndarray) -> float:
@@ -91,6 +149,18 @@ def helps_in_family(family: Sequence[dict], metric: str = "accuracy") -> list[bo
     return [helps(s, metric) and p < FAMILY_ALPHA for s, p in zip(family, adjusted, strict=True)]
 
 
+def holm_marks(family: Sequence[dict], metric: str = "accuracy", key: str | None = None) -> list[int]:
+    """Per summary of ``family``: +1 where it helps and -1 where it hurts (95% CI excludes 0 on that
+    side) with its sign-test p surviving the Holm correction over the family, else 0. What a report
+    marks; ``key`` reads a nested comparison (e.g. against a matched control) instead of the summary."""
+    read = [s[key] if key else s for s in family]
+    adjusted = holm([r[f"delta_{metric}_p"] for r in read])
+    return [
+        (1 if helps(r, metric) else -1 if hurts(r, metric) else 0) if p < FAMILY_ALPHA else 0
+        for r, p in zip(read, adjusted, strict=True)
+    ]
+
+
 def survives_as_strongest(summary: dict, family_size: int, metric: str = "accuracy") -> bool:
     """Would ``summary`` count as helping if it were the strongest member of a family of
     ``family_size``? Holm's first step: it helps and p × family_size < FAMILY_ALPHA. A power check: a
@@ -103,13 +173,30 @@ def hurts(summary: dict, metric: str = "accuracy") -> bool:
     return excludes_zero(summary[f"delta_{metric}_ci"]) and summary[f"delta_{metric}"] < 0
 
 
-def fmt_ci(interval: Sequence[float], digits: int = 3) -> str:
-    return f"[{interval[0]:+.{digits}f}, {interval[1]:+.{digits}f}]"
+DIGITS = 3
+"""Decimals of every printed estimate and its interval: one precision for both, so that an estimate
+never prints outside its own interval."""
 
 
-def fmt_delta(summary: dict, metric: str = "accuracy") -> str:
+def fmt_ci(interval: Sequence[float], digits: int = DIGITS, signed: bool = True) -> str:
+    sign = "+" if signed else ""
+    return f"[{interval[0]:{sign}.{digits}f}, {interval[1]:{sign}.{digits}f}]"
+
+
+def fmt_estimate(value: float, interval: Sequence[float], digits: int = DIGITS, signed: bool = True) -> str:
+    """``+0.123 [+0.100, +0.150]`` (a Δ) or ``0.998 [0.993, 1.000]`` (a rate): one precision for both."""
+    sign = "+" if signed else ""
+    return f"{value:{sign}.{digits}f} {fmt_ci(interval, digits, signed)}"
+
+
+def fmt_rate(rate: dict, digits: int = DIGITS) -> str:
+    """A ``{"mean", "ci"}`` rate with its exact interval, unsigned."""
+    return fmt_estimate(rate["mean"], rate["ci"], digits, signed=False)
+
+
+def fmt_delta(summary: dict, metric: str = "accuracy", digits: int = DIGITS) -> str:
     """``+0.123 [+0.100, +0.150]``: a summary's Δ ``metric`` with its 95% CI."""
-    return f"{summary[f'delta_{metric}']:+.3f} {fmt_ci(summary[f'delta_{metric}_ci'])}"
+    return fmt_estimate(summary[f"delta_{metric}"], summary[f"delta_{metric}_ci"], digits)
 
 
 def error_bars(values: Sequence[float], intervals: Sequence[Sequence[float]]) -> np.ndarray:

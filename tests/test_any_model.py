@@ -75,7 +75,9 @@ def test_bad_model_names_are_one_line(argv, message, acme, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(TL_MAJOR >= 4, reason="TransformerLens 4's bridge boots a BERT folder: no refusal to test")
+@pytest.mark.skipif(
+    TL_MAJOR >= 4, reason="TransformerLens 4's bridge boots a BERT folder: no refusal to test"
+)
 def test_a_folder_that_is_not_a_causal_lm_is_one_line(tmp_path, capsys):
     folder = tmp_path / "not-a-causal-lm"
     folder.mkdir()

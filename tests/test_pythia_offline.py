@@ -95,7 +95,7 @@ def test_the_cli_runs_the_pythia_pair_end_to_end(pythia_cache, tmp_path, capsys)
     assert results["models"]["receiver"]["d_model"] == 128
     # random weights cannot use the bridge entity: the report must say there is no conclusion
     assert results["validity"]["valid"] is False
-    assert results["verdict"].startswith("Task not valid")
+    assert results["verdict"].startswith("Result: Task not valid")
     # the new controls ran on the real Pythia path too, and the decomposition stops at the task
     names = {c["name"] for c in results["conditions"]}
     assert {"counterfactual self-patch replace", "context-free self-patch replace"} <= names

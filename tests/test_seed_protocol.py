@@ -176,7 +176,7 @@ def test_the_seed_protocol_runs_end_to_end_and_its_audit_flags_the_task(pythia_c
     no_injection = next(c for c in results["conditions"] if c["name"] == "no injection")
     assert no_injection["published"]["boundary_contains"] == 0.0884
     assert "Task not valid" in (out / "report.md").read_text()
-    assert results["verdict_label"] == "inconclusive"
+    assert results["verdict_label"] == "untestable here"
     assert {p.name for p in out.iterdir()} == {
         "config.json",
         "results.json",
@@ -326,17 +326,17 @@ def test_the_seed_runs_verdict_label_reads_translated_conditions_and_the_asymmet
         audit = {"validity": {"valid": valid}, "information_asymmetry": {"asymmetric": asymmetric}}
         return {"audit": audit, "conditions": conditions}
 
-    assert verdict_label(results(False, True, "replace")) == "inconclusive"
-    assert verdict_label(results(True, False, "replace")) == "not supported"
+    assert verdict_label(results(False, True, "replace")) == "untestable here"
+    assert verdict_label(results(True, False, "replace")) == "transfer helps"
     # its CI clears 0, but at p = 0.02 it does not survive Holm over the 4 translated conditions (0.08)
-    assert verdict_label(results(True, True, "replace", p=0.02)) == "supported"
-    assert verdict_label(results(True, True, "replace", p=0.01)) == "not supported"
+    assert verdict_label(results(True, True, "replace", p=0.02)) == "no transfer"
+    assert verdict_label(results(True, True, "replace", p=0.01)) == "transfer helps"
     assert (
-        verdict_label(results(True, True, "shuffled translation")) == "supported"
+        verdict_label(results(True, True, "shuffled translation")) == "no transfer"
     )  # a control is no transfer
-    assert verdict_label(results(True, True, None)) == "supported"
+    assert verdict_label(results(True, True, None)) == "no transfer"
     assert (
-        verdict_label(results(True, False, None)) == "inconclusive"
+        verdict_label(results(True, False, None)) == "untestable here"
     )  # the released protocol: null by construction
 
 

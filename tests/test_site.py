@@ -133,11 +133,60 @@ def test_decomposition_names_the_first_stage_that_fails(context_free, probe_low,
     assert [s["stage"] for s in result["stages"]] == [name for name, _ in diagnosis.STAGES]
     assert result["stages"][-1]["passed"] is None  # usability: not run here
 
+    assert result["stages"][-1]["status"] == "not run"
+
+
+@pytest.mark.parametrize("lost", ["task", "site", "sender", "translation"])
+def test_stages_after_the_first_lost_stage_read_not_testable_never_fails(lost):
+    """Once the signal is lost, a later stage that fails says nothing about its own part of the chain:
+    its status is "not testable here", and no stage anywhere reads "fails"."""
+    bad, good = summary(0.0, -0.1, 0.1), summary(0.7, 0.6, 0.8)
+    cases = {
+        "task": (good, 0.9, bad, False),
+        "site": (bad, 0.2, bad, True),  # the sender and the translation fail too
+        "sender": (good, 0.2, bad, True),
+        "translation": (good, 0.9, bad, True),
+    }
+    result = planted_results(*cases[lost])
+    assert result["first_lost"] == lost
+    statuses = [s["status"] for s in result["stages"]]
+    order = [s["stage"] for s in result["stages"]]
+    assert "fails" not in statuses
+    assert statuses[order.index(lost)] == "LOST here"
+    for stage in result["stages"][order.index(lost) + 1 :]:
+        if stage["passed"] is False:
+            assert stage["status"] == "not testable here"
+    assert all(s == "passes" for s in statuses[: order.index(lost)])
+
+
+def test_the_report_prints_the_status_the_decomposition_holds():
+    from mi_bridge.protocols.split.report import decomposition_rows
+
+    result = planted_results(summary(0.0, -0.1, 0.1), 0.2, summary(0.0, -0.1, 0.1))
+    rows = {r[0]: r for r in decomposition_rows(result)}
+    assert rows["site"][3] == "LOST here"
+    assert rows["sender"][3] == rows["translation"][3] == "not testable here"
+
+
+def test_the_site_stage_reads_the_one_context_free_ceiling_not_the_best_mode():
+    """Another context-free mode with a higher mean must not become the decomposition's ceiling: the
+    site stage, the site diagnosis and the verdict quote the replace-mode condition."""
+    replace = {**summary(0.01, -0.02, 0.04), "name": "context-free self-patch replace"}
+    better = {**summary(0.2, 0.1, 0.3), "name": "context-free self-patch add a=1"}
+    conditions = [{**c, "vector": "context-free self-patch"} for c in (better, replace)]
+    conditions.append({**summary(0.0, -0.1, 0.1), "name": "translated replace", "vector": "translated"})
+    assert diagnosis.ceiling(conditions)["name"] == "context-free self-patch replace"
+    validity = {"oracle_gap": {"mean": 0.7, "ci": [0.68, 0.72]}, "valid": True, "chance": 0.25}
+    probe = {"mean": 0.9, "ci": [0.88, 0.92], "n": 100}
+    stage = diagnosis.decomposition(validity, conditions, probe)["stages"][1]
+    assert stage["condition"] == "context-free self-patch replace" and stage["value"] == 0.01
+
 
 def test_the_runs_verdict_label_follows_validity_help_and_site():
-    """The transfer experiment's verdict on the published negative result: withheld where the task is
-    not valid or the site admits no sender vector; refuted by any translated condition that helps."""
+    """The transfer experiment's label says what happened: untestable where the task is not valid or the
+    site admits no sender vector; transfer helps where any translated condition survives Holm."""
     from mi_bridge.protocols.split.diagnosis import verdict_label
+    from mi_bridge.report.result import VERDICTS
 
     def results(valid: bool, site: str, translated_ci: tuple[float, float]) -> dict:
         low, high = translated_ci
@@ -147,70 +196,105 @@ def test_the_runs_verdict_label_follows_validity_help_and_site():
         )
         return {"validity": {"valid": valid}, "site": {"class": site}, "conditions": [ceiling, translated]}
 
-    assert verdict_label(results(False, "pre-lookup", (0.1, 0.2))) == "inconclusive"
-    assert verdict_label(results(True, "pre-lookup", (0.1, 0.2))) == "not supported"
-    assert verdict_label(results(True, "post-lookup", (0.1, 0.2))) == "not supported"
-    assert verdict_label(results(True, "pre-lookup", (-0.1, 0.1))) == "supported"
+    assert verdict_label(results(False, "pre-lookup", (0.1, 0.2))) == "untestable here"
+    assert verdict_label(results(True, "pre-lookup", (0.1, 0.2))) == "transfer helps"
+    assert verdict_label(results(True, "post-lookup", (0.1, 0.2))) == "transfer helps"
+    assert verdict_label(results(True, "pre-lookup", (-0.1, 0.1))) == "no transfer"
     for site in ("post-lookup", "inert", "undetermined"):
-        assert verdict_label(results(True, site, (-0.1, 0.1))) == "inconclusive"
+        assert verdict_label(results(True, site, (-0.1, 0.1))) == "untestable here"
+    assert set(diagnosis.LABELS) <= set(VERDICTS)
+
+
+def scan_row(layer: int, site_class: str, context_free: float = 0.5) -> dict:
+    return {"layer": layer, "class": site_class, "context_free": {"mean": context_free}}
+
+
+def test_the_second_site_is_the_nearest_pre_lookup_layer_and_only_off_a_pre_lookup_site():
+    scan = [scan_row(0, "pre-lookup", 0.7), scan_row(1, "post-lookup"), scan_row(2, "post-lookup")]
+    assert diagnosis.second_site_layer(scan, 1) == 0
+    assert diagnosis.second_site_layer(scan, 2) == 0
+    assert diagnosis.second_site_layer(scan, 0) is None  # already pre-lookup
+    assert diagnosis.second_site_layer(scan[1:], 1) is None  # no pre-lookup layer found
+    assert diagnosis.second_site_layer([], 1) is None  # no scan
+    # ties in distance go to the larger context-free ceiling, then to the lower layer
+    tied = [scan_row(0, "pre-lookup", 0.3), scan_row(1, "post-lookup"), scan_row(2, "pre-lookup", 0.6)]
+    assert diagnosis.second_site_layer(tied, 1) == 2
+    even = [scan_row(0, "pre-lookup", 0.6), scan_row(1, "inert"), scan_row(2, "pre-lookup", 0.6)]
+    assert diagnosis.second_site_layer(even, 1) == 0
+
+
+VALIDITY = {
+    "oracle_gap": {"mean": 0.7, "ci": [0.68, 0.72]},
+    "valid": True,
+    "chance": 0.25,
+    "min_oracle_gap": 0.25,
+}
+
+
+def planted_run_results(
+    site_class: str, conditions: list[dict], probe_low: float, second: dict | None = None
+) -> dict:
+    """results.json's sections that the decomposition, the verdict and the label read, for a valid task
+    at a planted site class (the text relay is added)."""
+    conditions = [*conditions, {**summary(0.7, 0.68, 0.72), "name": "text relay", "vector": None}]
+    probe = {"mean": probe_low + 0.02, "ci": [probe_low, probe_low + 0.04], "n": 100}
+    cosine = {"mean": 0.9}
+    site = {
+        "class": site_class,
+        "layer": 1,
+        "follow_rate": {"mean": 0.99, "ci": [0.97, 1.0], "n": 100},
+        "self_patch": {"mean": 0.7, "ci": [0.65, 0.75]},
+        "explanation": "(planted)",
+    }
+    results = {
+        "validity": VALIDITY,
+        "site": site,
+        "site_scan": [],
+        "bridge": {"normalized_cosine": cosine, "centered_cosine": cosine},
+        "conditions": conditions,
+        "decomposition": diagnosis.decomposition(VALIDITY, conditions, probe, site_class=site_class),
+    }
+    if second is not None:
+        results["second_site"] = second
+    return results
+
+
+def verdict_of(results: dict) -> tuple[dict, str]:
+    from mi_bridge.config import ExperimentConfig
+    from mi_bridge.protocols.split.verdict import verdict_parts, verdict_text
+
+    config = ExperimentConfig(n_items=300, seeds=2).to_dict()
+    parts = verdict_parts(results, config, {"sender": 2, "receiver": 1})
+    return parts, verdict_text(parts)
 
 
 def planted_verdict(site_class: str, translated: dict) -> tuple[dict, str]:
-    """The decomposition and verdict of a run at a planted site class whose best context-free mode
-    clears 0 (as one of several modes can by chance at a post-lookup site)."""
-    context_free = summary(0.05, 0.01, 0.09)
+    ceiling = {**summary(0.04, 0.005, 0.075), "name": "context-free self-patch replace"}
     conditions = [
-        {**context_free, "name": "context-free self-patch add a=1", "vector": "context-free self-patch"},
-        {
-            **summary(0.04, 0.005, 0.075),
-            "name": "context-free self-patch replace",
-            "vector": "context-free self-patch",
-        },
+        {**ceiling, "vector": "context-free self-patch"},
         {**translated, "name": "translated replace", "vector": "translated"},
     ]
     results = planted_run_results(site_class, conditions, probe_low=0.93)
-    return results["decomposition"], diagnosis.verdict(results)
-
-
-def planted_run_results(site_class: str, conditions: list[dict], probe_low: float) -> dict:
-    """results.json's sections that the decomposition, the verdict and the label read, for a valid task
-    at a planted site class (the text relay is added)."""
-    conditions = [*conditions, {**summary(0.7, 0.68, 0.72), "name": "text relay", "vector": "text relay"}]
-    validity = {"oracle_gap": {"mean": 0.7, "ci": [0.68, 0.72]}, "valid": True, "chance": 0.25}
-    probe = {"mean": probe_low + 0.02, "ci": [probe_low, probe_low + 0.04], "n": 100}
-    cosine = {"mean": 0.9}
-    return {
-        "validity": validity,
-        "site": {"class": site_class, "layer": 1, "explanation": "(planted)"},
-        "bridge": {
-            "normalized_cosine": cosine,
-            "centered_cosine": cosine,
-            "raw_cosine": cosine,
-            "trivial_predictors": {"receiver_mean": {"raw_cosine": cosine}},
-        },
-        "conditions": conditions,
-        "decomposition": diagnosis.decomposition(validity, conditions, probe, site_class=site_class),
-    }
+    return results["decomposition"], verdict_of(results)[1]
 
 
 @pytest.mark.parametrize("site_class", ["pre-lookup", "post-lookup", "inert", "undetermined"])
 def test_the_translation_is_blamed_only_at_a_pre_lookup_site(site_class):
-    """A context-free mode that clears 0 by chance at a post-lookup site would pass a site stage read
-    from the best mode alone; the site class keeps the blame off the translation there."""
+    """A ceiling that clears 0 next to a high follow rate (post-lookup) keeps the blame off the
+    translation: the site class decides the site stage."""
     decomposition, text = planted_verdict(site_class, translated=summary(0.0, -0.03, 0.03))
     pre_lookup = site_class == "pre-lookup"
     assert decomposition["first_lost"] == ("translation" if pre_lookup else "site")
-    assert ("the translation loses it" in text) == pre_lookup
-    assert ("says nothing about the translation" in text) == (not pre_lookup)
-    if not pre_lookup:
-        assert "without correction for that choice" in text
+    assert ("the signal is lost in the translation" in text) == pre_lookup
+    assert ("The translation is not testable there" in text) == (not pre_lookup)
 
 
 def test_a_translated_vector_that_helps_off_a_pre_lookup_site_is_reported_not_denied():
     decomposition, text = planted_verdict("post-lookup", translated=summary(0.1, 0.06, 0.14))
     assert decomposition["first_lost"] == "site"
-    assert "no vector computed from the sender can help here" not in text
+    assert "no vector from the sender can help" not in text
     assert "'translated replace' helps" in text
+    assert text.startswith("Result: Transfer helps at receiver layer 1 (post-lookup)")
 
 
 def family_results(best_p: float, n_family: int = 10, ceiling_p: float = 0.001, extra: tuple = ()) -> dict:
@@ -223,14 +307,10 @@ def family_results(best_p: float, n_family: int = 10, ceiling_p: float = 0.001, 
     context_free = summary(
         0.5, 0.45, 0.55, name="context-free self-patch replace", vector="context-free self-patch", p=ceiling_p
     )
-    return {
-        "validity": {"oracle_gap": {"mean": 0.7, "ci": [0.68, 0.72]}, "valid": True, "chance": 0.25},
-        "site": {"class": "pre-lookup"},
-        "conditions": [context_free, *translated],
-    }
+    return {"validity": VALIDITY, "site": {"class": "pre-lookup"}, "conditions": [context_free, *translated]}
 
 
-@pytest.mark.parametrize("best_p, label", [(0.02, "supported"), (0.004, "not supported")])
+@pytest.mark.parametrize("best_p, label", [(0.02, "no transfer"), (0.004, "transfer helps")])
 def test_the_best_of_a_family_must_survive_the_holm_correction(best_p, label):
     """Chosen as the best of 10, a condition whose own CI clears 0 at p = 0.02 is no evidence (Holm
     p = 0.2); at p = 0.004 (Holm p = 0.04) it is."""
@@ -241,7 +321,7 @@ def test_the_best_of_a_family_must_survive_the_holm_correction(best_p, label):
     stages = diagnosis.decomposition(
         results["validity"], results["conditions"], probe, site_class="pre-lookup"
     )
-    assert stages["first_lost"] == ("translation" if label == "supported" else None)
+    assert stages["first_lost"] == ("translation" if label == "no transfer" else None)
 
 
 def test_the_stage_reads_a_surviving_condition_when_the_best_by_mean_does_not_survive():
@@ -256,20 +336,19 @@ def test_the_stage_reads_a_surviving_condition_when_the_best_by_mean_does_not_su
     translation = next(s for s in stages["stages"] if s["stage"] == "translation")
     assert translation["condition"] == "translated clean" and translation["passed"]
     assert stages["first_lost"] is None
-    assert diagnosis.verdict_label(results) == "not supported"
+    assert diagnosis.verdict_label(results) == "transfer helps"
 
 
-def test_without_the_power_to_show_a_help_the_label_is_inconclusive():
+def test_without_the_power_to_show_a_help_the_label_is_untestable():
     """At p = 0.01 the ceiling clears its own CI but would not survive Holm over 10 (0.1): a translated
     condition as good as the ceiling would fail, so its absence says nothing."""
-    assert diagnosis.verdict_label(family_results(0.5, ceiling_p=0.001)) == "supported"
-    assert diagnosis.verdict_label(family_results(0.5, ceiling_p=0.01)) == "inconclusive"
+    assert diagnosis.verdict_label(family_results(0.5, ceiling_p=0.001)) == "no transfer"
+    assert diagnosis.verdict_label(family_results(0.5, ceiling_p=0.01)) == "untestable here"
 
 
-def planted_run(site_class: str, ceiling_p: float, wide_best_mode: bool, probe_low: float, translated: str):
+def planted_run(site_class: str, ceiling_p: float, probe_low: float, translated: str):
     """A full planted run (conditions, decomposition, verdict and label) for the consistency grid."""
     replace = summary(0.05, 0.02, 0.08, name="context-free self-patch replace", p=ceiling_p)
-    other = summary(0.06, -0.005, 0.125, p=0.09) if wide_best_mode else summary(0.01, -0.02, 0.04)
     family = {
         "none": [summary(0.0, -0.03, 0.03)],
         "survivor": [summary(0.04, 0.02, 0.06, p=1e-5)],
@@ -277,7 +356,6 @@ def planted_run(site_class: str, ceiling_p: float, wide_best_mode: bool, probe_l
     }[translated]
     conditions = [
         {**replace, "vector": "context-free self-patch"},
-        {**other, "name": "context-free self-patch add a=1", "vector": "context-free self-patch"},
         *[{**t, "name": f"translated {i}", "vector": "translated"} for i, t in enumerate(family)],
         *[
             {**summary(0.0, -0.03, 0.03), "name": f"translated null {i}", "vector": "translated"}
@@ -285,31 +363,126 @@ def planted_run(site_class: str, ceiling_p: float, wide_best_mode: bool, probe_l
         ],
     ]
     results = planted_run_results(site_class, conditions, probe_low)
-    return results, diagnosis.verdict(results), diagnosis.verdict_label(results)
+    parts, text = verdict_of(results)
+    return results, parts, text, diagnosis.verdict_label(results)
 
 
 @pytest.mark.parametrize("site_class", ["pre-lookup", "post-lookup", "inert", "undetermined"])
 def test_stage_label_and_verdict_text_never_contradict_each_other(site_class):
     """Over a grid of planted runs: the label follows the translation stage, the text never calls a
-    pre-lookup site hopeless nor the sender lost while a translated condition helps, and a withheld
-    label at a pre-lookup site says why."""
+    pre-lookup site hopeless nor the sender lost while a translated condition helps, an untestable
+    label at a pre-lookup site says why, and every verdict has its three parts with commands."""
     for ceiling_p in (0.001, 0.01):
-        for wide_best_mode in (False, True):
-            for probe_low in (0.9, 0.2):
-                for translated in ("none", "survivor", "best fails, other survives"):
-                    results, text, label = planted_run(
-                        site_class, ceiling_p, wide_best_mode, probe_low, translated
-                    )
-                    stages = {s["stage"]: s for s in results["decomposition"]["stages"]}
-                    case = (ceiling_p, wide_best_mode, probe_low, translated)
-                    assert (label == "not supported") == stages["translation"]["passed"], case
-                    assert stages["translation"]["passed"] == (translated != "none"), case
-                    if site_class == "pre-lookup":
-                        assert results["decomposition"]["first_lost"] != "site", case
-                        assert "no vector computed from the sender can help here" not in text, case
-                        if label == "inconclusive":
-                            assert "lacks the power to show a help" in text, case
-                    else:
-                        assert label in ("not supported", "inconclusive"), case
-                    if stages["translation"]["passed"]:
-                        assert "The signal is lost at the sender" not in text, case
+        for probe_low in (0.9, 0.2):
+            for translated in ("none", "survivor", "best fails, other survives"):
+                results, parts, text, label = planted_run(site_class, ceiling_p, probe_low, translated)
+                stages = {s["stage"]: s for s in results["decomposition"]["stages"]}
+                case = (ceiling_p, probe_low, translated)
+                assert (label == "transfer helps") == stages["translation"]["passed"], case
+                assert stages["translation"]["passed"] == (translated != "none"), case
+                assert text.startswith(f"Result: {label[0].upper()}{label[1:]} at receiver layer 1"), case
+                assert parts["next"], case
+                assert all(s["command"].startswith("python -m mi_bridge.") for s in parts["next"]), case
+                lost = results["decomposition"]["first_lost"]
+                if site_class == "pre-lookup":
+                    assert lost != "site", case
+                    assert "no vector from the sender can help" not in text, case
+                    if label == "untestable here" and lost == "translation":
+                        assert "lacks the power to show a help" in text, case
+                else:
+                    assert label in ("transfer helps", "untestable here"), case
+                if stages["translation"]["passed"]:
+                    assert "The sender state lacks B" not in text, case
+
+
+def second_site_section(label: str, translated: dict) -> dict:
+    ceiling = {**summary(0.7, 0.6, 0.8), "name": "context-free self-patch replace"}
+    conditions = [
+        {**ceiling, "vector": "context-free self-patch"},
+        {**translated, "name": "translated replace", "vector": "translated"},
+    ]
+    probe = {"mean": 0.95, "ci": [0.93, 0.97], "n": 100}
+    site = {
+        "class": "pre-lookup",
+        "layer": 0,
+        "follow_rate": {"mean": 0.0, "ci": [0.0, 0.03], "n": 100},
+        "self_patch": {"mean": 0.7, "ci": [0.6, 0.8]},
+    }
+    return {
+        "layer": 0,
+        "rule": diagnosis.SECOND_SITE_RULE,
+        "label": label,
+        "site": site,
+        "decomposition": diagnosis.decomposition(VALIDITY, conditions, probe, site_class="pre-lookup"),
+        "bridge": {"normalized_cosine": {"mean": 0.6}, "centered_cosine": {"mean": 0.6}},
+        "conditions": conditions,
+    }
+
+
+@pytest.mark.parametrize(
+    "label, translated, analysis",
+    [
+        ("no transfer", summary(0.0, -0.05, 0.05), "usability_bridge"),
+        ("transfer helps", summary(0.4, 0.3, 0.5), "all"),
+    ],
+)
+def test_next_holds_runnable_commands_with_the_runs_own_flags(label, translated, analysis):
+    """At a post-lookup site with a second site, *next* reruns the run at the pre-lookup layer (the run's
+    own flags, resolved layers) and names the analysis that follows from the second site's result."""
+    import shlex
+
+    from mi_bridge.cli import build_parser
+
+    null = summary(0.0, -0.05, 0.05)
+    conditions = [
+        {**null, "name": "context-free self-patch replace", "vector": "context-free self-patch"},
+        {**null, "name": "translated replace", "vector": "translated"},
+    ]
+    results = planted_run_results("post-lookup", conditions, 0.9, second_site_section(label, translated))
+    parts, text = verdict_of(results)
+    commands = [s["command"] for s in parts["next"]]
+    assert (
+        commands[0] == "python -m mi_bridge.run --sender-layer 2 --receiver-layer 0 --n-items 300 --seeds 2"
+    )
+    assert commands[1].startswith(f"python -m mi_bridge.analyses {analysis} ")
+    assert "--receiver-layer 0" in commands[1]
+    # the command parses with the real parser: the flags exist and take these values
+    args = build_parser("run", "").parse_args(shlex.split(commands[0])[3:])
+    assert (args.receiver_layer, args.sender_layer, args.n_items, args.seeds) == (0, 2, 300, 2)
+    assert f"{label[0].upper()}{label[1:]} at receiver layer 0 (pre-lookup)" in parts["result"]
+    assert f"{label.upper()} at receiver layer 0 (second site)" in parts["headline"]
+    assert text.count("\n") == 2  # result / why / next
+
+
+def test_a_commands_flags_round_trip_through_the_parser():
+    import shlex
+
+    from mi_bridge.cli import build_parser, config_from_args
+    from mi_bridge.config import ExperimentConfig
+    from mi_bridge.protocols.split.verdict import command
+
+    config = ExperimentConfig(alphas=(0.5, 1.0), site_scan=False, second_site=False, k=3, device="cpu")
+    line = command("mi_bridge.run", config.to_dict(), {"sender": 1, "receiver": 2}, n_items=64)
+    parsed = config_from_args(build_parser("run", "").parse_args(shlex.split(line)[3:]))
+    resolved = {**config.to_dict(), "sender_layer": 1, "receiver_layer": 2, "n_items": 64}
+    assert parsed.to_dict() == ExperimentConfig.from_dict(resolved).to_dict()
+    assert "--no-second-site" in line and "--no-site-scan" in line
+
+
+def test_an_invalid_task_says_so_and_points_to_calibration():
+    from mi_bridge.config import ExperimentConfig
+    from mi_bridge.protocols.split.verdict import verdict_parts
+
+    null = summary(0.0, -0.05, 0.05)
+    conditions = [
+        {**null, "name": "context-free self-patch replace", "vector": "context-free self-patch"},
+        {**null, "name": "translated replace", "vector": "translated"},
+    ]
+    results = planted_run_results("post-lookup", conditions, 0.9)
+    results["validity"] = {**VALIDITY, "valid": False, "oracle_gap": {"mean": 0.05, "ci": [-0.01, 0.11]}}
+    config = ExperimentConfig(pair="pythia", template="lives-in", sender_revision="step1000").to_dict()
+    parts = verdict_parts(results, config, {"sender": 2, "receiver": 1})
+    assert parts["result"].startswith("Task not valid")
+    assert [s["command"] for s in parts["next"]] == [
+        "python -m mi_bridge.calibrate --pair pythia --sender-revision step1000"
+    ]

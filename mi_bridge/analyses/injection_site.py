@@ -58,7 +58,9 @@ def analyze(ctx: AnalysisContext) -> Result:
             for site in SITES
         }
         summary = {site: summarize_all(ctx, seed_scores, [at[site]])[0] for site in SITES}
-        difference = summarize_condition(ctx.config, seed_scores, at["final"], baseline=at["slot"].name)
+        difference = summarize_condition(
+            ctx.config.n_bootstrap, seed_scores, at["final"], baseline=at["slot"].name
+        )
         differences.append(difference | {"condition": c.name})
         per_site[c.name] = summary
         rows.append((c.name, fmt_delta(summary["slot"]), fmt_delta(summary["final"]), fmt_delta(difference)))

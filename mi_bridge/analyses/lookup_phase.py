@@ -43,7 +43,7 @@ def analyze(ctx: AnalysisContext) -> Result:
     follow = [seed.test.follow_index for seed in ctx.seeds]
     rows, tests, self_patch = [], [], {}
     for layer in layers:
-        summaries = summarize_conditions(ctx.config, scores[layer], conditions, follow)
+        summaries = summarize_conditions(ctx.config.n_bootstrap, scores[layer], conditions, follow)
         by_name = {s["name"]: s for s in summaries}
         rows.append(
             diagnosis.site_section(by_name, layer)

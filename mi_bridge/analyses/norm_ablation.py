@@ -4,7 +4,13 @@
 
 Scale sweep of the translated vector (x0.125 ... x8, add and replace), the translated direction with
 the self-patch norm and the self-patch direction with the translated norm, and norm-matched random
-directions at the same scales.
+directions at the same scales and with the self-patch norm.
+
+log p rises under almost any perturbation of an injection's size, so the verdict reads the rescue
+(the translated direction with the receiver's own norm) against matched controls, never against 0:
+the same direction at its own norm (does the norm change help?) and a random direction with the same
+norm (does the translated direction add damage at the right norm?). Only the damage itself is read
+against no injection: that artefact raises log p, so it can hide damage but not fake it.
 
 Under ``--protocol seed`` the same vectors replace (or are added to) the receiver's state at every
 prompt position, the self-patch state is the receiver's own, and Δ log p(answer) is the score.
@@ -28,9 +34,10 @@ from mi_bridge.protocols.split.analysis import (
     summarize_all,
     translated_vectors,
 )
+from mi_bridge.protocols.split.experiment import summarize_condition
 from mi_bridge.report.render import condition_table, saved_figure
 from mi_bridge.report.result import Result, Table
-from mi_bridge.stats import fmt_ci, fmt_delta, hurts
+from mi_bridge.stats import fmt_ci, fmt_delta, helps, hurts
 
 NAME = "norm_ablation"
 HYPOTHESIS = "Norm, not direction, is why replacement destroys."
@@ -56,18 +63,30 @@ def ablation_vectors(translated, self_patch, scales, seed: int) -> dict[str, tor
     vectors = {f"{kind} x{scale:g}": scale * vector for kind, vector in base.items() for scale in scales}
     vectors["translated dir, self-patch norm"] = rescale_to(translated, self_patch)
     vectors["self-patch dir, translated norm"] = rescale_to(self_patch, translated)
+    vectors["random dir, self-patch norm"] = rescale_to(base["random"], self_patch)  # the rescue's control
     return vectors
 
 
 def conditions_for(scales) -> list[Condition]:
     """``add`` of a vector scaled by s is h + s*v; ``replace`` puts s*v in place of h."""
     names = [f"{kind} x{scale:g}" for kind in LINES for scale in scales]
-    names += ["translated dir, self-patch norm", "self-patch dir, translated norm"]
+    names += [
+        "translated dir, self-patch norm",
+        "self-patch dir, translated norm",
+        "random dir, self-patch norm",
+    ]
     return [
         Condition(f"{name} {mode}", vector=name, mode=mode, alpha=1.0)
         for name in names
         for mode in ("add", "replace")
     ]
+
+
+MATCHED = {
+    "vs its own norm": ("translated dir, self-patch norm replace", "translated x1 replace"),
+    "vs random direction": ("translated dir, self-patch norm replace", "random dir, self-patch norm replace"),
+}
+"""The rescue's paired comparisons (condition, matched control): what the verdict reads."""
 
 
 def analyze(ctx: AnalysisContext) -> Result:
@@ -83,9 +102,14 @@ def analyze(ctx: AnalysisContext) -> Result:
             )
         )
     summaries = {s["name"]: s for s in summarize_all(ctx, seed_scores, conditions)}
+    by_name = {c.name: c for c in conditions}
+    matched = {
+        key: summarize_condition(ctx.config.n_bootstrap, seed_scores, by_name[name], baseline=control)
+        for key, (name, control) in MATCHED.items()
+    }
     plain = summaries["translated x1 replace"]
     table = condition_table("Norm ablations (Δ vs baseline)", [summaries[c.name] for c in conditions])
-    return judged(summaries, scales, f", Δacc {fmt_delta(plain)}", table)
+    return judged(summaries, matched, scales, f", Δacc {fmt_delta(plain)}", table)
 
 
 def analyze_seed(ctx: SeedProtocolContext) -> Result:
@@ -99,10 +123,16 @@ def analyze_seed(ctx: SeedProtocolContext) -> Result:
     vectors = {name: list(v.split(lengths)) for name, v in flat.items()}
     baseline = ctx.logprobs()
     conditions = conditions_for(scales)
-    summaries = {}
+    summaries, values = {}, {}
     for i, c in enumerate(progress.track(conditions, "norm ablation: conditions")):
-        values = ctx.logprobs(vectors[c.vector], c.mode)
-        summaries[c.name] = delta_summary(c.name, values, baseline, ctx.config.n_bootstrap, seed=i)
+        values[c.name] = ctx.logprobs(vectors[c.vector], c.mode)
+        summaries[c.name] = delta_summary(c.name, values[c.name], baseline, ctx.config.n_bootstrap, seed=i)
+    matched = {
+        key: delta_summary(
+            name, values[name], values[control], ctx.config.n_bootstrap, seed=len(conditions) + i
+        )
+        for i, (key, (name, control)) in enumerate(MATCHED.items())
+    }
     title = "Norm ablations, every prompt position (Δ log p(answer) vs no injection)"
     rows = [
         (
@@ -114,33 +144,48 @@ def analyze_seed(ctx: SeedProtocolContext) -> Result:
         for s in (summaries[c.name] for c in conditions)
     ]
     table = Table(title, ("condition", "log p(answer)", "Δlog p [95% CI]", "n"), rows)
-    return judged(summaries, scales, "", table, score="log p(answer)")
+    return judged(summaries, matched, scales, "", table, score="log p(answer)")
 
 
-def judged(summaries: dict[str, dict], scales, extra: str, table, score: str = "log p(C)") -> Result:
-    """The verdict, read from Δ log p of the replacements (both protocols)."""
+def judged(
+    summaries: dict[str, dict], matched: dict[str, dict], scales, extra: str, table, score: str = "log p(C)"
+) -> Result:
+    """The verdict (both protocols): the damage of the plain replacement against no injection, then the
+    rescue by the receiver's norm against its matched controls (``matched``, see :data:`MATCHED`)."""
     plain = summaries["translated x1 replace"]
     norm_fixed = summaries["translated dir, self-patch norm replace"]
     direction_swapped = summaries["self-patch dir, translated norm replace"]
+    own_norm, random_direction = matched["vs its own norm"], matched["vs random direction"]
     numbers = (
         f"Replacing with the translated vector: Δlog p {fmt_delta(plain, 'logprob')}{extra}. "
-        f"With the self-patch norm: Δlog p {fmt_delta(norm_fixed, 'logprob')}. Self-patch direction with the "
-        f"translated norm: Δlog p {fmt_delta(direction_swapped, 'logprob')} (n={plain['n']})."
+        f"With the self-patch norm: Δlog p {fmt_delta(norm_fixed, 'logprob')}; against the same direction at "
+        f"its own norm {fmt_delta(own_norm, 'logprob')}, against a random direction with the self-patch norm "
+        f"{fmt_delta(random_direction, 'logprob')}. Self-patch direction with the translated norm: Δlog p "
+        f"{fmt_delta(direction_swapped, 'logprob')} (n={plain['n']})."
     )
+    rescued = helps(own_norm, "logprob") and not hurts(random_direction, "logprob")
     if not hurts(plain, "logprob"):
         verdict, tail = (
             "inconclusive",
             " Replacement is not destructive here, so there is nothing for the norm to explain.",
         )
-    elif not hurts(norm_fixed, "logprob"):
+    elif rescued:
         verdict, tail = (
             "supported",
-            " Giving the translated direction the receiver's own norm removes the damage.",
+            " The receiver's own norm raises log p over the same direction at its own norm, and the "
+            "translated direction does no worse than a random one of that norm: the norm set the damage.",
+        )
+    elif hurts(random_direction, "logprob"):
+        verdict, tail = (
+            "not supported",
+            " At the receiver's own norm the translated direction does worse than a random direction of "
+            "that norm: the direction is at fault.",
         )
     else:
         verdict, tail = (
             "not supported",
-            " Replacement stays destructive with the receiver's own norm: the direction is at fault.",
+            " Giving the translated direction the receiver's own norm does not raise log p over that "
+            "direction at its own norm: the norm does not explain the damage.",
         )
     lines = {
         f"{kind} {mode}": [
@@ -150,7 +195,13 @@ def judged(summaries: dict[str, dict], scales, extra: str, table, score: str = "
         for kind in LINES
         for mode in ("add", "replace")
     }
-    data = {"scales": list(scales), "lines": lines, "conditions": list(summaries.values()), "score": score}
+    data = {
+        "scales": list(scales),
+        "lines": lines,
+        "conditions": list(summaries.values()),
+        "matched": matched,
+        "score": score,
+    }
     return Result(NAME, HYPOTHESIS, verdict, numbers + tail, [table], data)
 
 

@@ -75,7 +75,7 @@ def analyze(ctx: AnalysisContext) -> Result:
     )
     # Usability vs alignment head to head: the best condition of each, paired on the same items.
     head_to_head = summarize_condition(
-        ctx.config,
+        ctx.config.n_bootstrap,
         seed_scores,
         next(c for c in conditions if c.name == best["usability"]["name"]),
         baseline=best["alignment"]["name"],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 from rich import box
@@ -13,6 +14,7 @@ from rich.table import Table as RichTable
 
 from mi_bridge.core import progress
 from mi_bridge.report.result import Result, Table
+from mi_bridge.stats import DIGITS, fmt_ci, fmt_delta, fmt_estimate, fmt_rate, holm_marks
 
 console = progress.console
 
@@ -21,43 +23,110 @@ console = progress.console
 # Tables shared by the terminal (rich) and report.md (markdown)
 
 
-def ci_text(interval: list[float]) -> str:
-    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+def ci_text(interval: list[float], digits: int = DIGITS) -> str:
+    return fmt_ci(interval, digits)
 
 
-def seeds_text(values: list[float]) -> str:
-    return " ".join(f"{v:.3f}" for v in values)
+def seeds_text(values: list[float], signed: bool = False) -> str:
+    return " ".join(f"{v:{'+' if signed else ''}.{DIGITS}f}" for v in values)
 
 
-def condition_cells(c: dict) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """One condition's cells, and per cell a sign: +1 / -1 where that cell's CI excludes 0, else 0."""
-    signs = {
-        m: (1 if c[f"delta_{m}_ci"][0] > 0 else -1 if c[f"delta_{m}_ci"][1] < 0 else 0)
-        for m in ("accuracy", "logprob")
-    }
-    cells = (
-        c["name"],
-        f"{c['accuracy']:.3f}",
-        f"{c['delta_accuracy']:+.3f} {ci_text(c['delta_accuracy_ci'])}",
-        f"{c['gold_logprob']:.2f}",
-        f"{c['delta_logprob']:+.2f} {ci_text(c['delta_logprob_ci'])}",
-        str(c["n"]),
+def condition_marks(
+    conditions: list[dict], family: Callable[[dict], str | None] | None = None
+) -> dict[str, tuple[int, int]]:
+    """Per condition name, the marks of its Δacc and Δlog p cells (+1 / -1 / 0, ``stats.holm_marks``):
+    each metric corrected over the condition's family (``family``; default: all of ``conditions``;
+    None: unmarked). Δ log p of a condition with ``vs_matched_control`` is read against that control,
+    never against 0: log p rises under almost any perturbation of an injection's size."""
+    family = family or (lambda c: "all")
+    groups: dict[str, list[dict]] = {}
+    for c in conditions:
+        if (name := family(c)) is not None:
+            groups.setdefault(name, []).append(c)
+    marks = {c["name"]: (0, 0) for c in conditions}
+    for members in groups.values():
+        accuracy = holm_marks(members, "accuracy")
+        matched = [c for c in members if "vs_matched_control" in c]
+        plain = [c for c in members if "vs_matched_control" not in c and "delta_logprob_p" in c]
+        logprob = dict(zip([c["name"] for c in plain], holm_marks(plain, "logprob"), strict=True))
+        logprob |= dict(
+            zip(
+                [c["name"] for c in matched],
+                holm_marks(matched, "logprob", "vs_matched_control"),
+                strict=True,
+            )
+        )
+        for c, mark in zip(members, accuracy, strict=True):
+            marks[c["name"]] = (mark, logprob.get(c["name"], 0))
+    return marks
+
+
+def condition_cells(
+    c: dict, marks: tuple[int, int], matched_column: bool
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """One condition's cells, and per cell its mark (``condition_marks``)."""
+    accuracy = (
+        fmt_estimate(c["accuracy"], c["accuracy_ci"], signed=False)
+        if "accuracy_ci" in c
+        else f"{c['accuracy']:.3f}"
     )
-    return cells, (0, 0, signs["accuracy"], 0, signs["logprob"], 0)
+    per_seed = seeds_text(c["delta_accuracy_per_seed"], signed=True) if "delta_accuracy_per_seed" in c else ""
+    vs = c.get("vs_matched_control")
+    cells = [
+        c["name"],
+        accuracy,
+        fmt_delta(c),
+        per_seed,
+        f"{c['gold_logprob']:.{DIGITS}f}",
+        fmt_delta(c, "logprob"),
+    ]
+    cell_marks = [0, 0, marks[0], 0, 0, 0 if vs else marks[1]]
+    if matched_column:
+        cells.append(fmt_delta(vs, "logprob") if vs else "")
+        cell_marks.append(marks[1] if vs else 0)
+    return (*cells, str(c["n"])), (*cell_marks, 0)
 
 
-CONDITION_HEADER = ("condition", "acc", "Δacc [95% CI]", "log p(C)", "Δlog p [95% CI]", "n")
+CONDITION_HEADER = (
+    "condition",
+    "acc [95% CI]",
+    "Δacc [95% CI]",
+    "Δacc per seed",
+    "log p(C)",
+    "Δlog p [95% CI]",
+)
+MATCHED_HEADER = "Δlog p vs control [95% CI]"
+"""A translated condition's Δ log p against its matched control (the mean vector, same mode and α)."""
 
 
-def condition_table(title: str, conditions: list[dict], in_terminal: bool = True) -> Table:
-    cells = [condition_cells(c) for c in conditions]
+def condition_table(
+    title: str,
+    conditions: list[dict],
+    in_terminal: bool = True,
+    every: list[dict] | None = None,
+    family: Callable[[dict], str | None] | None = None,
+) -> Table:
+    """A table of condition summaries, marked where a cell survives the Holm correction of its family
+    (computed over ``every`` condition of the run, default the ones shown: a best-of table is then
+    marked as its members were in the full family)."""
+    marks = condition_marks(every or conditions, family)
+    matched = any("vs_matched_control" in c for c in conditions)
+    cells = [condition_cells(c, marks[c["name"]], matched) for c in conditions]
+    header = (*CONDITION_HEADER, *((MATCHED_HEADER,) if matched else ()), "n")
+    # The terminal (160 columns off a tty) leaves out the absolute accuracy and log p; report.md has them.
+    compact = tuple(i for i, column in enumerate(header) if column not in ("acc [95% CI]", "log p(C)"))
     return Table(
-        title, CONDITION_HEADER, [c for c, _ in cells], [m for _, m in cells], in_terminal=in_terminal
+        title,
+        header,
+        [c for c, _ in cells],
+        [m for _, m in cells],
+        in_terminal=in_terminal,
+        terminal_columns=compact,
     )
 
 
 def md_table(header: tuple[str, ...], rows, marks=None) -> list[str]:
-    """A markdown table; a cell marked +1 / -1 (its CI excludes 0) is bold."""
+    """A markdown table; a marked cell (it survives the Holm correction of its family) is bold."""
     marks = marks or [(0,) * len(header)] * len(rows)
     cells = [
         tuple(f"**{cell}**" if mark else cell for cell, mark in zip(row, row_marks, strict=True))
@@ -68,7 +137,14 @@ def md_table(header: tuple[str, ...], rows, marks=None) -> list[str]:
     ]
 
 
-VERDICT_STYLE = {"supported": "bold green", "not supported": "bold red", "inconclusive": "bold yellow"}
+VERDICT_STYLE = {
+    "supported": "bold green",
+    "not supported": "bold red",
+    "inconclusive": "bold yellow",
+    "transfer helps": "bold green",
+    "no transfer": "bold red",
+    "untestable here": "bold yellow",
+}
 MARK_STYLE = {1: "green", -1: "red"}
 
 
@@ -81,18 +157,30 @@ def render_result(result: Result, full: bool = False) -> None:
         if not (spec.in_terminal or full):
             out.print(f"({spec.title}: in report.md, or --full)")
             continue
+        keep = spec.terminal_columns or tuple(range(len(spec.header)))
+        pick = lambda cells, keep=keep: [cells[i] for i in keep]
         table = RichTable(title=spec.title, box=box.SIMPLE)
-        for i, column in enumerate(spec.header):
+        for i, column in enumerate(pick(spec.header)):
             table.add_column(column, justify="left" if i == 0 else "right", no_wrap=spec.marks is not None)
         for i, row in enumerate(spec.rows):
             marks = spec.marks[i] if spec.marks else (0,) * len(row)
-            cells = (f"[{MARK_STYLE[m]}]{cell}[/]" if m else cell for cell, m in zip(row, marks, strict=True))
+            cells = (
+                f"[{MARK_STYLE[m]}]{cell}[/]" if m else cell
+                for cell, m in zip(pick(row), pick(marks), strict=True)
+            )
             table.add_row(*cells, style="bold red" if spec.alerts and spec.alerts[i] else None)
         out.print(table)
     style = VERDICT_STYLE[result.verdict]
-    out.print(
-        Panel(f"[{style}]{result.verdict.upper()}[/]: {result.explanation}", title="Verdict", expand=True)
-    )
+    if result.parts is None:
+        body = f"[{style}]{result.verdict.upper()}[/]: {result.explanation}"
+    else:
+        steps = "\n".join(f"  {s['command']}\n      {s['why']}" for s in result.parts["next"])
+        body = (
+            f"[{style}]{result.verdict.upper()}[/] {result.parts.get('headline', '')}\n"
+            f"[bold]Result:[/] {result.parts['result']}\n"
+            f"[bold]Why:[/] {result.parts['why']}\n[bold]Next:[/]\n{steps}"
+        )
+    out.print(Panel(body, title="Verdict", expand=True))
 
 
 def result_markdown(
@@ -101,7 +189,18 @@ def result_markdown(
     """report.md of any result: hypothesis, verdict, (a context line in bold), tables, figure. Marked
     cells are bold."""
     lines = [f"{heading} {result.name}", "", f"**Hypothesis.** {result.hypothesis}", ""]
-    lines += [f"**Verdict: {result.verdict}.** {result.explanation}", ""]
+    if result.parts is None:
+        lines += [f"**Verdict: {result.verdict}.** {result.explanation}", ""]
+    else:
+        lines += [
+            f"**Verdict: {result.verdict}** {result.parts.get('headline', '')}",
+            "",
+            f"- *Result*: {result.parts['result']}",
+            f"- *Why*: {result.parts['why']}",
+            "- *Next*:",
+            *[f"  - `{s['command']}`: {s['why']}" for s in result.parts["next"]],
+            "",
+        ]
     if context is not None:
         lines += [context, ""]
     for spec in result.tables:
@@ -141,13 +240,13 @@ def site_summary(site: dict) -> str:
         validity = site["validity"]
         return (
             f"Site: {site['class']} under --protocol seed (receiver layer {site['layer']}, every prompt "
-            f"position); task validity {validity['gap']:+.3f} {ci_text(validity['ci'])}, n={validity['n']}."
+            f"position); task validity {fmt_estimate(validity['gap'], validity['ci'])}, n={validity['n']}."
         )
     return (
         f"Site: {site['class']} (receiver layer {site['layer']}, {site['mode']}): self-patch "
-        f"{site['self_patch']['mean']:+.3f} {ci_text(site['self_patch']['ci'])}, context-free ceiling "
-        f"{site['context_free']['mean']:+.3f} {ci_text(site['context_free']['ci'])}, follow rate "
-        f"{site['follow_rate']['mean']:.3f} {ci_text(site['follow_rate']['ci'])}, n={site['self_patch']['n']}."
+        f"{fmt_estimate(site['self_patch']['mean'], site['self_patch']['ci'])}, context-free ceiling "
+        f"{fmt_estimate(site['context_free']['mean'], site['context_free']['ci'])}, follow rate "
+        f"{fmt_rate(site['follow_rate'])}, n={site['self_patch']['n']}."
     )
 
 

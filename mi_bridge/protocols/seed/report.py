@@ -92,7 +92,7 @@ def condition_rows(results: dict) -> list[tuple[str, ...]]:
         difference = c.get("difference", {})
 
         def cell(metric: str, c=c) -> str:
-            return f"{c[metric]['mean']:.4f} {ci_text(c[metric]['ci'])}"
+            return f"{c[metric]['mean']:.4f} {ci_text(c[metric]['ci'], 4)}"
 
         def paper(metric: str, published=published, difference=difference) -> tuple[str, str]:
             if metric not in published:
@@ -110,7 +110,7 @@ def condition_rows(results: dict) -> list[tuple[str, ...]]:
                 cell("legacy_contains"),
                 *paper("legacy_contains"),
                 f"{c['normalized_exact_match']['mean']:.4f}",
-                f"{delta['mean']:+.4f} {ci_text(delta['ci'])}",
+                f"{delta['mean']:+.4f} {ci_text(delta['ci'], 4)}",
             )
         )
     return rows
@@ -198,8 +198,8 @@ def verdict(results: dict) -> str:
 
 
 HYPOTHESIS = (
-    "The published negative result under the seed protocol: injecting the bridge's translated states "
-    "does not help the receiver answer (boundary contains)."
+    "Under the seed protocol, injecting the bridge's translated states helps the receiver answer "
+    "(boundary contains; the published negative result says it does not)."
 )
 
 
@@ -216,17 +216,18 @@ def helping_translated(results: dict) -> list[str]:
 
 
 def verdict_label(results: dict) -> str:
-    """``inconclusive`` where the task is not valid; ``not supported`` where a translated condition (not
-    the shuffled control) raises boundary contains, after the Holm correction over all of them (see
-    :func:`helping_translated`); where none does, ``supported``
-    only if the sender reads something the receiver does not. The released protocol gives both models
-    the same prompt, so its null is expected by construction: ``inconclusive``."""
+    """The split run's labels (``report.result.TRANSFER_VERDICTS``) on :data:`HYPOTHESIS`:
+    ``untestable here`` where the task is not valid; ``transfer helps`` where a translated condition
+    (not the shuffled control) raises boundary contains, after the Holm correction over all of them (see
+    :func:`helping_translated`); where none does, ``no transfer`` only if the sender reads something the
+    receiver does not. The released protocol gives both models the same prompt, so its null is expected
+    by construction: ``untestable here``."""
     audit = results["audit"]
     if not audit["validity"]["valid"]:
-        return "inconclusive"
+        return "untestable here"
     if helping_translated(results):
-        return "not supported"
-    return "supported" if audit["information_asymmetry"]["asymmetric"] else "inconclusive"
+        return "transfer helps"
+    return "no transfer" if audit["information_asymmetry"]["asymmetric"] else "untestable here"
 
 
 def seed_result(results: dict) -> Result:

@@ -45,7 +45,8 @@ class AnalysisContext:
             ]
             follow = [seed.test.follow_index for seed in self.seeds]
             summaries = {
-                s["name"]: s for s in summarize_conditions(self.config, scores, SITE_CONDITIONS, follow)
+                s["name"]: s
+                for s in summarize_conditions(self.config.n_bootstrap, scores, SITE_CONDITIONS, follow)
             }
             self._sites[layer] = site_section(summaries, layer)
         return self._sites[layer]
@@ -83,7 +84,7 @@ def evaluate_on_test(
 def summarize_all(
     ctx: AnalysisContext, seed_scores: list[dict[str, ItemScores]], conditions: Sequence[Condition]
 ) -> list[dict]:
-    return summarize_conditions(ctx.config, seed_scores, conditions)
+    return summarize_conditions(ctx.config.n_bootstrap, seed_scores, conditions)
 
 
 def qualify_by_site(module: ModuleType, result: Result, site: dict) -> Result:

@@ -15,15 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mi_bridge.stats import (
-    FAMILY_ALPHA,
-    fmt_ci,
-    fmt_delta,
-    helps,
-    helps_in_family,
-    holm,
-    survives_as_strongest,
-)
+from mi_bridge.stats import fmt_delta, fmt_rate, helps, helps_in_family, holm, survives_as_strongest
 
 SITE_CLASSES = ("pre-lookup", "post-lookup", "inert", "undetermined")
 SITE_MODE = "replace"
@@ -35,7 +27,10 @@ FOLLOW_MAJORITY = 0.5
 SITE_KINDS = ("self-patch", "counterfactual self-patch", "context-free self-patch")
 STAGES = (
     ("task", "oracle − baseline (Δ accuracy)"),
-    ("site", "context-free ceiling: best context-free self-patch (Δ accuracy); passes at a pre-lookup site"),
+    (
+        "site",
+        "context-free ceiling: context-free self-patch replace (Δ accuracy); passes at a pre-lookup site",
+    ),
     ("sender", "B decodable from the sender state: held-out k-way accuracy of a linear probe"),
     ("translation", "best translated-vector condition (Δ accuracy); passes if it survives Holm over all"),
     ("usability", "usability-trained bridge (Δ accuracy)"),
@@ -76,9 +71,8 @@ def site_section(by_name: dict[str, dict], layer: int) -> dict:
 
 def explain_site(site_class: str, self_patch: dict, context_free: dict, follow_rate: dict) -> str:
     numbers = (
-        # the class is read in replace mode; the ceiling quoted later is the best mode, hence the label
         f"in {SITE_MODE} mode: self-patch {fmt_delta(self_patch)}, context-free {fmt_delta(context_free)}, "
-        f"follow rate {follow_rate['mean']:.3f} {fmt_ci(follow_rate['ci'])}"
+        f"follow rate {fmt_rate(follow_rate)}"
     )
     return {
         "pre-lookup": f"B alone works here ({numbers}): a sender-derived vector could help at this site.",
@@ -126,15 +120,22 @@ def best_translated(conditions: Sequence[dict]) -> dict:
     return best(surviving_translated(conditions), "translated") or best(conditions, "translated")
 
 
-def ceiling_survives(conditions: Sequence[dict]) -> bool:
-    """Could the run have shown a help? Only if the replace-mode context-free ceiling (the test that
-    makes a site pre-lookup) would itself survive the Holm correction as the strongest member of the
-    translated family: p × N < FAMILY_ALPHA. A translated condition as good as the ceiling then would."""
+def ceiling(conditions: Sequence[dict]) -> dict | None:
+    """The one context-free ceiling of a run: the context-free self-patch in SITE_MODE (replace), the
+    test that classes the site. One pre-specified condition, not the best of its modes by mean, so the
+    decomposition, the site diagnosis and the verdict quote the same number (docs/DESIGN.md)."""
     name = site_condition_name("context-free self-patch")
-    ceiling = next((c for c in conditions if c["name"] == name), None)
-    if ceiling is None:  # without the control, nothing shows that a help was detectable
+    return next((c for c in conditions if c["name"] == name), None)
+
+
+def ceiling_survives(conditions: Sequence[dict]) -> bool:
+    """Could the run have shown a help? Only if the context-free ceiling (the test that makes a site
+    pre-lookup) would itself survive the Holm correction as the strongest member of the translated
+    family: p × N < FAMILY_ALPHA. A translated condition as good as the ceiling then would."""
+    reference = ceiling(conditions)
+    if reference is None:  # without the control, nothing shows that a help was detectable
         return False
-    return survives_as_strongest(ceiling, len(of_vector(conditions, "translated")))
+    return survives_as_strongest(reference, len(of_vector(conditions, "translated")))
 
 
 def decomposition(
@@ -144,14 +145,14 @@ def decomposition(
     usability: dict | None = None,
     site_class: str | None = None,
 ) -> dict:
-    """One row per stage (task, site, sender, translation, usability) and the first stage that fails.
+    """One row per stage (task, site, sender, translation, usability), the first stage that fails, and
+    each stage's status (:func:`stage_status`).
 
-    With ``site_class``, the site stage passes exactly at a pre-lookup site: its value is the best of
-    several context-free modes, chosen without correction, and one of them clearing 0 by chance at a
-    post-lookup site must not move the blame on to the translation (nor one with a wide CI keep it
-    off the translation at a pre-lookup site).
+    The site stage reads the context-free ceiling (:func:`ceiling`); with ``site_class`` it passes
+    exactly at a pre-lookup site, so that a ceiling whose CI clears 0 next to a high follow rate does not
+    move the blame on to the translation.
     """
-    ceiling, translated = best(conditions, "context-free self-patch"), best_translated(conditions)
+    reference, translated = ceiling(conditions), best_translated(conditions)
     delta_row = lambda s: {
         "value": s["delta_accuracy"],
         "ci": s["delta_accuracy_ci"],
@@ -164,15 +165,14 @@ def decomposition(
         "task": {
             "value": validity["oracle_gap"]["mean"],
             "ci": validity["oracle_gap"]["ci"],
-            "n": ceiling["n"],
+            "n": reference["n"],
             "reference": 0.0,
             "condition": "oracle",
             "passed": validity["valid"],
         },
         "site": {
-            **delta_row(ceiling),
-            # a pre-lookup site is one whose replace-mode ceiling helps, whichever mode has the best mean
-            "passed": helps(ceiling) if site_class is None else site_class == "pre-lookup",
+            **delta_row(reference),
+            "passed": helps(reference) if site_class is None else site_class == "pre-lookup",
         },
         "sender": {
             "value": sender_probe["mean"],
@@ -192,127 +192,95 @@ def decomposition(
     }
     stages = [{"stage": name, "measures": text, **(rows[name] or {"passed": None})} for name, text in STAGES]
     lost = next((s["stage"] for s in stages if s["passed"] is False), None)
+    for s in stages:
+        s["status"] = stage_status(s, lost)
     return {"stages": stages, "first_lost": lost}
+
+
+def stage_status(stage: dict, lost: str | None) -> str:
+    """``passes``, ``LOST here`` (the first stage that fails), ``not testable here`` (a later stage that
+    fails: the signal was already gone before it, so its failure says nothing) or ``not run``."""
+    if stage["passed"] is None:
+        return "not run"
+    if stage["stage"] == lost:
+        return "LOST here"
+    return "passes" if stage["passed"] else "not testable here"
 
 
 def pre_lookup_layers(site_scan: Sequence[dict]) -> list[int]:
     return [row["layer"] for row in site_scan if row["class"] == "pre-lookup"]
 
 
-HYPOTHESIS = (
-    "The published negative result: injecting the bridge's translated states does not help the receiver "
-    "answer, at a site where a vector from the sender could."
+SECOND_SITE_RULE = (
+    "the pre-lookup receiver layer nearest the requested one (ties: the larger context-free ceiling, "
+    "then the lower layer)"
 )
 
 
-def verdict_label(results: dict) -> str:
-    """The run's verdict on :data:`HYPOTHESIS`, read from the decomposition's translation stage:
-    ``not supported`` where a translated condition helps (Δ accuracy CI above 0, and Holm-adjusted
+def second_site_layer(site_scan: Sequence[dict], requested: int) -> int | None:
+    """Where the run also evaluates its translated conditions (:data:`SECOND_SITE_RULE`): None when the
+    requested layer is pre-lookup itself, was not scanned, or no scanned layer is pre-lookup."""
+    rows = {row["layer"]: row for row in site_scan}
+    if requested not in rows or rows[requested]["class"] == "pre-lookup":
+        return None
+    candidates = [row for row in site_scan if row["class"] == "pre-lookup"]
+    if not candidates:
+        return None
+    nearest = min(
+        candidates, key=lambda r: (abs(r["layer"] - requested), -r["context_free"]["mean"], r["layer"])
+    )
+    return nearest["layer"]
+
+
+MATCHED_CONTROL = "mean"
+"""The control a translated condition's Δ log p is judged against: the item-free mean translated vector
+in the same mode and α. log p(C) rises under almost any perturbation of this size while accuracy does
+not move, so only the excess over this control speaks for the translated vectors' content."""
+
+
+def matched_control_name(name: str) -> str:
+    """``translated rescale-add a=1`` → ``mean rescale-add a=1``."""
+    return name.replace("translated", MATCHED_CONTROL, 1)
+
+
+CONTROL_KINDS = ("random", "shuffled", "mean")
+
+
+def family_of(summary: dict) -> str | None:
+    """The Holm family a condition is marked in (per metric): the prompts, the translated conditions,
+    their controls (random, shuffled, mean), or the site controls (self-patch and its variants). The
+    baseline is the reference, in no family."""
+    vector = summary["vector"]
+    if vector is None:
+        return None if summary["name"] == "baseline" else "prompts"
+    if vector == "translated":
+        return "translated"
+    return "controls" if vector in CONTROL_KINDS else "site controls"
+
+
+HYPOTHESIS = (
+    "Injecting the bridge's translated states helps the receiver answer, at a site where a vector from "
+    "the sender could (the published negative result says it does not)."
+)
+LABELS = ("transfer helps", "no transfer", "untestable here")
+"""The transfer experiment's verdicts on :data:`HYPOTHESIS` (``report.result.VERDICTS``)."""
+
+
+def transfer_label(valid: bool, conditions: Sequence[dict], site_class: str) -> str:
+    """``transfer helps`` where a translated condition helps (Δ accuracy CI above 0, and Holm-adjusted
     sign-test p < FAMILY_ALPHA over all translated conditions, since the best is chosen among them);
-    ``supported`` where none does, at a valid task and a pre-lookup site whose context-free ceiling
-    would itself pass that bar (:func:`ceiling_survives`, so the run could have shown a help);
-    ``inconclusive`` otherwise: the task is not valid, no sender vector could help at this site, or
+    ``no transfer`` where none does, at a valid task and a pre-lookup site whose context-free ceiling
+    would itself pass that bar (:func:`ceiling_survives`: the run could have shown a help);
+    ``untestable here`` otherwise: the task is not valid, no sender vector can help at this site, or
     the run lacks the power to show a help."""
-    conditions = results["conditions"]
-    if not results["validity"]["valid"]:
-        return "inconclusive"
+    if not valid:
+        return "untestable here"
     if surviving_translated(conditions):
-        return "not supported"
-    pre_lookup = results["site"]["class"] == "pre-lookup"
-    return "supported" if pre_lookup and ceiling_survives(conditions) else "inconclusive"
+        return "transfer helps"
+    testable = site_class == "pre-lookup" and ceiling_survives(conditions)
+    return "no transfer" if testable else "untestable here"
 
 
-def verdict(results: dict) -> str:
-    """One paragraph: where the signal is lost, with the numbers behind it, and what cannot be said."""
-    validity, site, bridge = results["validity"], results["site"], results["bridge"]
-    stages = {s["stage"]: s for s in results["decomposition"]["stages"]}
-    lost = results["decomposition"]["first_lost"]
-    by_name = {c["name"]: c for c in results["conditions"]}
-    conditions = results["conditions"]
-    row = lambda s: f"{s['value']:+.3f} {fmt_ci(s['ci'])}"
-    if not validity["valid"]:
-        gap = validity["oracle_gap"]
-        return (
-            f"Task not valid, no conclusion: the receiver's oracle accuracy "
-            f"({validity['receiver_oracle_accuracy']['mean']:.3f}) is not clearly above its baseline "
-            f"({validity['baseline_accuracy']['mean']:.3f}; gap {gap['mean']:+.3f}, 95% CI "
-            f"{fmt_ci(gap['ci'])}, required >= {validity['min_oracle_gap']}). The receiver cannot use the "
-            "bridge entity even when it is written in the slot, so injected states cannot be judged here."
-        )
-    translated = best_translated(conditions)
-    n_helps = sum(helps(c) for c in of_vector(conditions, "translated"))
-    n_corrected = len(surviving_translated(conditions))
-    n_total = len(of_vector(conditions, "translated"))
-    parts = [f"Site: {site['class']} at receiver layer {site['layer']}. {site['explanation']}"]
-    known = pre_lookup_layers(results.get("site_scan", []))
-    if site["class"] != "pre-lookup":
-        if known:
-            parts.append(f"Pre-lookup receiver layers of this pair: {', '.join(map(str, known))}.")
-        elif results.get("site_scan"):
-            parts.append("No receiver layer of this pair is pre-lookup at this position.")
-    parts.append(
-        f"The bridge reaches normalized cosine {bridge['normalized_cosine']['mean']:.3f} on held-out items "
-        f"(centered {bridge['centered_cosine']['mean']:.3f}; the receiver-mean predictor has raw cosine "
-        f"{bridge['trivial_predictors']['receiver_mean']['raw_cosine']['mean']:.3f} against the bridge's "
-        f"{bridge['raw_cosine']['mean']:.3f})."
-    )
-    parts.append(
-        f"{n_helps} of {n_total} translated-vector conditions raise accuracy with a CI above 0 "
-        f"({n_corrected} after the Holm correction over the {n_total}, sign test, family-wise "
-        f"α = {FAMILY_ALPHA}); the best{' surviving' if n_corrected else ''} is '{translated['name']}' "
-        f"{fmt_delta(translated)}, "
-        f"Holm p = {holm_p(translated, conditions):.2g}, against a context-free ceiling of "
-        f"{row(stages['site'])} ('{stages['site']['condition']}')."
-    )
-    if lost == "site":
-        if helps(ceiling := best(conditions, "context-free self-patch")):
-            n_ceilings = len(of_vector(conditions, "context-free self-patch"))
-            parts.append(
-                f"The best of {n_ceilings} context-free conditions ('{ceiling['name']}') "
-                f"clears 0, chosen by its mean without correction for that choice, but the site is "
-                f"{site['class']} by its replace-mode test."
-            )
-        if n_corrected:
-            parts.append(
-                f"Yet '{translated['name']}' helps ({fmt_delta(translated)}, after the Holm correction): "
-                "at this site a sender vector does reach the answer in that mode, so the replace-mode class "
-                "does not bound it."
-            )
-        else:
-            parts.append(
-                "The signal is lost at the site: no vector computed from the sender can help here, so this "
-                "run says nothing about the translation. Inject at a pre-lookup layer to test it."
-            )
-    elif lost == "sender" and stages["translation"]["passed"]:
-        parts.append(
-            f"A linear probe reads B from the sender state at only {row(stages['sender'])} (chance "
-            f"{validity['chance']:.3f}), yet '{translated['name']}' helps after the Holm correction: the "
-            "bridge uses something in the sender state that the probe does not read."
-        )
-    elif lost == "sender":
-        parts.append(
-            f"The signal is lost at the sender: a linear probe reads B from its state at only "
-            f"{row(stages['sender'])} (chance {validity['chance']:.3f}). Try a later sender layer."
-        )
-    elif lost == "translation":
-        parts.append(
-            f"The sender carries B (probe {row(stages['sender'])}) but the translation loses it. "
-            "At this pre-lookup site the failure lies in the translation."
-        )
-    elif lost is None:
-        share = stages["translation"]["value"] / stages["site"]["value"]
-        parts.append(
-            f"The signal survives every stage measured: the best translated condition closes {share:.0%} of "
-            "the gap between the baseline and the context-free ceiling."
-        )
-    if site["class"] == "pre-lookup" and not n_corrected and not ceiling_survives(conditions):
-        parts.append(
-            f"The replace-mode context-free ceiling itself would not survive the Holm correction over the "
-            f"{n_total} translated conditions, so this run lacks the power to show a help: the label is "
-            "inconclusive. Use more items or fewer conditions."
-        )
-    relay = by_name["text relay"]
-    parts.append(
-        f"The text relay changes accuracy by {fmt_delta(relay)} (n={relay['n']} items over all seeds)."
-    )
-    return " ".join(parts)
+def verdict_label(results: dict) -> str:
+    """The run's label at its requested site (:func:`transfer_label`)."""
+    return transfer_label(results["validity"]["valid"], results["conditions"], results["site"]["class"])

@@ -8,8 +8,8 @@ from pathlib import Path
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.evaluate import standard_conditions
 from mi_bridge.protocols.base import Outcome, Protocol
-from mi_bridge.protocols.split import report
-from mi_bridge.protocols.split.experiment import run_seed, summarize
+from mi_bridge.protocols.split import figure, report
+from mi_bridge.protocols.split.experiment import evaluate_seeds, summarize
 from mi_bridge.protocols.split.prepare import seed_contexts
 from mi_bridge.report.result import Result
 
@@ -25,10 +25,11 @@ class SplitProtocol(Protocol):
 
     def evaluate(self, prepared, conditions: list) -> list:
         contexts, sender_layer, receiver_layer = prepared
-        return [run_seed(ctx, sender_layer, receiver_layer, conditions) for ctx in contexts]
+        return evaluate_seeds(contexts, sender_layer, receiver_layer, conditions)
 
     def summarize(self, config: ExperimentConfig, prepared, evaluated, conditions: list) -> dict:
-        return summarize(config, evaluated, conditions, receiver_layer=prepared[2])
+        _, sender_layer, receiver_layer = prepared
+        return summarize(config, evaluated, conditions, receiver_layer, sender_layer)
 
     def judge(self, results: dict) -> Result:
         return report.transfer_result(results)
@@ -49,11 +50,15 @@ class SplitProtocol(Protocol):
         }
 
     def figure(self, results: dict, path: Path) -> None:
-        report.conditions_figure(results, path)
+        figure.conditions_figure(results, path)
 
     def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
         for i, seed in enumerate(outcome.evaluated):
             seed.bridge.save(staging / "bridge" / f"seed{i}")
+            if seed.second_site is not None:  # the second site's own bridge, fitted to its layer
+                seed.second_site.bridge.save(
+                    staging / "bridge" / f"second-site-L{seed.second_site.layer}" / f"seed{i}"
+                )
 
     def folder_tag(self, config: ExperimentConfig) -> str:
         return f"{config.position}-{config.target}"

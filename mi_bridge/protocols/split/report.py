@@ -1,12 +1,13 @@
-"""The split protocol's report: configuration, task validity, bridge fit, site, decomposition, the
-verdict as a ``Result``, and its figure (rendering itself is ``mi_bridge.report``)."""
+"""The split protocol's report: the decomposition, the two sites side by side, configuration, task
+validity, site, bridge fit and conditions, with the verdict as a ``Result`` (rendering itself is
+``mi_bridge.report``; the figure is ``figure.py``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from mi_bridge.report.render import ci_text, condition_table, saved_figure, seeds_text
+from mi_bridge.protocols.split import diagnosis
+from mi_bridge.report.render import condition_marks, condition_table, seeds_text
 from mi_bridge.report.result import Result, Table
+from mi_bridge.stats import fmt_delta, fmt_estimate, fmt_rate
 
 
 def _checkpoint(model: dict) -> str:
@@ -49,35 +50,23 @@ def configuration_rows(results: dict) -> list[tuple[str, str]]:
 
 
 def validity_rows(results: dict) -> list[tuple[str, str, str]]:
+    """Rates with their exact binomial CI and per-seed values; the oracle gap with its bootstrap CI."""
     v = results["validity"]
+    rate = lambda r: fmt_rate(r) if "ci" in r else f"{r['mean']:.3f}"  # results.json before exact CIs
     rows = [
-        (
-            "sender hop-1 accuracy (k-way)",
-            f"{v['sender_hop1_accuracy']['mean']:.3f}",
-            seeds_text(v["sender_hop1_accuracy"]["per_seed"]),
-        ),
-        (
-            "sender greedy = B (full vocab)",
-            f"{v['sender_greedy_match']['mean']:.3f}",
-            seeds_text(v["sender_greedy_match"]["per_seed"]),
-        ),
-        (
-            "receiver oracle accuracy",
-            f"{v['receiver_oracle_accuracy']['mean']:.3f}",
-            seeds_text(v["receiver_oracle_accuracy"]["per_seed"]),
-        ),
-        (
-            "receiver text-relay accuracy",
-            f"{v['relay_accuracy']['mean']:.3f}",
-            seeds_text(v["relay_accuracy"]["per_seed"]),
-        ),
-        (
-            "receiver baseline accuracy",
-            f"{v['baseline_accuracy']['mean']:.3f}",
-            seeds_text(v["baseline_accuracy"]["per_seed"]),
-        ),
+        (label, rate(v[key]), seeds_text(v[key]["per_seed"]))
+        for label, key in (
+            ("sender hop-1 accuracy (k-way)", "sender_hop1_accuracy"),
+            ("sender greedy = B (full vocab)", "sender_greedy_match"),
+            ("receiver oracle accuracy", "receiver_oracle_accuracy"),
+            ("receiver text-relay accuracy", "relay_accuracy"),
+            ("receiver baseline accuracy", "baseline_accuracy"),
+        )
+    ]
+    gap = v["oracle_gap"]
+    rows += [
         ("chance (1/k)", f"{v['chance']:.3f}", ""),
-        ("oracle - baseline", f"{v['oracle_gap']['mean']:+.3f}", f"95% CI {ci_text(v['oracle_gap']['ci'])}"),
+        ("oracle - baseline", fmt_estimate(gap["mean"], gap["ci"]), "two-level bootstrap 95% CI"),
         ("task valid", "yes" if v["valid"] else "NO", f"needs gap >= {v['min_oracle_gap']} with CI above 0"),
     ]
     return rows
@@ -89,53 +78,57 @@ FIT_METRICS = ("normalized_cosine", "raw_cosine", "centered_cosine", "r2", "l2_c
 FIT_HEADER = ("predictor", "normalized cos", "raw cos", "centered cos", "R²", "L2 cos (paper)", "L2 R²")
 
 
-def bridge_rows(results: dict) -> list[tuple[str, ...]]:
-    bridge = results["bridge"]
+def bridge_rows(bridge: dict) -> list[tuple[str, ...]]:
     rows = [("bridge",) + tuple(f"{bridge[m]['mean']:.3f}" for m in FIT_METRICS)]
     for name, metrics in bridge["trivial_predictors"].items():
         rows.append((name.replace("_", " "),) + tuple(f"{metrics[m]['mean']:.3f}" for m in FIT_METRICS))
     return rows
 
 
-def best_per_kind(results: dict) -> list[dict]:
-    """The prompt conditions, then the best condition (by Δ accuracy) of every injected vector kind."""
-    from mi_bridge.protocols.split.diagnosis import best
+def of_kind(conditions: list[dict], kind: str) -> dict:
+    """The condition of one vector kind the verdict reads: the best surviving translated condition (else
+    the best by mean), or the best of another kind by mean."""
+    return diagnosis.best_translated(conditions) if kind == "translated" else diagnosis.best(conditions, kind)
 
-    conditions = results["conditions"]
+
+def best_per_kind(conditions: list[dict]) -> list[dict]:
+    """The prompt conditions, then :func:`of_kind` for every injected vector kind."""
     prompts = [c for c in conditions if c["vector"] is None and c["name"] != "baseline"]
     kinds = list(dict.fromkeys(c["vector"] for c in conditions if c["vector"] is not None))
-    return prompts + [best(conditions, kind) for kind in kinds]
+    return prompts + [of_kind(conditions, kind) for kind in kinds]
+
+
+def delta_text(d: dict) -> str:
+    return fmt_estimate(d["mean"], d["ci"])
 
 
 def site_rows(results: dict) -> list[tuple[str, str, str]]:
     site = results["site"]
-    delta = lambda d: f"{d['mean']:+.3f} {ci_text(d['ci'])}"
     return [
         ("class", site["class"], f"receiver layer {site['layer']}, {results['config']['position']}"),
-        ("self-patch (own oracle state)", delta(site["self_patch"]), f"Δacc, {site['mode']}"),
+        ("self-patch (own oracle state)", delta_text(site["self_patch"]), f"Δacc, {site['mode']}"),
         (
             "context-free self-patch (B alone)",
-            delta(site["context_free"]),
-            f"Δacc, {site['mode']}: the ceiling for a sender",
+            delta_text(site["context_free"]),
+            f"Δacc, {site['mode']}: the context-free ceiling, the one used everywhere",
         ),
-        ("counterfactual self-patch", delta(site["counterfactual"]), f"Δacc, {site['mode']}"),
+        ("counterfactual self-patch", delta_text(site["counterfactual"]), f"Δacc, {site['mode']}"),
         (
             "follow rate (answers the permuted C)",
-            f"{site['follow_rate']['mean']:.3f} {ci_text(site['follow_rate']['ci'])}",
-            f"n={site['follow_rate']['n']}",
+            fmt_rate(site["follow_rate"]),
+            f"n={site['follow_rate']['n']}, exact binomial CI",
         ),
     ]
 
 
 def scan_rows(results: dict) -> list[tuple[str, ...]]:
-    delta = lambda d: f"{d['mean']:+.3f} {ci_text(d['ci'])}"
     return [
         (
             str(r["layer"]),
             r["class"],
-            delta(r["self_patch"]),
-            delta(r["context_free"]),
-            f"{r['follow_rate']['mean']:.3f} {ci_text(r['follow_rate']['ci'])}",
+            delta_text(r["self_patch"]),
+            delta_text(r["context_free"]),
+            fmt_rate(r["follow_rate"]),
         )
         for r in results.get("site_scan", [])
     ]
@@ -144,44 +137,86 @@ def scan_rows(results: dict) -> list[tuple[str, ...]]:
 SCAN_HEADER = ("receiver layer", "class", "self-patch Δacc", "context-free Δacc", "follow rate")
 
 
-def decomposition_rows(results: dict) -> list[tuple[str, ...]]:
+def decomposition_rows(decomposition: dict) -> list[tuple[str, ...]]:
     rows = []
-    lost = results["decomposition"]["first_lost"]
-    for s in results["decomposition"]["stages"]:
+    for s in decomposition["stages"]:
+        status = s.get("status") or diagnosis.stage_status(s, decomposition["first_lost"])
         if s["passed"] is None:
-            rows.append((s["stage"], "not run", "", "", s["measures"]))
+            rows.append((s["stage"], status, "", "", s["measures"]))
             continue
-        value = f"{s['value']:+.3f}" if s["stage"] != "sender" else f"{s['value']:.3f}"
-        status = "LOST here" if s["stage"] == lost else ("passes" if s["passed"] else "fails")
+        signed = s["stage"] != "sender"  # the probe's accuracy is a rate
         note = f"{s['measures']} (vs {s['reference']:.3f})" if s["stage"] == "sender" else s["measures"]
         if "p_holm" in s:
             note += f" (Holm p = {s['p_holm']:.2g} over {s['family']})"
-        rows.append((s["stage"], f"{value} {ci_text(s['ci'])}", str(s["n"]), status, note))
+        rows.append((s["stage"], fmt_estimate(s["value"], s["ci"], signed=signed), str(s["n"]), status, note))
     return rows
 
 
 DECOMPOSITION_HEADER = ("stage", "value [95% CI]", "n", "status", "what it measures")
+VECTOR_ROWS = ("translated", *diagnosis.CONTROL_KINDS)
+
+
+def side_by_side(results: dict) -> Table:
+    """The requested site and the second site: class, label, ceiling, fit and, per vector kind, the
+    condition the verdict reads, with Δ accuracy, its CI and its Holm mark (in its family, per site)."""
+    second = results["second_site"]
+    sites = [
+        (results["site"], results["conditions"], results["bridge"]),
+        (second["site"], second["conditions"], second["bridge"]),
+    ]
+    labels = [diagnosis.verdict_label(results), second["label"]]
+    rows, marks = [], []
+    rows.append(("site class", *(s["class"] for s, _, _ in sites)))
+    rows.append(("label", *labels))
+    rows.append(
+        ("context-free ceiling (replace), Δacc", *(delta_text(s["context_free"]) for s, _, _ in sites))
+    )
+    rows.append(("follow rate", *(fmt_rate(s["follow_rate"]) for s, _, _ in sites)))
+    rows.append(("bridge normalized cosine", *(f"{b['normalized_cosine']['mean']:.3f}" for _, _, b in sites)))
+    marks += [(0, 0, 0)] * len(rows)
+    site_marks = [condition_marks(conditions, diagnosis.family_of) for _, conditions, _ in sites]
+    for kind in VECTOR_ROWS:
+        picks = [of_kind(conditions, kind) for _, conditions, _ in sites]
+        rows.append((f"best {kind}", *(f"{fmt_delta(c)} '{c['name']}'" for c in picks)))
+        marks.append((0, *(m[c["name"]][0] for m, c in zip(site_marks, picks, strict=True))))
+    rows.append(("n (items, all seeds)", *(str(c[0]["n"]) for _, c, _ in sites)))
+    marks.append((0, 0, 0))
+    header = (
+        "measure",
+        f"receiver layer {results['site']['layer']} (requested)",
+        f"receiver layer {second['layer']} (second site)",
+    )
+    title = f"Both sites (Δ accuracy vs baseline, 95% CI; second site: {second['rule']})"
+    return Table(title, header, rows, marks)
 
 
 def transfer_result(results: dict) -> Result:
-    """The split protocol's run as a :class:`Result`: decomposition and site first, then validity, fit,
-    the best condition per vector kind, and every condition (report.md, or ``--full``)."""
-    from mi_bridge.protocols.split.diagnosis import HYPOTHESIS, verdict_label
-
-    decomposition = decomposition_rows(results)
+    """The split protocol's run as a :class:`Result`: decomposition, both sites and site first, then
+    validity, fit, the condition per vector kind the verdict reads, and every condition (report.md, or
+    ``--full``). Marks: cells that survive the Holm correction of their family (``diagnosis.family_of``)."""
+    every = results["conditions"]
+    decomposition = decomposition_rows(results["decomposition"])
     validity = validity_rows(results)
-    best, every = best_per_kind(results), results["conditions"]
+    per_kind = (
+        "(Δ vs baseline, 95% CI: two-level bootstrap; control of translated Δlog p: the mean vector in the same "
+        "mode and α; marked: survives Holm in its family)"
+    )
     tables = [
         Table(
             f"Where is the signal lost? (first lost: {results['decomposition']['first_lost'] or 'none'})",
             DECOMPOSITION_HEADER,
             decomposition,
             alerts=[r[3] == "LOST here" for r in decomposition],
-        ),
+        )
+    ]
+    second = results.get("second_site")
+    if second:
+        tables.append(side_by_side(results))
+    tables += [
         Table("Configuration", ("setting", "value"), configuration_rows(results)),
         Table(
-            "Task validity (held-out items, all seeds)",
-            ("measure", "mean", "per seed / note"),
+            "Task validity (held-out items, all seeds; rates with exact binomial 95% CIs)",
+            ("measure", "value [95% CI]", "per seed / note"),
             validity,
             alerts=[r[0] == "task valid" and r[1] == "NO" for r in validity],
         ),
@@ -195,65 +230,27 @@ def transfer_result(results: dict) -> Result:
         Table(
             f"Bridge fit on held-out items (target: {results['bridge']['target']})",
             FIT_HEADER,
-            bridge_rows(results),
+            bridge_rows(results["bridge"]),
         ),
-        condition_table("Best condition per vector kind (Δ vs baseline, paired bootstrap 95% CI)", best),
         condition_table(
-            f"All {len(every)} conditions (Δ vs baseline, paired bootstrap 95% CI)", every, in_terminal=False
+            f"Condition per vector kind {per_kind}",
+            best_per_kind(every),
+            every=every,
+            family=diagnosis.family_of,
+        ),
+        condition_table(
+            f"All {len(every)} conditions {per_kind}", every, in_terminal=False, family=diagnosis.family_of
         ),
     ]
-    return Result("transfer", HYPOTHESIS, verdict_label(results), results["verdict"], tables, results)
-
-
-def conditions_figure(results: dict, path: Path) -> None:
-    """Δ accuracy with 95% CI, one panel per injected vector kind (rows: mode and α), with the oracle,
-    the self-patch and the context-free ceiling as reference lines."""
-    from mi_bridge.protocols.split.diagnosis import of_vector
-    from mi_bridge.stats import error_bars
-
-    conditions = results["conditions"]
-    kinds = list(dict.fromkeys(c["vector"] for c in conditions if c["vector"] is not None))
-    by_name = {c["name"]: c for c in conditions}
-    site = results["site"]
-    references = [
-        (by_name["oracle"]["delta_accuracy"], "black", "--", "oracle"),
-        (site["self_patch"]["mean"], "tab:green", ":", "self-patch (replace)"),
-        (site["context_free"]["mean"], "tab:red", "-.", "context-free ceiling (replace)"),
-    ]
-    ncols = 2
-    nrows = (len(kinds) + ncols - 1) // ncols
-    with saved_figure(path, nrows, ncols, figsize=(10, 2.3 * nrows + 0.6), sharex=True, squeeze=False) as (
-        fig,
-        axes,
-    ):
-        for ax, kind in zip(axes.flat, kinds, strict=False):
-            chosen = of_vector(conditions, kind)
-            values = [c["delta_accuracy"] for c in chosen]
-            ax.errorbar(
-                values,
-                range(len(chosen)),
-                xerr=error_bars(values, [c["delta_accuracy_ci"] for c in chosen]),
-                fmt="o",
-                markersize=3,
-                capsize=2,
-                color="tab:blue",
+    if second:
+        tables.append(
+            condition_table(
+                f"All {len(second['conditions'])} conditions at receiver layer {second['layer']} (second site) {per_kind}",
+                second["conditions"],
+                in_terminal=False,
+                family=diagnosis.family_of,
             )
-            for value, color, style, label in references:
-                ax.axvline(value, color=color, linestyle=style, linewidth=1, label=label)
-            ax.axvline(0, color="gray", linewidth=0.6)
-            ax.set_yticks(range(len(chosen)), [c["name"][len(kind) + 1 :] for c in chosen], fontsize=7)
-            ax.invert_yaxis()
-            ax.set_title(kind, fontsize=9)
-            ax.tick_params(labelbottom=True)  # shared x axis, but a spare panel would hide a column's ticks
-        spare = list(axes.flat)[len(kinds) :]
-        for ax in spare:
-            ax.axis("off")
-        for ax in axes[-1]:
-            ax.set_xlabel("Δ accuracy vs baseline (95% CI)")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        (spare[0] if spare else axes.flat[0]).legend(handles, labels, loc="center", fontsize=8)
-        fig.suptitle(
-            f"{results['models']['sender']['name']} → {results['models']['receiver']['name']}, "
-            f"site {site['class']} (receiver layer {site['layer']})",
-            fontsize=10,
         )
+    parts = results.get("verdict_parts")
+    label = diagnosis.verdict_label(results)
+    return Result("transfer", diagnosis.HYPOTHESIS, label, results["verdict"], tables, results, parts)
