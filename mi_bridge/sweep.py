@@ -71,9 +71,9 @@ class Outcome:
 def key_numbers(results: dict) -> dict:
     """The cell's numbers in sweep.json: resolved layers, site class, and (Δ accuracy with its CI) the
     translated condition and the context-free ceiling as the decomposition reads them (the best
-    surviving translated condition with its Holm p, else the best by mean; the best context-free
-    self-patch), and the normalized cosine. A seed-protocol run has only its layers."""
-    from mi_bridge.protocols.split.diagnosis import best, best_translated, holm_p
+    surviving translated condition with its Holm p, else the best by mean; the one context-free ceiling,
+    ``diagnosis.ceiling``), and the normalized cosine. A seed-protocol run has only its layers."""
+    from mi_bridge.protocols.split.diagnosis import best_translated, ceiling, holm_p
 
     numbers = {"layers": results["layers"]}
     if "site" not in results:
@@ -82,7 +82,7 @@ def key_numbers(results: dict) -> dict:
     conditions = results["conditions"]
     chosen = {
         "translated": best_translated(conditions),
-        "context_free": best(conditions, "context-free self-patch"),
+        "context_free": ceiling(conditions),
     }
     for key, summary in chosen.items():
         numbers[key] = {

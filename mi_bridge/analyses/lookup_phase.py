@@ -21,7 +21,7 @@ from mi_bridge.protocols.split.analysis import AnalysisContext, evaluate_on_test
 from mi_bridge.protocols.split.experiment import SITE_CONDITIONS, site_vectors, summarize_conditions
 from mi_bridge.report.render import saved_figure
 from mi_bridge.report.result import Result, Table
-from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, helps_in_family, survives_as_strongest
+from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, fmt_rate, helps_in_family, survives_as_strongest
 
 NAME = "lookup_phase"
 HYPOTHESIS = "A sender-derived vector can only help before the receiver has looked the answer up."
@@ -100,7 +100,7 @@ def analyze(ctx: AnalysisContext) -> Result:
                 r["class"],
                 fmt_delta_site(r["self_patch"]),
                 fmt_delta_site(r["context_free"]),
-                f"{r['follow_rate']['mean']:.3f} {fmt_ci(r['follow_rate']['ci'])}",
+                fmt_rate(r["follow_rate"]),
                 f"{fmt_delta(r['best_translated'])} ({r['best_translated']['name']})",
             )
             for r in rows
