@@ -1,4 +1,4 @@
-"""The README's "Scaling out" section: its table is what benchmarks/scaling.py computes from
+"""docs/performance.md, "Scaling out": its table is what benchmarks/scaling.py computes from
 benchmarks/results.json, and its formula is the one benchmarks/bench.py prices cells with."""
 
 import json
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_readme_scaling_table_is_recomputed_from_the_benchmarks_results():
     measured = json.loads(scaling.RESULTS.read_text())
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "performance.md").read_text()
     for name, cells, cpu, gpu, ray in scaling.table_rows(measured, gpu_speedup=50, workers=8):
         row = f"| {cells} | ≈ {cpu} | ≈ {gpu} | ≈ {ray} |"
         assert row in readme, f"README row of {name} should read {row}"
@@ -60,4 +60,4 @@ def test_the_stored_default_run_estimate_is_the_formulas_and_the_readme_quotes_i
         f"≈ {minutes(estimate['default_pythia_run_estimate_s'])}, of which the site scan "
         f"{minutes(estimate['site_scan_s'])} (`--no-site-scan`: ≈ {minutes(without_scan)})"
     )
-    assert quoted in (ROOT / "README.md").read_text()
+    assert quoted in (ROOT / "docs" / "performance.md").read_text()

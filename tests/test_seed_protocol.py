@@ -81,6 +81,22 @@ def test_cached_greedy_decoding_equals_full_recomputation(tiny_model, one_thread
 
 
 @pytest.mark.parametrize(("op", "alpha"), [("replace", 1.0), ("add-last", 0.01)])
+def test_decoding_without_a_cache_equals_the_cached_one_with_a_prefill_injection(
+    tiny_model, op, alpha, one_thread
+):
+    """TransformerLens 4 ignores a KV cache: there every step reruns the sequence, the injection on the
+    prompt's positions only. It must be the cached decoding's function (checked here under TL 3)."""
+    from mi_bridge.core.generate import _greedy_without_cache
+
+    tokens = torch.randint(1, tiny_model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(3))
+    v = torch.randn(2, 6, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(4))
+    hooks = [(resid_post_name(1), prefill_hook(v, op, alpha))]
+    cached = greedy_generate(tiny_model, tokens, max_new_tokens=5, eos_token_id=3, prefill_hooks=hooks)
+    uncached = _greedy_without_cache(tiny_model, tokens, 5, 3, hooks, 1.3, 3)
+    assert cached == uncached
+
+
+@pytest.mark.parametrize(("op", "alpha"), [("replace", 1.0), ("add-last", 0.01)])
 def test_prefill_injection_matches_a_plain_forward_hook(tiny_model, op, alpha, one_thread):
     layer = 1
     tokens = torch.randint(1, tiny_model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(1))

@@ -86,8 +86,10 @@ def greedy_generate(
     no_repeat_ngram: int = NO_REPEAT_NGRAM,
 ) -> list[list[int]]:
     """The new tokens of each prompt (up to and excluding an end-of-text token)."""
-    if not PREFIX_CACHE:  # TL 4's bridge would ignore the cache and decode from the last token alone
-        raise NotImplementedError("greedy_generate needs TransformerLens 3 (its KV cache)")
+    if not PREFIX_CACHE:  # TL 4's bridge ignores a KV cache: every step reruns the whole sequence
+        return _greedy_without_cache(
+            model, tokens, max_new_tokens, eos_token_id, prefill_hooks, penalty, no_repeat_ngram
+        )
     batch = tokens.shape[0]
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, batch)
     # Never padded: an explicit all-ones mask (with a cache TransformerLens would otherwise derive one
@@ -105,14 +107,7 @@ def greedy_generate(
     done = [False] * batch
     for step in range(max_new_tokens):
         choice = next_tokens(logits.float(), sequences, penalty=penalty, no_repeat_ngram=no_repeat_ngram)
-        for row, token in enumerate(choice.tolist()):
-            sequences[row].append(token)
-            if done[row]:
-                continue
-            if token == eos_token_id:
-                done[row] = True
-            else:
-                new[row].append(token)
+        record(choice, sequences, new, done, eos_token_id)
         if all(done) or step == max_new_tokens - 1:
             break
         step_tokens = choice[:, None]
@@ -124,4 +119,56 @@ def greedy_generate(
                 stop_at_layer=full_depth,
             )
         )
+    return new
+
+
+def record(
+    choice: Tensor, sequences: list[list[int]], new: list[list[int]], done: list[bool], eos: int | None
+) -> None:
+    """Append one step's tokens; a row's answer ends at its end-of-text token (the row keeps decoding,
+    as in one batched ``generate``, so the others see the same batch)."""
+    for row, token in enumerate(choice.tolist()):
+        sequences[row].append(token)
+        if done[row]:
+            continue
+        if token == eos:
+            done[row] = True
+        else:
+            new[row].append(token)
+
+
+def prompt_only(hook_fn, n_prompt: int):
+    """A hook applied to the first ``n_prompt`` positions only: the prefill-only injection when a step
+    reruns the prompt together with the tokens generated so far."""
+
+    def wrapped(act: Tensor, hook) -> Tensor:
+        return torch.cat([hook_fn(act[:, :n_prompt], hook=hook), act[:, n_prompt:]], dim=1)
+
+    return wrapped
+
+
+def _greedy_without_cache(
+    model: HookedModel,
+    tokens: Int[Tensor, "batch pos"],
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    prefill_hooks: Sequence,
+    penalty: float,
+    no_repeat_ngram: int,
+) -> list[list[int]]:
+    """``greedy_generate`` without a KV cache (TransformerLens 4): each step runs the whole sequence, the
+    hooks on the prompt's positions only. Causal attention makes it the cached decoding's function."""
+    from mi_bridge.models.backends import residual_at
+
+    n_prompt, batch = tokens.shape[1], tokens.shape[0]
+    hooks = [(name, prompt_only(fn, n_prompt)) for name, fn in prefill_hooks]
+    sequences, new, done = tokens.tolist(), [[] for _ in range(batch)], [False] * batch
+    for _ in range(max_new_tokens):
+        current = torch.tensor(sequences, device=tokens.device)
+        residual = residual_at(model, current, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
+        logits = model.unembed(model.ln_final(residual[:, -1:]))[:, 0]
+        choice = next_tokens(logits.float(), sequences, penalty=penalty, no_repeat_ngram=no_repeat_ngram)
+        record(choice, sequences, new, done, eos_token_id)
+        if all(done):
+            break
     return new
