@@ -267,6 +267,8 @@ BAD_FLAGS = {
     "--batch-size": ["0", "1.5", "big"],
     "--n-bootstrap": ["5", "-1", "x"],
     "--device": ["quantum", "gpu:x"],
+    "--seed": ["x", "-1", "10000", "1.5"],
+    "--conditions": ["", "nothing", "controls", "translated,,"],
     "--config": ["/nonexistent/config.json"],
 }
 CASES = [(flag, value) for flag, values in BAD_FLAGS.items() for value in values]

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mi_bridge.config import ExperimentConfig
-from mi_bridge.core.evaluate import standard_conditions
+from mi_bridge.core.evaluate import select_conditions, standard_conditions
 from mi_bridge.protocols.base import Outcome, Protocol
 from mi_bridge.protocols.split import report
-from mi_bridge.protocols.split.experiment import run_seed, summarize
+from mi_bridge.protocols.split.experiment import SITE_CONDITIONS, run_seed, summarize
 from mi_bridge.protocols.split.prepare import seed_contexts
 from mi_bridge.report.result import Result
 
@@ -21,7 +21,10 @@ class SplitProtocol(Protocol):
         return seed_contexts(config, pair, store), sender_layer, receiver_layer
 
     def conditions(self, config: ExperimentConfig) -> list:
-        return standard_conditions(config.alphas)
+        # The site diagnosis reads the replace-mode ceilings, whichever families are chosen.
+        keep = {c.name for c in SITE_CONDITIONS}
+        chosen = (config.condition_families, config.condition_modes)
+        return select_conditions(standard_conditions(config.alphas), *chosen, keep=keep)
 
     def evaluate(self, prepared, conditions: list) -> list:
         contexts, sender_layer, receiver_layer = prepared
@@ -52,8 +55,8 @@ class SplitProtocol(Protocol):
         report.conditions_figure(results, path)
 
     def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
-        for i, seed in enumerate(outcome.evaluated):
-            seed.bridge.save(staging / "bridge" / f"seed{i}")
+        for seed in outcome.evaluated:  # named by the seed it was drawn with (--seed shifts them)
+            seed.bridge.save(staging / "bridge" / f"seed{seed.bridge.metadata['seed']}")
 
     def folder_tag(self, config: ExperimentConfig) -> str:
         return f"{config.position}-{config.target}"
