@@ -72,6 +72,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("MI_BRIDGE_CACHE", Path.home() / ".cache" / "mi_bridge"))
 
 
+def write_parquet(path: Path, frame) -> None:
+    """A pandas DataFrame as Parquet (pyarrow), without its index (inside a staging folder)."""
+    frame.to_parquet(path, index=False, engine="pyarrow")
+
+
 def write_json(path: Path, data: dict) -> None:
     """Pretty JSON with a final newline (inside a staging folder: the folder is what is atomic)."""
     path.write_text(json.dumps(data, indent=2) + "\n")

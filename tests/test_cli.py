@@ -38,6 +38,7 @@ def test_the_run_folder_and_results_schema(tiny_run):
         "config.json",
         "figure.png",
         "bridge",
+        "items.parquet",
     }
     assert {p.name for p in (tiny_run / "bridge" / "seed0").iterdir()} == {
         "bridge.json",

@@ -294,7 +294,8 @@ def run_conditions(
         predictions.setdefault(key, []).append(texts_out)
         if norms is not None:
             strengths.setdefault(key, []).append(norms)
-        meta[key] = {"condition": condition.name, "bridge": kind}
+        entry = meta.setdefault(key, {"condition": condition.name, "bridge": kind, "seeds": []})
+        entry["seeds"].append(seed)  # per run, for the per-item table (None: a run without randomness)
     return outcomes, strengths, predictions, meta
 
 

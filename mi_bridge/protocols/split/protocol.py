@@ -3,15 +3,28 @@ hands its state across (``experiment``, ``diagnosis``, ``report``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from mi_bridge import files
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.evaluate import select_conditions, standard_conditions
 from mi_bridge.protocols.base import Outcome, Protocol
 from mi_bridge.protocols.split import report
-from mi_bridge.protocols.split.experiment import SITE_CONDITIONS, run_seed, summarize
+from mi_bridge.protocols.split.experiment import SITE_CONDITIONS, SeedData, run_seed, summarize
+from mi_bridge.protocols.split.items import SeedItems, item_table
 from mi_bridge.protocols.split.prepare import seed_contexts
 from mi_bridge.report.result import Result
+
+
+@dataclass
+class Evaluated:
+    """Every seed's scores, bridge and site scan, and the per-item table of them."""
+
+    seeds: list[SeedData]
+    items: pd.DataFrame
 
 
 class SplitProtocol(Protocol):
@@ -26,12 +39,16 @@ class SplitProtocol(Protocol):
         chosen = (config.condition_families, config.condition_modes)
         return select_conditions(standard_conditions(config.alphas), *chosen, keep=keep)
 
-    def evaluate(self, prepared, conditions: list) -> list:
+    def evaluate(self, prepared, conditions: list) -> Evaluated:
         contexts, sender_layer, receiver_layer = prepared
-        return [run_seed(ctx, sender_layer, receiver_layer, conditions) for ctx in contexts]
+        seeds = [run_seed(ctx, sender_layer, receiver_layer, conditions) for ctx in contexts]
+        items = [SeedItems.of(ctx) for ctx in contexts]
+        where = {"sender_layer": sender_layer, "receiver_layer": receiver_layer}
+        position = contexts[0].config.position
+        return Evaluated(seeds, item_table(items, seeds, conditions, position=position, **where))
 
-    def summarize(self, config: ExperimentConfig, prepared, evaluated, conditions: list) -> dict:
-        return summarize(config, evaluated, conditions, receiver_layer=prepared[2])
+    def summarize(self, config: ExperimentConfig, prepared, evaluated: Evaluated, conditions: list) -> dict:
+        return summarize(config, evaluated.seeds, conditions, receiver_layer=prepared[2])
 
     def judge(self, results: dict) -> Result:
         return report.transfer_result(results)
@@ -55,8 +72,12 @@ class SplitProtocol(Protocol):
         report.conditions_figure(results, path)
 
     def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
-        for seed in outcome.evaluated:  # named by the seed it was drawn with (--seed shifts them)
+        for seed in outcome.evaluated.seeds:  # named by the seed it was drawn with (--seed shifts them)
             seed.bridge.save(staging / "bridge" / f"seed{seed.bridge.metadata['seed']}")
+        files.write_parquet(staging / "items.parquet", self.item_table(outcome))
+
+    def item_table(self, outcome: Outcome) -> pd.DataFrame:
+        return outcome.evaluated.items
 
     def folder_tag(self, config: ExperimentConfig) -> str:
         return f"{config.position}-{config.target}"
