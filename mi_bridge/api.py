@@ -1,16 +1,22 @@
-"""The Python entry points that take a model by name (the commands build on the same functions)."""
+"""The Python entry points: models and pairs by name, and the whole experiment in memory (the commands
+build on the same functions). Nothing here prints a report or writes a run folder."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from mi_bridge.config import DTYPES, UserError
+from mi_bridge.config import DTYPES, ExperimentConfig, UserError
+from mi_bridge.core import progress
 from mi_bridge.core.device import resolve_device
 from mi_bridge.models import loading, specs
 from mi_bridge.models.toy import TOY_MODELS
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
+
+    from mi_bridge.models.loading import ModelPair
+    from mi_bridge.run import RunResult
 
 
 def load_model(
@@ -29,3 +35,43 @@ def load_model(
     else:
         spec = specs.pretrained_spec(name, revision)
     return loading.load_model(spec, resolve_device(device), dtype)[0]
+
+
+def make_config(config: ExperimentConfig | str | None = None, **fields) -> ExperimentConfig:
+    """A config from a config, a pair name (``"pythia"``) or nothing (the toy pair), with ``fields``
+    (any ``ExperimentConfig`` field) overriding it."""
+    if config is None or isinstance(config, str):
+        return ExperimentConfig(**({"pair": config} if config else {}), **fields)
+    return replace(config, **fields) if fields else config
+
+
+def load_pair(config: ExperimentConfig | str | None = None, **fields) -> ModelPair:
+    """The sender and receiver of a config, checked (names, layers, tokenizers, k) before any weights
+    load: ``load_pair()`` (toy), ``load_pair("pythia", sender="pythia-70m")`` or ``load_pair(config)``.
+    ``pair.sender`` and ``pair.receiver`` are ``HookedTransformer``s; ``pair.language`` writes prompts."""
+    return loading.load_pair(make_config(config, **fields))
+
+
+def run_experiment(
+    config: ExperimentConfig | str | None = None,
+    *,
+    model_pair: ModelPair | None = None,
+    use_cache: bool = False,
+    show_progress: bool = False,
+    **fields,
+) -> RunResult:
+    """The transfer experiment of ``python -m mi_bridge.run``, in memory: the same numbers, a
+    ``RunResult`` (results, verdict, per-item table, bridges), and nothing printed or written (warnings
+    become Python warnings). ``model_pair``: an already loaded pair of this config (else loaded here);
+    ``use_cache``: read and write the activation cache as the command does; ``show_progress``: progress
+    bars on stderr. ``mi_bridge.run.publish(result, folder)`` writes its run folder."""
+    from mi_bridge.run import compute
+    from mi_bridge.run_folder import resolved
+
+    config = make_config(config, **fields)
+    checked = loading.check_pair(config)
+    config = resolved(config, checked.sender_layer, checked.receiver_layer)
+    with progress.silenced(not show_progress):
+        if model_pair is None:
+            model_pair = loading.load_pair(config, checked)
+        return compute(config, model_pair, use_cache=use_cache)

@@ -81,43 +81,78 @@ def _default_text(value) -> str:
 
 
 def add_config_flags(
-    parser: argparse.ArgumentParser, lists: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+    parser: argparse.ArgumentParser,
+    lists: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+    helps: dict[str, str] | None = None,
 ) -> None:
     """One flag per ExperimentConfig field (or per field named in ``only``), its help the field's docstring
-    and its default; the fields named in ``lists`` take their value as text (a sweep's list or range,
-    parsed by ``mi_bridge.grid``)."""
+    and its default (or ``helps[field]``, where a command reads the field its own way, e.g. ``out``); the
+    fields named in ``lists`` take their value as text (a sweep's list or range, parsed by
+    ``mi_bridge.grid``)."""
     hints = typing.get_type_hints(ExperimentConfig)
     docs = field_docs()
     for spec in fields(ExperimentConfig):
         if spec.name in NOT_FLAGS or (only is not None and spec.name not in only):
             continue
         default = spec.default if spec.default is not MISSING else spec.default_factory()
-        help_text = docs.get(spec.name, "")
+        help_text = (helps or {}).get(spec.name) or docs.get(spec.name, "")
         if default is not None:
             help_text += f" (default: {_default_text(default)})"
         flag = "--" + spec.name.replace("_", "-")
         kind = _flag_type(hints[spec.name])
         if spec.name in lists:
-            help_text += "; a list or range (e.g. 0-11 or 0,4,8) sweeps it"
-            parser.add_argument(flag, type=str, help=help_text)
+            parser.add_argument(flag, type=str, help=f"{help_text} {sweep_note(spec.name, kind)}")
         elif kind is None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             parser.add_argument(flag, type=kind, choices=CHOICES.get(spec.name), help=help_text)
 
 
-def build_parser(prog: str, description: str, **parser_options) -> OneLineParser:
-    """Every config field as a flag, plus ``--config``, ``--no-cache`` and ``--full``."""
-    parser = OneLineParser(prog=prog, description=description, **parser_options)
+def sweep_note(name: str, kind) -> str:
+    """How a sweep takes a list of a field's values: layers also as ranges, names only as lists (they
+    may hold dashes), a field of a few names with those names."""
+    if kind is int:
+        return "Sweep: a list or range, e.g. 0-11 or 0,4,8."
+    if name in CHOICES:
+        return f"Sweep: a comma-separated list of {', '.join(CHOICES[name])}."
+    return "Sweep: a comma-separated list of names (no ranges: names may hold dashes)."
+
+
+def build_parser(
+    prog: str,
+    description: str,
+    epilog: str | None = None,
+    helps: dict[str, str] | None = None,
+    **parser_options,
+) -> OneLineParser:
+    """Every config field as a flag, plus ``--config``, ``--no-cache``, ``--full`` and ``--overwrite``;
+    ``epilog`` (examples) is shown as written, after the flags; ``helps`` as in ``add_config_flags``."""
+    parser = OneLineParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **parser_options,
+    )
     parser.add_argument(
         "--config", type=Path, help="repeat a run from its config.json (other flags override it)"
     )
-    add_config_flags(parser)
+    add_config_flags(parser, helps=helps)
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached activations")
     parser.add_argument(
         "--full", action="store_true", help="print every condition, not only the best per vector kind"
     )
+    add_overwrite_flag(parser)
     return parser
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser, what: str = "run folder") -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an existing {what} (without it, an existing one is refused and nothing is written)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
@@ -190,17 +225,22 @@ def git_revision() -> str | None:
 
 
 def publish_run(
-    folder: Path, config: ExperimentConfig, results: dict, write_rest: Callable[[Path], None]
+    folder: Path,
+    config: ExperimentConfig,
+    results: dict,
+    write_rest: Callable[[Path], None],
+    overwrite: bool = False,
 ) -> None:
     """A run folder: ``config.json`` (repeats the run), ``results.json``, and what ``write_rest`` adds
-    (report, figures, bridges), staged in a hidden folder and renamed into place."""
+    (report, figures, bridges, items), staged in a hidden folder and renamed into place; an existing
+    folder is replaced only with ``overwrite``."""
 
     def write(staging: Path) -> None:
         write_json(staging / "config.json", config.to_dict())
         write_json(staging / "results.json", results)
         write_rest(staging)
 
-    publish_folder(folder, write)
+    publish_folder(folder, write, overwrite=overwrite)
 
 
 def one_line_errors(body: Callable[[], int], interrupted: str) -> int:

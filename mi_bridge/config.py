@@ -16,6 +16,12 @@ PROTOCOLS = ("split", "seed")
 TEMPLATES = ("list", "lives-in")
 """The prompt forms of pretrained pairs (``mi_bridge.task.TEMPLATES``); the toy pair has its own, ``toy``."""
 BRIDGES = ("ridge", "sgd-l2", "both")
+CONDITION_FAMILIES = ("translated", "controls", "ceilings")
+"""Families of injected conditions that ``--conditions`` picks: the bridge's output, the controls (random,
+shuffled, mean) and the receiver's own states (self-patch and the context-free ceilings); their vector kinds
+are in ``core/conditions.py``."""
+INJECTION_MODES = ("add", "replace", "rescale", "rescale-add")
+"""The injection modes (``core/inject.py``), which ``--conditions`` may also name."""
 CHOICES = {
     "pair": PAIRS,
     "position": POSITIONS,
@@ -135,8 +141,16 @@ class ExperimentConfig:
     device: str = "auto"
     """Torch device the models run on: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``,
     ``cuda:1``, ... (docs/DESIGN.md, "Devices"); the run records the device used and the GPU's name."""
+    seed: int = 0
+    """Base seed: seed i of a run draws with seed + i (items, train/test split, controls, bridge fit), so
+    runs with another base seed are independent replications; 0 is the historical numbering."""
+    conditions: str = "all"
+    """Split protocol: the injected conditions to evaluate, families (translated, controls, ceilings)
+    and/or modes (add, replace, rescale, rescale-add), e.g. ``translated,controls,rescale``; translated
+    is required, and baseline, relay, oracle and the site diagnosis's conditions are always kept."""
     out: str | None = None
-    """Run folder; default ``runs/<pair>-<sender>-<receiver>-L<ls>-L<lr>-<position>``."""
+    """Run folder; default ``runs/<pair>-<sender>-<receiver>-L<ls>-L<lr>-<position>-<target>-<hash>``, the
+    hash that of the resolved config (``mi_bridge.run_folder``): runs of different settings never share one."""
     extra: dict = field(default_factory=dict)
     """Free-form notes carried into the run folder's config (not used by the experiment)."""
 
@@ -224,6 +238,11 @@ class ExperimentConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UserError(f"{name.replace('_', ' ')} must be >= 0 (got {value})")
+        if not 0 <= self.seed <= SeedOffset.SPLIT - self.seeds:  # each random stream stays distinct
+            raise UserError(f"seed must lie in 0..{SeedOffset.SPLIT - self.seeds} (got {self.seed})")
+        self.conditions = normalize_conditions(self.conditions)
+        if self.protocol != "split" and self.conditions != "all":
+            raise UserError("--conditions applies to the split protocol (the seed protocol's are fixed)")
 
     @property
     def sender_name(self) -> str:
@@ -242,6 +261,19 @@ class ExperimentConfig:
     def layer_depth(self) -> float | None:
         """The default layers' relative depth under the protocol (None: ``models.default_layer``'s rule)."""
         return SEED_LAYER_DEPTH if self.protocol == "seed" else None
+
+    @property
+    def seed_indices(self) -> range:
+        """The seeds a run draws with: ``seeds`` of them from the base ``seed``."""
+        return range(self.seed, self.seed + self.seeds)
+
+    @property
+    def condition_families(self) -> tuple[str, ...]:
+        return _conditions(self.conditions)[0]
+
+    @property
+    def condition_modes(self) -> tuple[str, ...]:
+        return _conditions(self.conditions)[1]
 
     @property
     def n_test(self) -> int:
@@ -264,6 +296,38 @@ class ExperimentConfig:
         if unknown:
             raise UserError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**_typed(data))
+
+
+def _conditions(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The families and modes a ``conditions`` text names (none of one kind: all of it)."""
+    names = [name.strip() for name in text.split(",")]
+    if names == ["all"]:
+        return CONDITION_FAMILIES, INJECTION_MODES
+    unknown = [n for n in names if n not in CONDITION_FAMILIES + INJECTION_MODES]
+    if unknown:
+        raise UserError(
+            f"unknown condition family or mode {unknown[0]!r}; choose from all, "
+            f"{', '.join(CONDITION_FAMILIES + INJECTION_MODES)}"
+        )
+    families = tuple(f for f in CONDITION_FAMILIES if f in names) or CONDITION_FAMILIES
+    modes = tuple(m for m in INJECTION_MODES if m in names) or INJECTION_MODES
+    if "translated" not in families:
+        raise UserError("--conditions must include translated: the verdict reads the translated conditions")
+    return families, modes
+
+
+def normalize_conditions(text: str) -> str:
+    """One spelling per selection (canonical order, ``all`` for everything), so that equal selections
+    give equal configs and run folder names."""
+    families, modes = _conditions(text)
+    if (families, modes) == (CONDITION_FAMILIES, INJECTION_MODES):
+        return "all"
+    return ",".join(
+        [
+            *(f for f in families if families != CONDITION_FAMILIES),
+            *(m for m in modes if modes != INJECTION_MODES),
+        ]
+    )
 
 
 def _typed(values: dict) -> dict:

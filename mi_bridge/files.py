@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from mi_bridge.config import UserError
 from mi_bridge.core.device import to_cpu_numpy
 
 
@@ -20,7 +21,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        tmp.touch()  # the mode a new file gets under the umask (usually 0644)...
+        mode = tmp.stat().st_mode
         write(tmp)
+        os.chmod(tmp, mode)  # ...kept where a writer makes its own private file (safetensors: 0600)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -30,26 +34,62 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
-def publish_folder(folder: Path, write: Callable[[Path], None]) -> None:
+def holds_something(folder: Path) -> bool:
+    """Whether publishing to ``folder`` would replace something: a file, or a folder that is not empty."""
+    return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+
+
+def refuse_existing(folder: Path, what: str = "run folder") -> None:
+    """One clear error where ``folder`` already holds something, before any work is done."""
+    if holds_something(folder):
+        raise UserError(f"{what} {folder} already exists; pass --overwrite to replace it, or choose --out")
+
+
+def remove_folder(folder: Path) -> None:
+    """``folder`` gone (``--overwrite`` of a folder filled piece by piece): renamed aside first, so that
+    it never exists half-removed under its own name."""
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+        folder.rename(old)
+        shutil.rmtree(old)
+
+
+def staging_folder(folder: Path) -> Path:
+    """A new hidden sibling of ``folder``, created with the process's umask (usually 0755, readable by
+    the group; ``tempfile.mkdtemp`` would make it 0700 and the published run private)."""
+    staging = folder.parent / f".{folder.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    return staging
+
+
+def publish_folder(folder: Path, write: Callable[[Path], None], *, overwrite: bool) -> None:
     """Call ``write(staging)`` on a hidden sibling folder, then rename it into place: never half-written.
 
+    Without ``overwrite``, a ``folder`` that already holds something is a ``UserError`` (checked first,
+    and again by the final rename, which fails rather than replace a folder that appeared meanwhile).
     Staging folders that a killed earlier run left behind for the same folder are removed first.
     """
+    if not overwrite:
+        refuse_existing(folder)
     for stale in [
         *folder.parent.glob(f".{folder.name}.partial-*"),
         *folder.parent.glob(f".{folder.name}.old-*"),
     ]:
         shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(folder)
     try:
         write(staging)
-        if folder.exists():
+        if overwrite and holds_something(folder):
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
             folder.rename(old)
             staging.rename(folder)
-            shutil.rmtree(old)
+            shutil.rmtree(old)  # only now: a crash before leaves the old run, never none
         else:
-            staging.rename(folder)
+            try:
+                staging.rename(folder)  # replaces an empty folder only
+            except OSError:
+                raise UserError(f"{folder} appeared while this run computed; nothing was written") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -70,6 +110,11 @@ def sha256_tensor(tensor) -> str:
 
 def cache_root() -> Path:
     return Path(os.environ.get("MI_BRIDGE_CACHE", Path.home() / ".cache" / "mi_bridge"))
+
+
+def write_parquet(path: Path, frame) -> None:
+    """A pandas DataFrame as Parquet (pyarrow), without its index (inside a staging folder)."""
+    frame.to_parquet(path, index=False, engine="pyarrow")
 
 
 def write_json(path: Path, data: dict) -> None:

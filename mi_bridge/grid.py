@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import CHOICES, ExperimentConfig, UserError
 
 GRID_FIELDS = (
     "sender",
@@ -50,7 +50,15 @@ def parse_names(text: str) -> list[str]:
 
 
 def parse_values(name: str, text: str) -> list:
-    return parse_layers(text) if name in LAYER_FIELDS else parse_names(text)
+    """A grid field's values; a field of a few names (position, target) takes only those."""
+    if name in LAYER_FIELDS:
+        return parse_layers(text)
+    values = parse_names(text)
+    allowed = CHOICES.get(name)
+    unknown = [v for v in values if allowed is not None and v not in allowed]
+    if unknown:
+        raise UserError(f"unknown {name} {unknown[0]!r} in {text!r}; choose from {', '.join(allowed)}")
+    return values
 
 
 @dataclass(frozen=True)

@@ -3,86 +3,126 @@
 Examples:
     python -m mi_bridge.run                                   # toy pair, defaults
     HF_HUB_OFFLINE=1 python -m mi_bridge.run --pair pythia    # pythia-160m -> pythia-410m
-    python -m mi_bridge.run --config runs/<run>/config.json   # repeat a run
+    python -m mi_bridge.run --config runs/<run>/config.json --out runs/again   # repeat a run
+    python -m mi_bridge.run --seed 3 --conditions translated,controls          # other seeds, fewer conditions
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mi_bridge import cli
 from mi_bridge.config import ExperimentConfig
-from mi_bridge.protocols.base import Protocol, get_protocol
+from mi_bridge.protocols.base import Outcome, get_protocol
 from mi_bridge.report import render as report
+from mi_bridge.report.result import Result
+from mi_bridge.run_folder import check_new, default_name, resolved
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def build_parser():
-    return cli.build_parser("python -m mi_bridge.run", __doc__.split("\n\n")[0])
+    description, _, examples = __doc__.partition("\n\n")
+    return cli.build_parser("python -m mi_bridge.run", description, epilog=examples)
 
 
-def default_out(config: ExperimentConfig, protocol: Protocol, sender_layer: int, receiver_layer: int) -> Path:
-    name = f"{config.pair}-{config.sender_name}-{config.receiver_name}-L{sender_layer}-L{receiver_layer}"
-    return Path("runs") / f"{name}-{protocol.folder_tag(config)}".replace("/", "_")
+@dataclass
+class RunResult:
+    """One run, computed and not written: everything its run folder would hold."""
+
+    config: ExperimentConfig
+    """The resolved config (layers, model names, revisions, bridge kind), with the models' exact
+    checkpoints and the device under ``extra``: what config.json records."""
+    results: dict
+    """results.json: validity, site, decomposition, bridge fit, every condition with its CI, verdict."""
+    report: Result
+    """The verdict with its explanation and tables (``mi_bridge.report.render.render_result`` shows it)."""
+    items: pd.DataFrame
+    """The per-item table (a pandas DataFrame), what items.parquet holds."""
+    outcome: Outcome
+    """The protocol's own data: per-seed scores and the fitted bridges."""
+
+    @property
+    def verdict(self) -> str:
+        """``supported``, ``not supported`` or ``inconclusive``."""
+        return self.report.verdict
+
+    def condition(self, name: str) -> dict:
+        """One condition's summary from results.json (means, Δ vs baseline with CIs, per seed)."""
+        found = {c["name"]: c for c in self.results["conditions"]}
+        if name not in found:
+            raise KeyError(f"no condition {name!r}; the run has {', '.join(found)}")
+        return found[name]
+
+
+def output_folder(config: ExperimentConfig) -> Path:
+    """``config.out``, or ``runs/<pair>-<models>-<layers>-<protocol tag>-<config hash>`` for a resolved
+    config: runs that differ in any setting get different default folders."""
+    if config.out:
+        return Path(config.out)
+    return Path("runs") / default_name(config, get_protocol(config.protocol).folder_tag(config))
+
+
+def compute(config: ExperimentConfig, pair, use_cache: bool = True) -> RunResult:
+    """One run on a loaded pair, in memory: nothing printed but progress bars, nothing written but the
+    activation cache (``use_cache``). A sweep's worker calls this for many cells of one pair."""
+    # Heavy imports here (load_pair has made them), so that bad input fails before them.
+    from mi_bridge.core.store import default_store
+    from mi_bridge.models.loading import record_identities, resolve_layers
+
+    protocol = get_protocol(config.protocol)
+    config = record_identities(resolved(config, *resolve_layers(config, pair)), pair)
+    layers = config.sender_layer, config.receiver_layer
+    outcome = protocol.run(config, pair, *layers, default_store(use_cache))
+    results = {
+        "config": config.to_dict(),
+        "layers": {"sender": layers[0], "receiver": layers[1]},
+        "device": config.extra["device"],
+        **protocol.header(config, pair),
+        "versions": cli.versions(),
+        **outcome.results,
+    }
+    judged = protocol.judge(results)
+    results |= {"hypothesis": judged.hypothesis, "verdict_label": judged.verdict}
+    return RunResult(config, results, judged, protocol.item_table(outcome), outcome)
+
+
+def publish(run: RunResult, folder: Path, overwrite: bool = False) -> None:
+    """The run folder of a computed run: config.json, results.json, report.md, figure.png, items.parquet
+    and the protocol's artifacts (bridges), published whole; an existing folder only with ``overwrite``."""
+    protocol = get_protocol(run.config.protocol)
+
+    def write_rest(staging: Path) -> None:
+        protocol.figure(run.results, staging / "figure.png")
+        (staging / "report.md").write_text(report.result_markdown(run.report, figure="figure.png"))
+        protocol.write_artifacts(staging, run.outcome)
+
+    cli.publish_run(folder, run.config, run.results, write_rest, overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = build_parser().parse_args(argv)
         config = cli.config_from_args(args)
-        cli.check_writable(Path(config.out) if config.out else Path("runs") / "probe")
-        return run(config, use_cache=not args.no_cache, full=args.full)
+        from mi_bridge.models.loading import check_pair, load_pair
+
+        checked = check_pair(config)  # every input check (without TransformerLens), before any work
+        config = resolved(config, checked.sender_layer, checked.receiver_layer)
+        folder = output_folder(config)
+        check_new(folder, args.overwrite)
+        run = compute(config, load_pair(config, checked), use_cache=not args.no_cache)
+        report.render_result(run.report, full=args.full)
+        publish(run, folder, args.overwrite)
+        report.console.print(f"run folder: {folder}")
+        return 0
 
     return cli.one_line_errors(
         body, "nothing was written to the run folder (cached models and activations are kept)"
     )
-
-
-def run(config: ExperimentConfig, use_cache: bool = True, full: bool = False) -> int:
-    from mi_bridge.models.loading import load_pair
-
-    pair = load_pair(config)  # checks every input first (without TransformerLens), then loads
-    run_loaded(config, pair, use_cache, full)
-    return 0
-
-
-def run_loaded(
-    config: ExperimentConfig, pair, use_cache: bool = True, full: bool = False, quiet: bool = False
-) -> tuple[Path, dict]:
-    """One run on an already loaded pair (a sweep's worker loads it once for many cells): the run folder
-    published, and ``(folder, results)``. ``quiet`` skips the terminal report."""
-    # Heavy imports after the checks (load_pair has made them), so that bad input fails fast.
-    from mi_bridge.core.store import default_store
-    from mi_bridge.models.loading import record_identities, resolve_layers
-
-    protocol = get_protocol(config.protocol)
-    config = record_identities(config, pair)
-    sender_layer, receiver_layer = resolve_layers(config, pair)
-    folder = Path(config.out) if config.out else default_out(config, protocol, sender_layer, receiver_layer)
-    cli.check_writable(folder)
-    outcome = protocol.run(config, pair, sender_layer, receiver_layer, default_store(use_cache))
-    results = {
-        "config": config.to_dict(),
-        "layers": {"sender": sender_layer, "receiver": receiver_layer},
-        "device": config.extra["device"],
-        **protocol.header(config, pair),
-        "versions": cli.versions(),
-        **outcome.results,
-    }
-    result = protocol.judge(results)
-    results |= {"hypothesis": result.hypothesis, "verdict_label": result.verdict}
-    if not quiet:
-        report.render_result(result, full=full)
-
-    def write_rest(staging: Path) -> None:
-        protocol.figure(results, staging / "figure.png")
-        (staging / "report.md").write_text(report.result_markdown(result, figure="figure.png"))
-        protocol.write_artifacts(staging, outcome)
-
-    cli.publish_run(folder, config, results, write_rest)
-    if not quiet:
-        report.console.print(f"run folder: {folder}")
-    return folder, results
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """``python -m mi_bridge.sweep``: a grid of runs on Ray (or in process with ``--local``), resumable.
 
-Takes the flags of ``mi_bridge.run``; the models, revisions, layers, position and target may be lists or
-ranges. Every cell writes the run folder ``mi_bridge.run`` writes for its config, under the sweep folder;
-a cell whose run folder exists is skipped on rerun. The sweep folder also gets ``sweep.json`` (the grid and
-every cell's key numbers), ``report.md`` and heatmaps (sender layer x receiver layer).
+Takes the flags of ``mi_bridge.run``; the models, revisions, position and target may be lists, the layers
+lists or ranges. Every cell writes the run folder ``mi_bridge.run`` writes for its config, under the sweep
+folder (default ``runs/sweep-<pair>-<hash of the grid and settings>``); rerunning the same command resumes
+it, skipping the cells already published. The sweep folder also gets ``grid.json`` (what it is a sweep of:
+a sweep of another grid or settings is refused there, unless --overwrite replaces it), ``sweep.json`` (the
+grid and every cell's key numbers), ``report.md`` and heatmaps (sender layer x receiver layer).
 
 Examples:
     python -m mi_bridge.sweep --pair toy --receiver-layer 0-3 --sender-layer 0-2     # local Ray
@@ -28,6 +30,8 @@ from mi_bridge import cli, grid
 from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.core.device import AUTO, device_type
 from mi_bridge.core.progress import console
+from mi_bridge.files import holds_something, remove_folder, write_text_atomic
+from mi_bridge.run_folder import same_run, short_hash
 from mi_bridge.sweep_summary import write_summary
 
 WORKER_ENV = ("MI_BRIDGE_CACHE", "MI_BRIDGE_CACHE_MAX_GB", "HF_HOME", "HF_HUB_OFFLINE")
@@ -36,11 +40,18 @@ RAY_MISSING = "Ray is not installed: pip install -e '.[ray]' (or run the cells i
 
 
 def build_parser() -> cli.OneLineParser:
-    parser = cli.OneLineParser(prog="python -m mi_bridge.sweep", description=__doc__.split("\n\n")[0])
+    description, _, more = __doc__.partition("\n\n")
+    parser = cli.OneLineParser(
+        prog="python -m mi_bridge.sweep",
+        description=description,
+        epilog=more,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config", type=Path, help="the base config from a config.json (other flags override it)"
     )
-    cli.add_config_flags(parser, lists=grid.GRID_FIELDS)
+    where = "Sweep folder; default runs/sweep-<pair>-<hash of the grid and settings> (the same command resumes it)"
+    cli.add_config_flags(parser, lists=grid.GRID_FIELDS, helps={"out": where})
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached activations")
     parser.add_argument("--local", action="store_true", help="run the cells in this process, without Ray")
     parser.add_argument("--address", help="join this Ray cluster (e.g. auto or ray://host:10001)")
@@ -53,6 +64,7 @@ def build_parser() -> cli.OneLineParser:
     parser.add_argument(
         "--max-retries", type=int, default=2, help="reruns of a cell whose worker died (default: 2)"
     )
+    cli.add_overwrite_flag(parser, "sweep folder (by default a rerun of the same sweep resumes it)")
     return parser
 
 
@@ -96,11 +108,13 @@ def key_numbers(results: dict) -> dict:
 
 
 def run_cell(config: ExperimentConfig, pair, use_cache: bool) -> dict:
-    """One cell on a loaded pair: the same code path as ``mi_bridge.run``; its key numbers."""
-    from mi_bridge.run import run_loaded
+    """One cell on a loaded pair: the same code path as ``mi_bridge.run``, its run folder published; its
+    key numbers."""
+    from mi_bridge.run import compute, publish
 
-    _, results = run_loaded(config, pair, use_cache, quiet=True)
-    return key_numbers(results)
+    run = compute(config, pair, use_cache)
+    publish(run, Path(config.out))
+    return key_numbers(run.results)
 
 
 class PairWorker:
@@ -124,13 +138,34 @@ def finished(cell: grid.Cell) -> dict | None:
     folder = Path(cell.config.out)
     if not (folder / "results.json").is_file():
         return None
-    recorded = json.loads((folder / "config.json").read_text())
-    comparable = lambda data: {k: v for k, v in data.items() if k not in ("extra", "out")}
-    if comparable(recorded) != comparable(cell.config.to_dict()):
+    if not same_run(json.loads((folder / "config.json").read_text()), cell.config):
         raise UserError(
             f"{folder} holds a run of another configuration; choose another sweep folder with --out"
         )
     return json.loads((folder / "results.json").read_text())
+
+
+def manifest(base: ExperimentConfig, values: dict) -> dict:
+    """What a sweep folder is a sweep of (``grid.json``, and the head of ``sweep.json``)."""
+    config = {k: v for k, v in base.to_dict().items() if k not in grid.GRID_FIELDS + ("out", "extra")}
+    return json.loads(json.dumps({"grid": values, "config": config}))  # as read back from JSON
+
+
+def check_sweep_folder(folder: Path, wanted: dict, overwrite: bool) -> None:
+    """A sweep resumes in its own folder only: one that holds another grid or config (by its grid.json,
+    or sweep.json for a sweep from before grid.json) is refused, unless ``overwrite`` replaces it."""
+    if overwrite or not holds_something(folder):
+        return
+    for name in ("grid.json", "sweep.json"):
+        if (folder / name).is_file():
+            recorded = json.loads((folder / name).read_text())
+            if {"grid": recorded.get("grid"), "config": recorded.get("config")} == wanted:
+                return
+            break
+    raise UserError(
+        f"sweep folder {folder} holds a sweep of another configuration (grid or settings differ); "
+        "pass --overwrite to replace it, or choose another --out"
+    )
 
 
 def run_local(pending: list[grid.Cell], outcomes: dict, use_cache: bool, bar) -> None:
@@ -270,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             name: grid.parse_values(name, text) if text is not None else [getattr(base, name)]
             for name, text in texts.items()
         }
-        folder = Path(base.out or f"runs/sweep-{base.pair}").resolve()
+        wanted = manifest(base, values)
+        folder = Path(base.out or f"runs/sweep-{base.pair}-{short_hash(wanted)}").resolve()
         cli.check_writable(folder)
+        check_sweep_folder(folder, wanted, args.overwrite)
         cells = grid.expand(base, values, folder)
         if not args.local:
             try:
@@ -287,14 +324,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def sweep(cells: list[grid.Cell], values: dict, base: ExperimentConfig, folder: Path, args) -> int:
     outcomes = {cell.name: Outcome() for cell in cells}
-    for cell in cells:
+    for cell in cells if not args.overwrite else ():
         results = finished(cell)
         if results is not None:
             outcomes[cell.name] = Outcome("done", numbers=key_numbers(results))
     pending = [cell for cell in cells if outcomes[cell.name].status == "pending"]
     # Ray first: a cluster that cannot be joined is one line, before anything is written
     started_ray = bool(pending) and not args.local and start_ray(args.address)
+    if args.overwrite:
+        remove_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "grid.json", json.dumps(manifest(base, values), indent=2) + "\n")
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

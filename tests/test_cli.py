@@ -38,6 +38,7 @@ def test_the_run_folder_and_results_schema(tiny_run):
         "config.json",
         "figure.png",
         "bridge",
+        "items.parquet",
     }
     assert {p.name for p in (tiny_run / "bridge" / "seed0").iterdir()} == {
         "bridge.json",
@@ -102,6 +103,8 @@ def test_the_run_folder_and_results_schema(tiny_run):
 
 
 def test_the_config_file_repeats_the_run_exactly(tiny_run, tmp_path):
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["sender_layer"] is not None and config["receiver_layer"] is not None  # resolved
     again = tmp_path / "again"
     assert main(["--config", str(tiny_run / "config.json"), "--out", str(again)]) == 0
     first, second = (json.loads((p / "results.json").read_text()) for p in (tiny_run, again))
@@ -200,12 +203,16 @@ def test_help_lists_every_config_field_once_with_its_default(capsys, monkeypatch
     with pytest.raises(SystemExit):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
+    text = text[: text.index(" Examples: ")]  # the flags, without the examples after them
     for spec in fields(ExperimentConfig):
         if spec.name in NOT_FLAGS:
             continue
         flag = "--" + spec.name.replace("_", "-")
         assert text.count(f" {flag} ") + text.count(f" {flag},") == 1, flag
-        help_start = text.index(f"{flag}", text.index("options:"))
+        options = text.index("options:")
+        help_start = min(
+            i for i in (text.find(f"{flag} ", options), text.find(f"{flag},", options)) if i >= 0
+        )
         help_text = text[help_start : help_start + 400].lower()
         assert "default" in help_text, flag  # the default, or what it is derived from
         if spec.default not in (MISSING, None) and not isinstance(spec.default, tuple):

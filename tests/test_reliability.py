@@ -123,7 +123,9 @@ def test_publishing_a_folder_sweeps_what_a_killed_run_left_and_replaces_whole(tm
     (stale / "results.json").write_text("{half")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "old.txt").write_text("old")
-    publish_folder(tmp_path / "run", lambda staging: (staging / "results.json").write_text("{}"))
+    publish_folder(
+        tmp_path / "run", lambda staging: (staging / "results.json").write_text("{}"), overwrite=True
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.json"]
 
@@ -267,6 +269,8 @@ BAD_FLAGS = {
     "--batch-size": ["0", "1.5", "big"],
     "--n-bootstrap": ["5", "-1", "x"],
     "--device": ["quantum", "gpu:x"],
+    "--seed": ["x", "-1", "10000", "1.5"],
+    "--conditions": ["", "nothing", "controls", "translated,,"],
     "--config": ["/nonexistent/config.json"],
 }
 CASES = [(flag, value) for flag, values in BAD_FLAGS.items() for value in values]

@@ -200,7 +200,15 @@ def test_the_seed_protocol_runs_end_to_end_and_its_audit_flags_the_task(pythia_c
         "figure.png",
         "predictions.json",
         "bridge",
+        "items.parquet",
     }
+    import pandas as pd
+
+    table = pd.read_parquet(out / "items.parquet")
+    for name, texts in predictions.items():  # every prediction, run by run, with its score
+        rows = table[table.condition == name]
+        assert list(rows.chosen) == [text for run in texts for text in run], name
+    assert set(table.condition) == names
     # every bridge of the run is published, per kind and seed, and loads back as its kind
     from mi_bridge.bridges.base import load_bridge
 

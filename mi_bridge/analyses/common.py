@@ -21,6 +21,7 @@ from mi_bridge.core.store import ActivationStore
 from mi_bridge.protocols.base import get_protocol
 from mi_bridge.report import render as report
 from mi_bridge.report.result import Result
+from mi_bridge.run_folder import check_new, default_name, resolved
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers the scripts share
@@ -34,10 +35,11 @@ def per_item_cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[T
 # Running scripts
 
 
-def build_parser(prog: str, description: str, modules: Sequence[ModuleType]):
+def build_parser(prog: str, description: str, modules: Sequence[ModuleType], epilog: str | None = None):
     """The config flags plus every script's own. Scripts that share flags (the usability bridge's
     training settings) declare them through one library function; "resolve" lets both declare them."""
-    parser = cli.build_parser(prog, description, conflict_handler="resolve")
+    where = "Analysis folder; default runs/analyses/<name>-<pair>-<models>-L<ls>-L<lr>-<tag>-<hash of the settings>"
+    parser = cli.build_parser(prog, description, epilog, {"out": where}, conflict_handler="resolve")
     for module in modules:
         if hasattr(module, "add_arguments"):
             module.add_arguments(parser)
@@ -66,13 +68,38 @@ def check_applies(module: ModuleType, protocol: str) -> None:
         raise UserError(not_applicable(module, protocol))
 
 
-def default_folder(name: str, ctx) -> Path:
-    config = ctx.config
+COMMAND_FLAGS = ("config", "no_cache", "full", "overwrite")
+"""Flags that do not change what an analysis computes (nor its folder's name)."""
+
+
+def script_options(options: argparse.Namespace) -> dict:
+    """The scripts' own flags (e.g. the usability bridge's training settings), as JSON values."""
+    config_fields = set(ExperimentConfig.__dataclass_fields__)
+    return {
+        k: v
+        for k, v in vars(options).items()
+        if k not in config_fields and k not in COMMAND_FLAGS and _is_json(v)
+    }
+
+
+def resolved_config(config: ExperimentConfig) -> ExperimentConfig:
+    """Every input checked without weights, and the config with its defaults made explicit (layers, model
+    names, revisions, bridge kind): what the folder name hashes and config.json records."""
+    from mi_bridge.models.loading import check_pair
+
+    checked = check_pair(config)
+    return resolved(config, checked.sender_layer, checked.receiver_layer)
+
+
+def default_folder(label: str, config: ExperimentConfig, options: argparse.Namespace, **more) -> Path:
+    """``runs/analyses/<label>-<pair>-<models>-L<ls>-L<lr>-<tag>-<hash>`` for a resolved config; the hash
+    covers the config, the scripts' own flags and ``more``: analyses of other settings never share one."""
     tag = get_protocol(config.protocol).folder_tag(config)
-    return Path("runs") / "analyses" / f"{name}-{config.pair}-L{ctx.sender_layer}-L{ctx.receiver_layer}-{tag}"
+    name = default_name(config, tag, options=script_options(options), **more)
+    return Path("runs") / "analyses" / f"{label}-{name}"
 
 
-def analyze_and_publish(module: ModuleType, ctx, folder: Path) -> Result:
+def analyze_and_publish(module: ModuleType, ctx, folder: Path, overwrite: bool = False) -> Result:
     cli.check_writable(folder)
     site = ctx.site()
     report.render_site(site)  # before any effect: what this site can show at all
@@ -80,7 +107,8 @@ def analyze_and_publish(module: ModuleType, ctx, folder: Path) -> Result:
     result = protocol.qualify(module, getattr(module, protocol.analysis_entry)(ctx), site)
     report.render_result(result)
 
-    config = replace(ctx.config, out=str(folder))  # config.json repeats exactly this script run
+    # config.json repeats exactly this script run: the defaults made explicit, the layers that ran
+    config = replace(resolved(ctx.config, ctx.sender_layer, ctx.receiver_layer), out=str(folder))
     payload = {
         "analysis": result.to_dict(),
         "config": config.to_dict(),
@@ -97,7 +125,7 @@ def analyze_and_publish(module: ModuleType, ctx, folder: Path) -> Result:
             report.result_markdown(result, figure="figure.png", context=report.site_line(site))
         )
 
-    cli.publish_run(folder, config, payload, write_rest)
+    cli.publish_run(folder, config, payload, write_rest, overwrite)
     report.console.print(f"{module.NAME}: {folder}")
     return result
 
@@ -119,11 +147,11 @@ def run_script(module: ModuleType, argv: list[str] | None = None) -> int:
         ).parse_args(argv)
         config = cli.config_from_args(options)
         check_applies(module, config.protocol)
-        if config.out:
-            cli.check_writable(Path(config.out))
+        config = resolved_config(config)
+        folder = Path(config.out) if config.out else default_folder(module.NAME, config, options)
+        check_new(folder, options.overwrite)
         ctx = prepare_context(config, options)
-        folder = Path(config.out) if config.out else default_folder(module.NAME, ctx)
-        analyze_and_publish(module, ctx, folder)
+        analyze_and_publish(module, ctx, folder, options.overwrite)
         return 0
 
     return cli.one_line_errors(body, "nothing was written to the run folder (cached activations are kept)")

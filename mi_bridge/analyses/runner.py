@@ -1,7 +1,9 @@
 """``python -m mi_bridge.analyses {all | NAME ...}``: several analyses on one set of loaded models.
 
 The scripts are modules of this package (``mi_bridge.analyses.<name>``), so every one of them ships in
-the wheel; they run on one shared cache of activations, with a combined ``report.md``:
+the wheel; they run on one shared cache of activations, with a combined ``report.md``, in one folder
+(default ``runs/analyses/<all or the names>-<pair>-<models>-<layers>-<tag>-<hash of the settings>``; an
+existing one is refused unless --overwrite replaces it). Examples:
 
     python -m mi_bridge.analyses all --pair toy
     python -m mi_bridge.analyses logit_lens norm_ablation --pair toy --seeds 2
@@ -20,12 +22,15 @@ from mi_bridge.analyses.common import (
     applies,
     build_parser,
     check_applies,
+    default_folder,
     not_applicable,
     prepare_context,
+    resolved_config,
 )
 from mi_bridge.config import UserError
-from mi_bridge.files import write_text_atomic
+from mi_bridge.files import remove_folder, write_text_atomic
 from mi_bridge.report import render as report
+from mi_bridge.run_folder import check_new
 
 ORDER = (
     "lookup_phase",
@@ -47,6 +52,13 @@ def load_script(name: str) -> ModuleType:
     return importlib.import_module(f"mi_bridge.analyses.{name}")
 
 
+def listing(modules: list[ModuleType]) -> str:
+    """The analyses by name with their hypotheses, for ``--help``."""
+    width = max(len(m.NAME) for m in modules)
+    lines = [f"  {m.NAME:<{width}}  {' '.join(m.HYPOTHESIS.split())}" for m in modules]
+    return "analyses (all: every one, in this order):\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
@@ -60,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"name the analyses to run, or 'all' ({', '.join(ORDER)})")
         everything = names == ["all"]
         modules = [load_script(name) for name in (ORDER if everything else names)]
-        parser = build_parser(
-            "python -m mi_bridge.analyses {all | NAME ...}", __doc__.split("\n\n")[0], modules
-        )
+        description, _, examples = __doc__.partition("\n\n")
+        epilog = f"{listing([load_script(n) for n in ORDER])}\n\n{examples}"
+        parser = build_parser("python -m mi_bridge.analyses {all | NAME ...}", description, modules, epilog)
         options = parser.parse_args(argv)
         config = cli.config_from_args(options)
         skipped = [m for m in modules if not applies(m, config.protocol)]
@@ -70,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             for module in skipped:
                 check_applies(module, config.protocol)
         modules = [m for m in modules if m not in skipped]
-        root = Path(config.out) if config.out else Path("runs") / "analyses" / f"all-{config.pair}"
-        cli.check_writable(root)
+        config = resolved_config(config)
+        label = "all" if everything else "+".join(m.NAME for m in modules)
+        ran = [m.NAME for m in modules]
+        root = Path(config.out) if config.out else default_folder(label, config, options, analyses=ran)
+        check_new(root, options.overwrite)
         ctx = prepare_context(config, options)  # models loaded once, activations shared by every script
+        if options.overwrite:
+            remove_folder(root)
         root.mkdir(parents=True, exist_ok=True)
         results = []
         for module in modules:

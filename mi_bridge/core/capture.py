@@ -68,6 +68,19 @@ def capture_resid_post(
     )
 
 
+def resid_states(
+    model: HookedModel,
+    tokens: Int[Tensor, "n_items pos"],
+    layer: int,
+    position: int = -1,
+    batch_size: int = 64,
+) -> Float[Tensor, "n_items d_model"]:
+    """``blocks.{layer}.hook_resid_post`` at one position of every prompt (default: the last), on the CPU:
+    the states a bridge is fitted on and maps (``capture_resid_post`` for several layers and positions)."""
+    capture = capture_resid_post(model, tokens, layers=[layer], positions=[position], batch_size=batch_size)
+    return capture.states[layer][:, 0]
+
+
 def answer_logits(
     model: HookedModel,
     residual: Float[Tensor, "batch pos d_model"],

@@ -22,56 +22,16 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from mi_bridge.core import progress
 from mi_bridge.core.capture import answer_logits, batches
+
+# Re-exported: the conditions are the values this evaluator takes (``mi_bridge.core.conditions``).
+from mi_bridge.core.conditions import BASELINE as BASELINE
+from mi_bridge.core.conditions import VECTOR_KINDS as VECTOR_KINDS
+from mi_bridge.core.conditions import Condition
+from mi_bridge.core.conditions import select_conditions as select_conditions
+from mi_bridge.core.conditions import standard_conditions as standard_conditions
 from mi_bridge.core.device import model_device
 from mi_bridge.core.inject import inject_residual
 from mi_bridge.models.backends import PREFIX_CACHE, HookedModel, residual_at
-
-VECTOR_KINDS = (
-    "translated",
-    "random",
-    "shuffled",
-    "mean",
-    "self-patch",
-    "counterfactual self-patch",
-    "context-free self-patch",
-)
-"""What is injected: the bridge's output, and the controls (docs/DESIGN.md). The last two are the
-ceilings for anything the sender could send: the receiver's own state with the answers permuted in its
-context (does the site carry the answer?), and its own state for B read against another item's facts
-(B without this item's answer)."""
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A prompt, optionally with a vector injected at the site in one mode."""
-
-    name: str
-    prompt: str = "placeholder"
-    vector: str | None = None
-    mode: str | None = None
-    alpha: float | None = None
-
-    @property
-    def is_injection(self) -> bool:
-        return self.vector is not None
-
-
-BASELINE = Condition("baseline")
-
-
-def standard_conditions(
-    alphas: Sequence[float], vector_kinds: Sequence[str] = VECTOR_KINDS
-) -> list[Condition]:
-    """Baseline, text relay, oracle, then every vector kind in every mode (additive ones per alpha)."""
-    conditions = [BASELINE, Condition("text relay", prompt="relay"), Condition("oracle", prompt="oracle")]
-    for kind in vector_kinds:
-        conditions += [Condition(f"{kind} add a={a:g}", vector=kind, mode="add", alpha=a) for a in alphas]
-        conditions.append(Condition(f"{kind} replace", vector=kind, mode="replace"))
-        conditions.append(Condition(f"{kind} rescale", vector=kind, mode="rescale"))
-        conditions += [
-            Condition(f"{kind} rescale-add a={a:g}", vector=kind, mode="rescale-add", alpha=a) for a in alphas
-        ]
-    return conditions
 
 
 @dataclass

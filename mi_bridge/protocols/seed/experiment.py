@@ -269,7 +269,7 @@ def run_conditions(
 ) -> tuple[dict, dict, dict, dict]:
     """Every condition's run (per bridge kind and seed where it has them): per-item outcomes, injection
     strengths, predictions and what each key is, keyed by the condition's name in the results."""
-    items, seeds, kinds = run.items, [paper_seed(i) for i in range(run.config.seeds)], list(bridges)
+    items, seeds, kinds = run.items, [paper_seed(i) for i in run.config.seed_indices], list(bridges)
     outcomes: dict[str, dict[str, list[np.ndarray]]] = {}
     strengths: dict[str, list[dict]] = {}
     predictions: dict[str, list[list[str]]] = {}
@@ -294,7 +294,8 @@ def run_conditions(
         predictions.setdefault(key, []).append(texts_out)
         if norms is not None:
             strengths.setdefault(key, []).append(norms)
-        meta[key] = {"condition": condition.name, "bridge": kind}
+        entry = meta.setdefault(key, {"condition": condition.name, "bridge": kind, "seeds": []})
+        entry["seeds"].append(seed)  # per run, for the per-item table (None: a run without randomness)
     return outcomes, strengths, predictions, meta
 
 
@@ -306,7 +307,7 @@ def prepare_seed_run(
     start from."""
     items = load_eval()[: config.n_items]
     tokens = encode(pair.receiver.tokenizer, [prompt(item) for item in items])
-    seeds = [paper_seed(i) for i in range(config.seeds)]
+    seeds = [paper_seed(i) for i in config.seed_indices]
     kinds = ["sgd-l2", "ridge"] if config.bridge_kind == "both" else [config.bridge_kind]
     n_texts = DEFAULT_FIT_TEXTS if config.n_fit is None else config.n_fit
     texts, corpus = load_fit_corpus(config.fit_corpus, items, n_texts)

@@ -10,6 +10,7 @@ from mi_bridge.config import ExperimentConfig
 from mi_bridge.protocols.base import Outcome, Protocol
 from mi_bridge.protocols.seed import report
 from mi_bridge.protocols.seed.experiment import CONDITIONS, prepare_seed_run, run_conditions, summarize
+from mi_bridge.protocols.seed.items import item_table
 from mi_bridge.report.result import Result
 
 
@@ -26,12 +27,15 @@ class SeedProtocol(Protocol):
     def evaluate(self, prepared, conditions: list) -> dict:
         run, bridges, _ = prepared
         outcomes, strengths, predictions, meta = run_conditions(run, bridges, conditions)
+        answers = [item.answer for item in run.items]
+        layers = {"sender_layer": run.sender_layer, "receiver_layer": run.receiver_layer}
         return {
             "outcomes": outcomes,
             "strengths": strengths,
             "predictions": predictions,
             "meta": meta,
             "bridges": bridges,
+            "items": item_table(outcomes, predictions, meta, answers, **layers),
         }
 
     def summarize(self, config: ExperimentConfig, prepared, evaluated: dict, conditions: list) -> dict:
@@ -52,9 +56,13 @@ class SeedProtocol(Protocol):
 
     def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
         files.write_json(staging / "predictions.json", outcome.evaluated["predictions"])
+        files.write_parquet(staging / "items.parquet", self.item_table(outcome))
         for kind, fitted in outcome.evaluated["bridges"].items():
             for bridge in fitted:
                 bridge.translate.save(staging / "bridge" / kind / f"seed{bridge.seed}")
+
+    def item_table(self, outcome: Outcome):
+        return outcome.evaluated["items"]
 
     def folder_tag(self, config: ExperimentConfig) -> str:
         return f"seed-{config.bridge_kind}"

@@ -204,4 +204,4 @@ def check_finite(*tensors: Tensor, what: str) -> None:
 
 
 def seed_contexts(config: ExperimentConfig, pair: ModelPair, store: ActivationStore) -> list[SeedContext]:
-    return [SeedContext(config, pair, seed, store) for seed in range(config.seeds)]
+    return [SeedContext(config, pair, seed, store) for seed in config.seed_indices]

@@ -3,15 +3,28 @@ hands its state across (``experiment``, ``diagnosis``, ``report``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from mi_bridge import files
 from mi_bridge.config import ExperimentConfig
-from mi_bridge.core.evaluate import standard_conditions
+from mi_bridge.core.evaluate import select_conditions, standard_conditions
 from mi_bridge.protocols.base import Outcome, Protocol
 from mi_bridge.protocols.split import figure, report
-from mi_bridge.protocols.split.experiment import evaluate_seeds, summarize
+from mi_bridge.protocols.split.experiment import SITE_CONDITIONS, SeedData, evaluate_seeds, summarize
+from mi_bridge.protocols.split.items import SeedItems, item_table
 from mi_bridge.protocols.split.prepare import seed_contexts
 from mi_bridge.report.result import Result
+
+
+@dataclass
+class Evaluated:
+    """Every seed's scores, bridge and site scan, and the per-item table of them."""
+
+    seeds: list[SeedData]
+    items: pd.DataFrame
 
 
 class SplitProtocol(Protocol):
@@ -21,15 +34,22 @@ class SplitProtocol(Protocol):
         return seed_contexts(config, pair, store), sender_layer, receiver_layer
 
     def conditions(self, config: ExperimentConfig) -> list:
-        return standard_conditions(config.alphas)
+        # The site diagnosis reads the replace-mode ceilings, whichever families are chosen.
+        keep = {c.name for c in SITE_CONDITIONS}
+        chosen = (config.condition_families, config.condition_modes)
+        return select_conditions(standard_conditions(config.alphas), *chosen, keep=keep)
 
-    def evaluate(self, prepared, conditions: list) -> list:
+    def evaluate(self, prepared, conditions: list) -> Evaluated:
         contexts, sender_layer, receiver_layer = prepared
-        return evaluate_seeds(contexts, sender_layer, receiver_layer, conditions)
+        seeds = evaluate_seeds(contexts, sender_layer, receiver_layer, conditions)
+        items = [SeedItems.of(ctx) for ctx in contexts]
+        where = {"sender_layer": sender_layer, "receiver_layer": receiver_layer}
+        position = contexts[0].config.position
+        return Evaluated(seeds, item_table(items, seeds, conditions, position=position, **where))
 
-    def summarize(self, config: ExperimentConfig, prepared, evaluated, conditions: list) -> dict:
+    def summarize(self, config: ExperimentConfig, prepared, evaluated: Evaluated, conditions: list) -> dict:
         _, sender_layer, receiver_layer = prepared
-        return summarize(config, evaluated, conditions, receiver_layer, sender_layer)
+        return summarize(config, evaluated.seeds, conditions, receiver_layer, sender_layer)
 
     def judge(self, results: dict) -> Result:
         return report.transfer_result(results)
@@ -53,12 +73,17 @@ class SplitProtocol(Protocol):
         figure.conditions_figure(results, path)
 
     def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
-        for i, seed in enumerate(outcome.evaluated):
-            seed.bridge.save(staging / "bridge" / f"seed{i}")
+        for seed in outcome.evaluated.seeds:  # named by the seed it was drawn with (--seed shifts them)
+            index = seed.bridge.metadata["seed"]
+            seed.bridge.save(staging / "bridge" / f"seed{index}")
             if seed.second_site is not None:  # the second site's own bridge, fitted to its layer
                 seed.second_site.bridge.save(
-                    staging / "bridge" / f"second-site-L{seed.second_site.layer}" / f"seed{i}"
+                    staging / "bridge" / f"second-site-L{seed.second_site.layer}" / f"seed{index}"
                 )
+        files.write_parquet(staging / "items.parquet", self.item_table(outcome))
+
+    def item_table(self, outcome: Outcome) -> pd.DataFrame:
+        return outcome.evaluated.items
 
     def folder_tag(self, config: ExperimentConfig) -> str:
         return f"{config.position}-{config.target}"
