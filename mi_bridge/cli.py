@@ -20,7 +20,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from mi_bridge.config import CHOICES, ExperimentConfig, UserError
+from mi_bridge.config import CHOICES, FIELD_GROUPS, ExperimentConfig, UserError
 from mi_bridge.core.progress import error
 from mi_bridge.files import publish_folder, write_json
 
@@ -92,9 +92,15 @@ def add_config_flags(
     ``mi_bridge.grid``)."""
     hints = typing.get_type_hints(ExperimentConfig)
     docs = field_docs()
+    groups = {name: group for group, names in FIELD_GROUPS.items() for name in names}
+    sections: dict[str, argparse._ArgumentGroup] = {}
     for spec in fields(ExperimentConfig):
         if spec.name in NOT_FLAGS or (only is not None and spec.name not in only):
             continue
+        group = groups[spec.name]
+        if group not in sections:
+            sections[group] = parser.add_argument_group(group)
+        section = sections[group]
         default = spec.default if spec.default is not MISSING else spec.default_factory()
         help_text = (helps or {}).get(spec.name) or docs.get(spec.name, "")
         if default is not None:
@@ -102,11 +108,11 @@ def add_config_flags(
         flag = "--" + spec.name.replace("_", "-")
         kind = _flag_type(hints[spec.name])
         if spec.name in lists:
-            parser.add_argument(flag, type=str, help=f"{help_text} {sweep_note(spec.name, kind)}")
+            section.add_argument(flag, type=str, help=f"{help_text} {sweep_note(spec.name, kind)}")
         elif kind is None:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            section.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, choices=CHOICES.get(spec.name), help=help_text)
+            section.add_argument(flag, type=kind, choices=CHOICES.get(spec.name), help=help_text)
 
 
 def sweep_note(name: str, kind) -> str:

@@ -32,6 +32,19 @@ CHOICES = {
     "template": TEMPLATES,
 }
 """The allowed values of the config fields that take one of a few names (used by the CLI)."""
+FIELD_GROUPS = {
+    group: tuple(names.split())
+    for group, names in {
+        "models": "pair sender receiver sender_revision receiver_revision sender_layer receiver_layer",
+        "task and sample": "protocol template k n_items n_fit seeds seed test_fraction",
+        "split protocol": "position target alphas conditions site_scan second_site min_oracle_gap",
+        "seed protocol": "bridge fit_corpus max_new_tokens",
+        "statistics": "n_bootstrap",
+        "running": "device dtype n_devices batch_size out extra",
+    }.items()
+}
+"""The config's fields by concern, each protocol's own apart: ``--help`` shows them in these groups, while
+``config.json`` stays flat (one key per field), so every earlier run folder still loads with ``--config``."""
 DEFAULT_MODELS = {
     "toy": ("toy-sender", "toy-receiver"),
     "pythia": ("pythia-160m", "pythia-410m"),

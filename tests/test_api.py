@@ -11,8 +11,7 @@ import mi_bridge
 from mi_bridge.run import main, publish
 
 ROOT = Path(__file__).resolve().parents[1]
-API_DOC = ROOT / "docs" / "python_api.md"
-"""The README's "Python API" section (until the README holds it: then this test reads README.md)."""
+README = ROOT / "README.md"
 TINY = {"n_items": 60, "seeds": 2, "alphas": (0.5, 1.0), "n_bootstrap": 200}
 
 
@@ -64,8 +63,9 @@ def python_blocks(markdown: str) -> list[str]:
 
 @pytest.mark.slow
 def test_the_readme_python_section_runs_as_written(tmp_path, monkeypatch, capsys):
-    (block,) = python_blocks(API_DOC.read_text())
+    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    (block,) = python_blocks(section)
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, str(API_DOC), "exec"), {"__name__": "__readme__"})
+    exec(compile(block, str(README), "exec"), {"__name__": "__readme__"})
     out = capsys.readouterr().out
     assert "with the translated state" in out

@@ -217,3 +217,20 @@ def test_help_lists_every_config_field_once_with_its_default(capsys, monkeypatch
         assert "default" in help_text, flag  # the default, or what it is derived from
         if spec.default not in (MISSING, None) and not isinstance(spec.default, tuple):
             assert f"(default: {spec.default})".lower() in help_text, flag
+
+
+def test_every_config_field_belongs_to_one_group_and_help_shows_the_groups():
+    import subprocess
+    import sys
+    from dataclasses import fields
+
+    from mi_bridge.config import FIELD_GROUPS, ExperimentConfig
+
+    grouped = [name for names in FIELD_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in fields(ExperimentConfig))  # each once
+    text = subprocess.run(
+        [sys.executable, "-m", "mi_bridge.run", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert (
+        all(f"\n{group}:\n" in text for group in FIELD_GROUPS if group != "running") and "\nrunning:" in text
+    )

@@ -75,7 +75,7 @@ def test_a_conditions_delta_and_ci_recomputed_from_the_table_match_results_json(
         torch.tensor(rows[rows.condition == name].sort_values("item").follow_index.to_numpy())
         for rows in by_seed
     ]
-    recomputed = summarize_condition(config, scores, condition, follow)
+    recomputed = summarize_condition(config.n_bootstrap, scores, condition, follow)
     for key in (
         "delta_accuracy",
         "delta_accuracy_ci",

@@ -85,9 +85,9 @@ def bridge_rows(bridge: dict) -> list[tuple[str, ...]]:
     return rows
 
 
-def of_kind(conditions: list[dict], kind: str) -> dict:
+def of_kind(conditions: list[dict], kind: str) -> dict | None:
     """The condition of one vector kind the verdict reads: the best surviving translated condition (else
-    the best by mean), or the best of another kind by mean."""
+    the best by mean), or the best of another kind by mean; None for a kind not run (``--conditions``)."""
     return diagnosis.best_translated(conditions) if kind == "translated" else diagnosis.best(conditions, kind)
 
 
@@ -177,6 +177,8 @@ def side_by_side(results: dict) -> Table:
     site_marks = [condition_marks(conditions, diagnosis.family_of) for _, conditions, _ in sites]
     for kind in VECTOR_ROWS:
         picks = [of_kind(conditions, kind) for _, conditions, _ in sites]
+        if None in picks:  # a family left out with --conditions
+            continue
         rows.append((f"best {kind}", *(f"{fmt_delta(c)} '{c['name']}'" for c in picks)))
         marks.append((0, *(m[c["name"]][0] for m, c in zip(site_marks, picks, strict=True))))
     rows.append(("n (items, all seeds)", *(str(c[0]["n"]) for _, c, _ in sites)))

@@ -35,7 +35,9 @@ def command(entry: str, config: dict, layers: dict | None = None, **overrides) -
     )
     values = {**config, **resolved, **overrides}
     # the pair's own defaults (its template), but the pair itself against the global default
-    defaults = ExperimentConfig(pair=values["pair"]).to_dict() | {"pair": ExperimentConfig.pair}
+    # (--pair hf has no default models: placeholders, so that its named models are always repeated)
+    names = {"sender": "-", "receiver": "-"} if values["pair"] == "hf" else {}
+    defaults = ExperimentConfig(pair=values["pair"], **names).to_dict() | {"pair": ExperimentConfig.pair}
     words = ["python", "-m", *entry.split()]
     for name, value in values.items():
         if name in NOT_REPEATED or value is None or value == defaults.get(name):
