@@ -41,7 +41,7 @@ __all__ = sorted(_PUBLIC)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_PUBLIC})
+    return sorted({"__version__", *_PUBLIC})
 
 
 def __getattr__(name: str):

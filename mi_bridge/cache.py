@@ -12,32 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from mi_bridge import cli
-from mi_bridge.config import UserError
 from mi_bridge.core import progress
+from mi_bridge.core.store import max_bytes
 from mi_bridge.files import cache_root
 from mi_bridge.models.identity import describe
 
 PARTS = {"activations": "activations", "models": "toy"}
-DEFAULT_MAX_GB = 20
-
-
-def max_bytes() -> int:
-    """The activation cache's cap from ``MI_BRIDGE_CACHE_MAX_GB``."""
-    text = os.environ.get("MI_BRIDGE_CACHE_MAX_GB", str(DEFAULT_MAX_GB))
-    try:
-        gigabytes = float(text)
-    except ValueError:
-        gigabytes = math.nan
-    if not (math.isfinite(gigabytes) and gigabytes >= 0):
-        raise UserError(f"MI_BRIDGE_CACHE_MAX_GB must be a size in gigabytes >= 0 (got {text!r})")
-    return int(gigabytes * 1e9)
 
 
 def size(folder: Path) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mi_bridge.config import CHOICES, FIELD_GROUPS, ExperimentConfig, UserError
-from mi_bridge.core.progress import error
+from mi_bridge.core.progress import error, one_line_errors  # noqa: F401 (the commands' wrapper)
 from mi_bridge.files import publish_folder, write_json
 
 NOT_FLAGS = ("extra",)
@@ -247,15 +247,3 @@ def publish_run(
         write_rest(staging)
 
     publish_folder(folder, write, overwrite=overwrite)
-
-
-def one_line_errors(body: Callable[[], int], interrupted: str) -> int:
-    """Run a command: bad input (UserError) is one line and exit code 2, Ctrl-C one line and 130."""
-    try:
-        return body()
-    except UserError as err:
-        error(str(err))
-        return 2
-    except KeyboardInterrupt:
-        error(f"interrupted; {interrupted}")
-        return 130

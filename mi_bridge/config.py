@@ -48,7 +48,7 @@ FIELD_GROUPS = {
 DEFAULT_MODELS = {
     "toy": ("toy-sender", "toy-receiver"),
     "pythia": ("pythia-160m", "pythia-410m"),
-    "smollm2": ("smollm2-135m", "smollm2-135m"),  # one real model in two contexts (README: Real model)
+    "smollm2": ("smollm2-135m", "smollm2-135m"),  # one real model in two contexts (docs/real_model/)
     "hf": (None, None),  # any Hugging Face causal LM, by hub name or local folder: both must be named
 }
 
@@ -141,7 +141,7 @@ class ExperimentConfig:
     records the placement. Needs that many CUDA GPUs."""
     protocol: str = "split"
     """``split`` (the sender holds what the receiver lacks) or ``seed`` (the reference paper's protocol as
-    released; needs a pair with a shared tokenizer, e.g. ``--pair pythia``; README: Seed-paper protocol)."""
+    released; needs a pair with a shared tokenizer, e.g. ``--pair pythia``; docs/seed_protocol.md)."""
     bridge: str | None = None
     """Bridge recipe: ``ridge`` (closed form, standardized space), ``sgd-l2`` (the paper's: a linear layer
     with bias on L2-normalized states, AdamW) or ``both`` (compared on the same data); seed protocol only;
@@ -269,6 +269,19 @@ class ExperimentConfig:
     def bridge_kind(self) -> str:
         """The bridge recipe, with the protocol's default."""
         return self.bridge or ("sgd-l2" if self.protocol == "seed" else "ridge")
+
+    @property
+    def one_tokenizer_reason(self) -> str | None:
+        """Why this run needs sender and receiver to share one tokenizer (None: it does not)."""
+        if self.protocol == "seed":
+            return (
+                "the seed protocol fits its bridge on states paired position by position and replaces the "
+                "receiver's state at every prompt position with the sender's at the same position, which "
+                "needs one tokenizer (use --protocol split, which hands over the last token's state)"
+            )
+        if self.target == "same-input":
+            return "--target same-input pairs their states token by token (use --target relay-slot)"
+        return None
 
     @property
     def layer_depth(self) -> float | None:

@@ -15,6 +15,7 @@ from mi_bridge import cli
 from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.files import refuse_existing
 from mi_bridge.models.packaged import is_packaged
+from mi_bridge.models.specs import local_folder
 
 NOT_HASHED = ("out", "extra")
 """Config fields that do not change what a run computes: where it is written, and the notes (identities,
@@ -28,7 +29,7 @@ def resolved(config: ExperimentConfig, sender_layer: int, receiver_layer: int) -
     repeats the run even after a default changes."""
 
     def revision(name: str, asked: str | None) -> str | None:
-        takes_one = config.pair != "toy" and not is_packaged(name)
+        takes_one = config.pair != "toy" and not is_packaged(name) and local_folder(name) is None
         return asked or ("main" if takes_one else None)
 
     return replace(

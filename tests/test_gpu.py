@@ -6,7 +6,7 @@
 - the GPT-NeoX path on CUDA: hooked logits and one injection (a self-patch, which is the same state in
   TransformerLens' folded basis and in Hugging Face's) against plain Hugging Face on the same device;
 - bfloat16 against float32 on the same checkpoint, on CUDA, within the rounding tolerance of
-  tests/test_dtype.py;
+  tests/core/test_dtype.py;
 - every entry point at a tiny size with ``--device cuda``.
 
 ``benchmarks/gpu_check.sh`` runs this file on a GPU machine (with ``-s``, so the counts are printed).
@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from mi_bridge.config import ExperimentConfig
+from tests.core.test_dtype import RELATIVE_TOLERANCE, relative_error
 
 from .conftest import TOKENIZER_FILE
 from .hf_cache import build_pythia_cache
-from .test_dtype import RELATIVE_TOLERANCE, relative_error
 
 CUDA = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.is_available() is False here"

@@ -14,20 +14,28 @@ from mi_bridge.core.hooks import resid_post_name
 from mi_bridge.models.backends import HookedModel
 
 MODES = ("add", "replace", "rescale", "rescale-add")
+"""The split protocol's injection modes (every one is a condition)."""
+ALL_MODES = (*MODES, "blend")
+"""Every mode ``apply_injection`` knows: ``blend`` is the seed paper's."""
 EPS = 1e-12
 
 
 def rescale_to(
-    vectors: Float[Tensor, "n d_model"], reference: Float[Tensor, "n d_model"]
-) -> Float[Tensor, "n d_model"]:
+    vectors: Float[Tensor, "*batch d_model"], reference: Float[Tensor, "*batch d_model"]
+) -> Float[Tensor, "*batch d_model"]:
     """Each vector scaled to the norm of its reference row (direction kept)."""
     return vectors * reference.norm(dim=-1, keepdim=True) / vectors.norm(dim=-1, keepdim=True).clamp_min(EPS)
 
 
 def apply_injection(
-    state: Float[Tensor, "n d_model"], vectors: Float[Tensor, "n d_model"], mode: str, alpha: float = 1.0
-) -> Float[Tensor, "n d_model"]:
-    """The new residual state at the site (``alpha`` is used by the additive modes only)."""
+    state: Float[Tensor, "*batch d_model"],
+    vectors: Float[Tensor, "*batch d_model"],
+    mode: str,
+    alpha: float = 1.0,
+) -> Float[Tensor, "*batch d_model"]:
+    """The new residual state (``alpha`` is used by the additive modes and ``blend`` only). One vocabulary
+    for both protocols: the split protocol's four ``MODES`` at one position per item, and the seed paper's
+    ``blend`` (alpha · rescaled + (1 − alpha) · h) at every prompt position."""
     if mode == "add":
         return state + alpha * vectors
     if mode == "replace":
@@ -36,7 +44,9 @@ def apply_injection(
         return rescale_to(vectors, state)
     if mode == "rescale-add":
         return state + alpha * rescale_to(vectors, state)
-    raise ValueError(f"unknown injection mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "blend":
+        return alpha * rescale_to(vectors, state) + (1 - alpha) * state
+    raise ValueError(f"unknown injection mode {mode!r}; choose one of {', '.join(ALL_MODES)}")
 
 
 def per_item(

@@ -4,13 +4,15 @@ from the renderer (``report.py``) so that capture, evaluation and training never
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mi_bridge.config import UserError
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -48,3 +50,15 @@ def warn(message: str) -> None:
 def error(message: str) -> None:
     """One line, no traceback (the message is text, not markup: ``.[ray]`` stays)."""
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def one_line_errors(body: Callable[[], int], interrupted: str) -> int:
+    """Run a command: bad input (UserError) is one line and exit code 2, Ctrl-C one line and 130."""
+    try:
+        return body()
+    except UserError as err:
+        error(str(err))
+        return 2
+    except KeyboardInterrupt:
+        error(f"interrupted; {interrupted}")
+        return 130

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from mi_bridge.config import UserError
 from mi_bridge.core import progress
 from mi_bridge.core.capture import capture_resid_post
 from mi_bridge.files import cache_root, sha256_tensor, write_atomic, write_text_atomic
@@ -155,6 +157,19 @@ def evict(folder: Path, max_bytes: int) -> None:
 
 def default_store(use_cache: bool = True) -> ActivationStore:
     """The on-disk activation cache, or a memory-only store with ``use_cache=False`` (``--no-cache``)."""
-    from mi_bridge.cache import max_bytes
-
     return ActivationStore(cache_root() / "activations", max_bytes()) if use_cache else ActivationStore(None)
+
+
+DEFAULT_MAX_GB = 20
+
+
+def max_bytes() -> int:
+    """The activation cache's cap from ``MI_BRIDGE_CACHE_MAX_GB``."""
+    text = os.environ.get("MI_BRIDGE_CACHE_MAX_GB", str(DEFAULT_MAX_GB))
+    try:
+        gigabytes = float(text)
+    except ValueError:
+        gigabytes = math.nan
+    if not (math.isfinite(gigabytes) and gigabytes >= 0):
+        raise UserError(f"MI_BRIDGE_CACHE_MAX_GB must be a size in gigabytes >= 0 (got {text!r})")
+    return int(gigabytes * 1e9)

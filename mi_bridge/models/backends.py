@@ -66,6 +66,7 @@ def load_from_hf(
     dtype: str = "float32",
     processing: bool = True,
     n_devices: int = 1,
+    revision: str | None = None,
 ) -> HookedModel:
     """A hooked model of the Hugging Face causal LM ``hf_model``, in eval mode.
 
@@ -75,15 +76,16 @@ def load_from_hf(
     (``from_pretrained``'s defaults); off, the weights run as they are (``from_pretrained_no_processing``).
     Under TL 4 the bridge wraps ``hf_model`` itself and rewrites its weights: pass a copy to keep one.
     ``n_devices`` > 1 splits the layers across that many GPUs (TL 3's ``n_devices``; under TL 4 the bridge
-    loads the checkpoint itself with ``n_devices``, which it refuses beside a preloaded model).
+    loads the checkpoint itself, at ``revision``, with ``n_devices``, which it refuses beside a preloaded
+    model).
     """
     if TL_MAJOR < 4:
         return _hooked_transformer(hf_model, tokenizer, name, device, dtype, processing, n_devices)
     if n_devices > 1:
         from transformer_lens import TransformerBridge
 
-        bridge = TransformerBridge.boot_transformers(
-            name, tokenizer=tokenizer, dtype=getattr(torch, dtype), n_devices=n_devices
+        bridge = TransformerBridge.boot_transformers(  # loads ``name`` at ``revision`` itself
+            name, tokenizer=tokenizer, dtype=getattr(torch, dtype), n_devices=n_devices, revision=revision
         )
         bridge.enable_compatibility_mode(disable_warnings=True, no_processing=not processing)
         return bridge.eval()

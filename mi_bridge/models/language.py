@@ -147,7 +147,7 @@ class Template:
 TEMPLATES = {
     # The original English form, as in the seed paper's prompts. Its query ends in " lives in", a token
     # pair that follows every name in context, so an induction head has nothing to match on: a real
-    # 135M model (SmolLM2-135M-Instruct) is near chance on it (README: Real model).
+    # 135M model (SmolLM2-135M-Instruct) is near chance on it (docs/real_model/README.md).
     "lives-in": Template(
         sender_fact=("A", "'s friend is", "B", "."),
         sender_query=("A", "'s friend is"),
@@ -166,7 +166,7 @@ TEMPLATES = {
 }
 """Prompt forms for natural-language tokenizers (``--template``); ``calibrate`` measures each on a pair."""
 DEFAULT_TEMPLATE = "list"
-"""The default for pretrained pairs: the form a real small model can do (README: Real model)."""
+"""The default for pretrained pairs: the form a real small model can do (docs/real_model/README.md)."""
 
 
 def single_tokens(candidates: Sequence[str], encode: Callable[[str], list[int]]) -> tuple[str, ...]:

@@ -125,17 +125,8 @@ def pair_languages(
     refused in one line (the seed protocol's every-position replacement, states paired by token)."""
     if sender_tokenizer.get_vocab() == receiver_tokenizer.get_vocab():
         return english_language(receiver_tokenizer, config.template), None
-    if config.protocol == "seed":
-        raise UserError(
-            "the two models tokenize differently: the seed protocol replaces the receiver's state at every "
-            "prompt position with the sender's state at the same position, which needs one tokenizer "
-            "(use --protocol split, which hands over the last token's state)"
-        )
-    if config.target == "same-input":
-        raise UserError(
-            "the two models tokenize differently: --target same-input pairs their states token by token, "
-            "which needs one tokenizer (use --target relay-slot)"
-        )
+    if (reason := config.one_tokenizer_reason) is not None:
+        raise UserError(f"the two models tokenize differently: {reason}")
     return (
         english_language(receiver_tokenizer, config.template, also=sender_tokenizer),
         english_language(sender_tokenizer, config.template, also=receiver_tokenizer),
@@ -215,7 +206,13 @@ def hub_model(spec: ModelSpec, device: str, dtype: str, n_devices: int = 1) -> H
             spec.repository, revision=spec.commit or spec.revision, dtype=torch.float32
         )
         return load_from_hf(
-            hf_model, tokenizer, name=spec.repository, device=device, dtype=dtype, n_devices=n_devices
+            hf_model,
+            tokenizer,
+            name=spec.repository,
+            device=device,
+            dtype=dtype,
+            n_devices=n_devices,
+            revision=spec.commit or spec.revision,
         )
     from transformer_lens import HookedTransformer
 

@@ -216,7 +216,7 @@ def dequantize(spec: PackagedModel, gguf_file: Path, into: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from mi_bridge.cli import one_line_errors
+    from mi_bridge.core.progress import one_line_errors
 
     parser = argparse.ArgumentParser(
         prog="python -m mi_bridge.models",

@@ -187,7 +187,7 @@ def _checked_weights(folder: Path, recipe: ToyRecipe) -> tuple[dict[str, Tensor]
 def _load_as_bridge(name: str, recipe: ToyRecipe, device: str):
     """TransformerLens 4 has no HookedTransformer: the shipped (else cached) weights, checked as above, run
     unprocessed as a GPT-NeoX model in a TransformerBridge, which computes the same function
-    (tests/test_backends.py). Training a recipe needs TransformerLens 3."""
+    (tests/models/test_backends.py). Training a recipe needs TransformerLens 3."""
     shipped = shipped_folder(name)
     folder = shipped if shipped.exists() else cached_folder(name)
     weights, problem = _checked_weights(folder, recipe)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    from mi_bridge.cli import one_line_errors
+    from mi_bridge.core.progress import one_line_errors
 
     return one_line_errors(body, "the cache keeps only completely written models")
 

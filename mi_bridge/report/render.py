@@ -236,12 +236,10 @@ def saved_figure(path: Path, nrows: int = 1, ncols: int = 1, **subplots):
 
 
 def site_summary(site: dict) -> str:
-    if site.get("protocol") == "seed":
-        validity = site["validity"]
-        return (
-            f"Site: {site['class']} under --protocol seed (receiver layer {site['layer']}, every prompt "
-            f"position); task validity {fmt_estimate(validity['gap'], validity['ci'])}, n={validity['n']}."
-        )
+    """One line on the site: a protocol whose site is not the split protocol's classes writes its own
+    (``summary``); else the class with self-patch, context-free ceiling and follow rate."""
+    if "summary" in site:
+        return site["summary"]
     return (
         f"Site: {site['class']} (receiver layer {site['layer']}, {site['mode']}): self-patch "
         f"{fmt_estimate(site['self_patch']['mean'], site['self_patch']['ci'])}, context-free ceiling "

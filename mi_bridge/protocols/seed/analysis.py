@@ -49,7 +49,7 @@ from mi_bridge.protocols.seed.experiment import (
 from mi_bridge.protocols.seed.fitting import FittedBridge, groups_by
 from mi_bridge.protocols.seed.metrics import score
 from mi_bridge.report.result import Result, withheld
-from mi_bridge.stats import excludes_zero, mean_with_ci
+from mi_bridge.stats import excludes_zero, fmt_estimate, mean_with_ci
 
 HOOK_TOLERANCE = 1e-3
 """Largest |self-inject − no injection| in log p(answer) of any item that counts as float rounding (the
@@ -82,9 +82,9 @@ class SeedProtocolContext:
     def translated(self) -> list[Float[Tensor, "pos d_receiver"]]:
         return self.run.vectors(SeedCondition("translated", "translated"), self.bridge, self.bridge.seed)
 
-    def logprobs(self, vectors=None, op: str | None = None, alpha: float = 1.0, prompts=None) -> np.ndarray:
+    def logprobs(self, vectors=None, mode: str | None = None, alpha: float = 1.0, prompts=None) -> np.ndarray:
         """Per item, the receiver's teacher-forced log p(answer) after ``prompts`` (default: the eval
-        prompts), with ``vectors`` injected by ``op`` on the prompt positions."""
+        prompts), with ``vectors`` injected by ``mode`` on the prompt positions."""
         return answer_logprobs(
             self.pair.receiver,
             self.receiver_layer,
@@ -92,7 +92,7 @@ class SeedProtocolContext:
             self.answers,
             self.config.batch_size,
             vectors,
-            op,
+            mode,
             alpha,
         )
 
@@ -118,7 +118,7 @@ def prepare_seed_context(config: ExperimentConfig, options: argparse.Namespace) 
 
 
 def rewritten_logits(
-    model, layer: int, tokens: Tensor, n_prompt: int, vectors: Tensor | None, op: str | None, alpha: float
+    model, layer: int, tokens: Tensor, n_prompt: int, vectors: Tensor | None, mode: str | None, alpha: float
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits of ``tokens`` with ``resid_post`` of ``layer`` rewritten by ``injected_state`` at the first
     ``n_prompt`` positions (the prompt); later positions (an answer) are left alone, as in generation."""
@@ -126,7 +126,7 @@ def rewritten_logits(
         return model(tokens)
 
     def rewrite_prompt(act, hook):
-        new = injected_state(act[:, :n_prompt], vectors.to(act.device), op, alpha)
+        new = injected_state(act[:, :n_prompt], vectors.to(act.device), mode, alpha)
         return torch.cat([new, act[:, n_prompt:]], dim=1)
 
     return model.run_with_hooks(tokens, fwd_hooks=[(resid_post_name(layer), rewrite_prompt)])
@@ -140,18 +140,18 @@ def answer_logprobs(
     answers: list[list[int]],
     batch_size: int,
     vectors: list[Tensor] | None = None,
-    op: str | None = None,
+    mode: str | None = None,
     alpha: float = 1.0,
 ) -> np.ndarray:
     """Sum over the answer's tokens of log p(token | prompt, earlier answer tokens), per item, with
-    ``vectors`` (one (prompt_pos, d) tensor per item) injected by ``op`` on the prompt positions."""
+    ``vectors`` (one (prompt_pos, d) tensor per item) injected by ``mode`` on the prompt positions."""
     out = np.zeros(len(prompts))
     keys = [(len(p), len(a)) for p, a in zip(prompts, answers, strict=True)]
     for group in groups_by(keys, batch_size):  # no progress bar: callers track their conditions
         n_prompt = len(prompts[group[0]])
         tokens = torch.tensor([prompts[i] + answers[i] for i in group], device=model.cfg.device)
         batch = None if vectors is None else torch.stack([vectors[i] for i in group])
-        logits = rewritten_logits(model, layer, tokens, n_prompt, batch, op, alpha)
+        logits = rewritten_logits(model, layer, tokens, n_prompt, batch, mode, alpha)
         logp = logits[:, n_prompt - 1 : -1].double().log_softmax(-1)
         out[group] = logp.gather(-1, tokens[:, n_prompt:, None]).squeeze(-1).sum(-1).cpu().numpy()
     return out
@@ -159,15 +159,15 @@ def answer_logprobs(
 
 @torch.no_grad()
 def next_token_logits(
-    model, layer: int, prompts: list[list[int]], batch_size: int, vectors: list[Tensor], op: str
+    model, layer: int, prompts: list[list[int]], batch_size: int, vectors: list[Tensor], mode: str
 ) -> Float[Tensor, "n d_vocab"]:
-    """The receiver's logits after each prompt, with ``vectors`` injected by ``op`` at every position."""
+    """The receiver's logits after each prompt, with ``vectors`` injected by ``mode`` at every position."""
     out = torch.zeros(len(prompts), model.cfg.d_vocab)
     for group in groups_by([len(p) for p in prompts], batch_size):
         tokens = torch.tensor([prompts[i] for i in group], device=model.cfg.device)
         batch = torch.stack([vectors[i] for i in group])
         out[group] = (
-            rewritten_logits(model, layer, tokens, tokens.shape[1], batch, op, 1.0)[:, -1].float().cpu()
+            rewritten_logits(model, layer, tokens, tokens.shape[1], batch, mode, 1.0)[:, -1].float().cpu()
         )
     return out
 
@@ -218,6 +218,10 @@ def seed_site(ctx: SeedProtocolContext) -> dict:
         "hook_exact": bool(np.abs(own - baseline).max() <= HOOK_TOLERANCE),
         "baseline_logprob": mean_with_ci(baseline, n_resamples=config.n_bootstrap, seed=3),
         "explanation": explanation,
+        "summary": (
+            f"Site: {NOT_APPLICABLE} under --protocol seed (receiver layer {ctx.receiver_layer}, every prompt "
+            f"position); task validity {fmt_estimate(validity['gap'], validity['ci'])}, n={validity['n']}."
+        ),
     }
 
 

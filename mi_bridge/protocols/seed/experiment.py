@@ -39,7 +39,7 @@ from mi_bridge.core.controls import random_like, same_length_derangement
 from mi_bridge.core.device import model_device
 from mi_bridge.core.generate import greedy_generate
 from mi_bridge.core.hooks import resid_post_name
-from mi_bridge.core.inject import rescale_to
+from mi_bridge.core.inject import apply_injection, rescale_to
 from mi_bridge.models.loading import ModelPair
 from mi_bridge.protocols.seed import audit
 from mi_bridge.protocols.seed.fitting import (
@@ -77,7 +77,7 @@ class SeedCondition:
     name: str
     vector: str | None = None
     """``translated``, ``shuffled`` (both need a bridge), ``own``, ``random``, ``zero``, or None."""
-    op: str | None = None
+    mode: str | None = None
     """``add-last``, ``add``, ``replace`` or ``blend`` (alpha · rescaled + (1 − alpha) · h)."""
     alpha: float = 1.0
     prompt: str = "full"
@@ -110,27 +110,24 @@ CONDITIONS = [
 
 
 def injected_state(
-    h: Float[Tensor, "n pos d"], v: Float[Tensor, "n pos d"], op: str, alpha: float
+    h: Float[Tensor, "n pos d"], v: Float[Tensor, "n pos d"], mode: str, alpha: float
 ) -> Float[Tensor, "n pos d"]:
-    """The receiver's new state at every prompt position (pure)."""
+    """The receiver's new state at every prompt position (pure): ``core.inject.apply_injection`` at each
+    position, except ``add-last``, the paper's additive condition, which adds the last position's vector
+    at every position."""
     v = v.to(h.dtype)
-    if op == "add-last":
-        return h + alpha * v[:, -1:, :]
-    if op == "add":  # the analyses' per-position addition (the paper's additive uses the last vector)
-        return h + alpha * v
-    if op == "replace":
-        return v.clone()
-    if op == "blend":
-        rescaled = rescale_to(v.reshape(-1, v.shape[-1]), h.reshape(-1, h.shape[-1])).reshape(h.shape)
-        return alpha * rescaled + (1 - alpha) * h
-    raise ValueError(f"unknown seed injection {op!r}")
+    if mode == "add-last":
+        return apply_injection(h, v[:, -1:, :].expand_as(h), "add", alpha)
+    if mode not in ("add", "replace", "blend"):
+        raise ValueError(f"unknown seed injection {mode!r}")
+    return apply_injection(h, v, mode, alpha)
 
 
-def prefill_hook(vectors: Float[Tensor, "n pos d"], op: str, alpha: float):
+def prefill_hook(vectors: Float[Tensor, "n pos d"], mode: str, alpha: float):
     """A TransformerLens hook replacing the residual stream by :func:`injected_state`."""
 
     def hook_fn(act: Float[Tensor, "n pos d"], hook) -> Float[Tensor, "n pos d"]:
-        return injected_state(act, vectors.to(act.device), op, alpha)
+        return injected_state(act, vectors.to(act.device), mode, alpha)
 
     return hook_fn
 
@@ -171,10 +168,10 @@ class SeedRun:
     receiver_states: list[Tensor]
 
     def generate(
-        self, model, token_lists, max_new_tokens: int, vectors=None, op=None, alpha=1.0
+        self, model, token_lists, max_new_tokens: int, vectors=None, mode=None, alpha=1.0
     ) -> list[str]:
         """Greedy continuations of every prompt, decoded; with ``vectors`` (one (pos, d) tensor per
-        item), the injection ``op`` at the receiver layer during prefill."""
+        item), the injection ``mode`` at the receiver layer during prefill."""
         out: list[str] = [""] * len(token_lists)
         eos = model.tokenizer.eos_token_id
         for group in length_groups(token_lists, self.config.batch_size):
@@ -182,7 +179,7 @@ class SeedRun:
             hooks = []
             if vectors is not None:
                 batch = torch.stack([vectors[i] for i in group])
-                hooks = [(resid_post_name(self.receiver_layer), prefill_hook(batch, op, alpha))]
+                hooks = [(resid_post_name(self.receiver_layer), prefill_hook(batch, mode, alpha))]
             new = greedy_generate(
                 model, tokens, max_new_tokens=max_new_tokens, eos_token_id=eos, prefill_hooks=hooks
             )
@@ -222,11 +219,11 @@ class SeedRun:
         return self.tokens
 
 
-def injected_vector(h: Tensor, v: Tensor, op: str, alpha: float) -> Tensor:
+def injected_vector(h: Tensor, v: Tensor, mode: str, alpha: float) -> Tensor:
     """What the condition writes on top of (or instead of) h, for the strength audit."""
-    if op == "add-last":
+    if mode == "add-last":
         return alpha * v[:, -1:, :].expand_as(h)
-    if op == "blend":
+    if mode == "blend":
         return alpha * rescale_to(v.reshape(-1, v.shape[-1]), h.reshape(-1, h.shape[-1])).reshape(h.shape)
     return v
 
@@ -235,8 +232,8 @@ def strength(run: SeedRun, vectors: list[Tensor], condition: SeedCondition) -> d
     norms = []
     for h, v in zip(run.receiver_states, vectors, strict=True):
         h, v = h[None], v[None].to(h.dtype)
-        new = injected_state(h, v, condition.op, condition.alpha)
-        norms.append(audit.relative_norms(h, new, injected_vector(h, v, condition.op, condition.alpha)))
+        new = injected_state(h, v, condition.mode, condition.alpha)
+        norms.append(audit.relative_norms(h, new, injected_vector(h, v, condition.mode, condition.alpha)))
     return {key: float(np.mean([n[key] for n in norms])) for key in norms[0]}
 
 
@@ -248,7 +245,7 @@ def run_condition(
         return run.generate(run.pair.receiver, run.prompts(condition), run.config.max_new_tokens), None
     vectors = run.vectors(condition, bridge, seed)
     predictions = run.generate(
-        run.pair.receiver, run.tokens, run.config.max_new_tokens, vectors, condition.op, condition.alpha
+        run.pair.receiver, run.tokens, run.config.max_new_tokens, vectors, condition.mode, condition.alpha
     )
     return predictions, strength(run, vectors, condition)
 

@@ -20,7 +20,7 @@ from mi_bridge.config import UserError
 EVAL_SHA256 = "504e077cf17433e22967c86e98d321532d4e803dbe24d96af14c7e8ecdd0dcbb"
 """SHA-256 of ``clean_eval.jsonl`` as stated in the paper's audit manifest."""
 PAPER_SEEDS = (42, 123, 456)
-"""The paper's seeds; seed index i >= 3 uses 456 + i - 2 (documented in the README)."""
+"""The paper's seeds; seed index i >= 3 uses 456 + i - 2 (documented in docs/seed_protocol.md)."""
 MAX_PROMPT_TOKENS = 256
 """The paper's tokenizer truncation (``max_length=256``), for prompts and fit texts."""
 

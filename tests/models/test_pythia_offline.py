@@ -13,9 +13,8 @@ from mi_bridge.models.language import pythia_language
 from mi_bridge.models.loading import load_pretrained
 from mi_bridge.models.task import sample_items
 from mi_bridge.run import main
-
-from .conftest import TOKENIZER_FILE
-from .hf_cache import PYTHIA_14M_CONFIG, build_pythia_cache
+from tests.conftest import TOKENIZER_FILE
+from tests.hf_cache import PYTHIA_14M_CONFIG, build_pythia_cache
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,7 @@ from mi_bridge.core.evaluate import Condition, evaluate_conditions
 from mi_bridge.protocols.split.analysis import qualify_by_site
 from mi_bridge.protocols.split.diagnosis import SITE_CLASSES
 from mi_bridge.report.result import VERDICTS, Result
-
-from .conftest import make_cfg
+from tests.conftest import make_cfg
 
 
 def test_direction_components_sum_to_v_and_split_cleanly():

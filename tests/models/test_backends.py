@@ -19,9 +19,8 @@ from mi_bridge.models.backends import (
     neox_from_hooked,
     residual_at,
 )
-
-from .conftest import TOKENIZER_FILE
-from .hf_cache import build_pythia_cache
+from tests.conftest import TOKENIZER_FILE
+from tests.hf_cache import build_pythia_cache
 
 pytestmark = pytest.mark.slow
 

@@ -17,14 +17,13 @@ from mi_bridge.core.hooks import resid_post_name
 from mi_bridge.protocols.seed.experiment import injected_state, prefill_hook
 from mi_bridge.protocols.seed.metrics import boundary_contains, legacy_contains, normalized_exact_match
 from mi_bridge.protocols.seed.task import EVAL_SHA256, answer_fact, data_dir, load_eval, load_published
-
-from .conftest import TOKENIZER_FILE
-from .hf_cache import build_pythia_cache
+from tests.conftest import TOKENIZER_FILE
+from tests.hf_cache import build_pythia_cache
 
 
 @pytest.fixture
 def one_thread():
-    """Tiny models on a shared, loaded machine run several times faster without intra-op threads."""
+    """Tiny models on a shared, loaded machine run several times faster without intra-mode threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -80,9 +79,9 @@ def test_cached_greedy_decoding_equals_full_recomputation(tiny_model, one_thread
     assert fast == sequence[:, 7:].tolist()
 
 
-@pytest.mark.parametrize(("op", "alpha"), [("replace", 1.0), ("add-last", 0.01)])
+@pytest.mark.parametrize(("mode", "alpha"), [("replace", 1.0), ("add-last", 0.01)])
 def test_decoding_without_a_cache_equals_the_cached_one_with_a_prefill_injection(
-    tiny_model, op, alpha, one_thread
+    tiny_model, mode, alpha, one_thread
 ):
     """TransformerLens 4 ignores a KV cache: there every step reruns the sequence, the injection on the
     prompt's positions only. It must be the cached decoding's function (checked here under TL 3)."""
@@ -90,14 +89,14 @@ def test_decoding_without_a_cache_equals_the_cached_one_with_a_prefill_injection
 
     tokens = torch.randint(1, tiny_model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(3))
     v = torch.randn(2, 6, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(4))
-    hooks = [(resid_post_name(1), prefill_hook(v, op, alpha))]
+    hooks = [(resid_post_name(1), prefill_hook(v, mode, alpha))]
     cached = greedy_generate(tiny_model, tokens, max_new_tokens=5, eos_token_id=3, prefill_hooks=hooks)
     uncached = _greedy_without_cache(tiny_model, tokens, 5, 3, hooks, 1.3, 3)
     assert cached == uncached
 
 
-@pytest.mark.parametrize(("op", "alpha"), [("replace", 1.0), ("add-last", 0.01)])
-def test_prefill_injection_matches_a_plain_forward_hook(tiny_model, op, alpha, one_thread):
+@pytest.mark.parametrize(("mode", "alpha"), [("replace", 1.0), ("add-last", 0.01)])
+def test_prefill_injection_matches_a_plain_forward_hook(tiny_model, mode, alpha, one_thread):
     layer = 1
     tokens = torch.randint(1, tiny_model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(1))
     v = torch.randn(2, 6, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(2))
@@ -105,7 +104,7 @@ def test_prefill_injection_matches_a_plain_forward_hook(tiny_model, op, alpha, o
     h = clean[resid_post_name(layer)]
 
     def plain(act, hook):  # the edit written out by hand
-        if op == "replace":
+        if mode == "replace":
             return v.clone()
         return act + alpha * v[:, -1:, :]
 
@@ -113,17 +112,17 @@ def test_prefill_injection_matches_a_plain_forward_hook(tiny_model, op, alpha, o
     record = lambda act, hook: seen.__setitem__(hook.name, act.clone())
     name = resid_post_name(layer)
     ours = tiny_model.run_with_hooks(
-        tokens, fwd_hooks=[(name, prefill_hook(v, op, alpha)), (name, record), (resid_post_name(0), record)]
+        tokens, fwd_hooks=[(name, prefill_hook(v, mode, alpha)), (name, record), (resid_post_name(0), record)]
     )
     theirs = tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, plain)])
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     torch.testing.assert_close(seen[resid_post_name(0)], clean[resid_post_name(0)], rtol=0, atol=0)
     change = (seen[name] - h).norm(dim=-1)
-    if op == "replace":
+    if mode == "replace":
         torch.testing.assert_close(seen[name], v)  # every position replaced
     else:  # every position moved by exactly 0.01 * |v_last|
         torch.testing.assert_close(change, 0.01 * v[:, -1].norm(dim=-1, keepdim=True).expand(2, 6))
-    torch.testing.assert_close(injected_state(h, v, op, alpha), seen[name])
+    torch.testing.assert_close(injected_state(h, v, mode, alpha), seen[name])
 
 
 def test_the_sgd_l2_bridge_recovers_a_planted_map_in_normalized_space(one_thread):

@@ -8,7 +8,7 @@ from pathlib import Path
 from mi_bridge.models.backends import TL_MAJOR
 from mi_bridge.run import main
 
-REFERENCE = Path(__file__).resolve().parent / "data" / "toy_tiny_reference.json"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "toy_tiny_reference.json"
 TINY = ["--n-items", "40", "--seeds", "1", "--n-bootstrap", "200", "--no-cache"]
 
 

@@ -14,9 +14,8 @@ import torch
 from mi_bridge.api import load_model
 from mi_bridge.models.backends import TL_MAJOR
 from mi_bridge.run import main
-
-from .conftest import TOKENIZER_FILE
-from .hf_cache import build_pythia_cache
+from tests.conftest import TOKENIZER_FILE
+from tests.hf_cache import build_pythia_cache
 
 pytestmark = pytest.mark.slow
 TINY = ["--n-items", "40", "--seeds", "1", "--alphas", "1", "--n-bootstrap", "200", "--no-site-scan"]
@@ -53,6 +52,9 @@ def test_a_folder_and_a_hub_name_outside_the_table_run_offline(acme, tmp_path, m
     assert models["sender"]["identity"]["repository"] == "acme/tiny-neox"
     assert models["receiver"]["identity"]["folder"] == str(acme.resolve())
     assert models["sender"]["identity"]["weights_sha256"] == models["receiver"]["identity"]["weights_sha256"]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["sender_revision"], config["receiver_revision"]) == ("main", None)  # a folder has none
+    assert main(["--config", str(out / "config.json"), "--out", str(tmp_path / "again")]) == 0  # repeats
 
 
 @pytest.mark.parametrize(

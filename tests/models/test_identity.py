@@ -14,9 +14,8 @@ from mi_bridge.config import ExperimentConfig
 from mi_bridge.models.identity import file_sha256, resolve_commit, weights_digest
 from mi_bridge.models.loading import load_pair
 from mi_bridge.run import main
-
-from .conftest import TOKENIZER_FILE
-from .hf_cache import build_pythia_cache
+from tests.conftest import TOKENIZER_FILE
+from tests.hf_cache import build_pythia_cache
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,7 @@ from mi_bridge.models.identity import describe, toy_identity
 from mi_bridge.models.language import toy_language
 from mi_bridge.models.loading import ModelPair
 from mi_bridge.protocols.split.prepare import SeedContext
-
-from .conftest import make_cfg
+from tests.conftest import make_cfg
 
 
 def never() -> torch.Tensor:

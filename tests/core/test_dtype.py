@@ -12,9 +12,8 @@ from mi_bridge.models.language import pythia_language, toy_language
 from mi_bridge.models.loading import load_model, load_pretrained, toy_spec
 from mi_bridge.models.task import sample_items
 from mi_bridge.run import main
-
-from .conftest import TOKENIZER_FILE
-from .hf_cache import build_pythia_cache
+from tests.conftest import TOKENIZER_FILE
+from tests.hf_cache import build_pythia_cache
 
 pytestmark = pytest.mark.slow
 
