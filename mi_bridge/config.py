@@ -273,13 +273,7 @@ class ExperimentConfig:
     @property
     def one_tokenizer_reason(self) -> str | None:
         """Why this run needs sender and receiver to share one tokenizer (None: it does not)."""
-        if self.protocol == "seed":
-            return (
-                "the seed protocol fits its bridge on states paired position by position and replaces the "
-                "receiver's state at every prompt position with the sender's at the same position, which "
-                "needs one tokenizer (use --protocol split, which hands over the last token's state)"
-            )
-        if self.target == "same-input":
+        if self.target == "same-input" and self.protocol == "split":
             return "--target same-input pairs their states token by token (use --target relay-slot)"
         return None
 

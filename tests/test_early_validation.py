@@ -41,10 +41,6 @@ def _cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "config without weights": (_pythia("--sender", "pythia-410m-deduped"), "weights for"),
         "revision not in the cache": (_pythia("--sender-revision", "step1"), "revision step1"),
         "revision of a toy model": (["--sender-revision", "step1"], "toy pair"),
-        "tokenizers differ, seed protocol": (
-            _pythia("--receiver", "pythia-160m-seed1", "--protocol", "seed"),
-            "tokenize differently",
-        ),
         "tokenizers differ, same-input target": (
             _pythia("--receiver", "pythia-160m-seed1", "--target", "same-input"),
             "tokenize differently",

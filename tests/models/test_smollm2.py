@@ -151,7 +151,7 @@ def test_the_split_protocol_runs_on_the_real_model_and_its_gate_reports(smollm2_
 def test_a_pair_with_two_real_tokenizers_runs_offline_end_to_end(smollm2_cache, tmp_path, monkeypatch):
     """GPT-NeoX's tokenizer (a random-weight Pythia-architecture folder) as the sender, SmolLM2's (the real
     model) as the receiver: entities single tokens in both, the sender reads its own tokens, the relay is
-    decoded and re-encoded, and the seed protocol refuses in one line."""
+    decoded and re-encoded; the seed protocol runs what is defined across tokenizers."""
     from tests.conftest import TOKENIZER_FILE
     from tests.hf_cache import build_pythia_cache
 
@@ -182,8 +182,28 @@ def test_a_pair_with_two_real_tokenizers_runs_offline_end_to_end(smollm2_cache, 
     assert pair.sender_language is not pair.language
     assert pair.sender_language.persons == pair.language.persons  # one entity set, two tokenizations
     assert pair.sender_language.encode(" Paris") != pair.language.encode(" Paris")
-    assert main([*argv[:6], "--protocol", "seed", "--out", str(tmp_path / "seed")]) == 2
-    assert not (tmp_path / "seed").exists()
+    # The seed protocol across tokenizers: the bridge fitted on last-token pairs, and only what is defined
+    # there (the additive last-token condition, and the conditions that need no translated vector).
+    seed = tmp_path / "seed"
+    flags = [
+        "--n-items",
+        "6",
+        "--n-fit",
+        "12",
+        "--seeds",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--n-bootstrap",
+        "200",
+    ]
+    assert main([*argv[:6], "--protocol", "seed", *flags, "--out", str(seed)]) == 0
+    names = {c["name"] for c in json.loads((seed / "results.json").read_text())["conditions"]}
+    assert {"no injection", "text relay", "additive", "zero replacement", "same-norm random"} <= names
+    assert not names & {"replace", "scale-corrected", "best alpha (0.3)", "shuffled translation"}
+    from mi_bridge.analyses.runner import main as analyses
+
+    assert analyses(["logit_lens", *argv[:6], "--protocol", "seed", "--out", str(tmp_path / "an")]) == 2
 
 
 def test_the_calibration_measures_every_template(hooked):

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_bridge.config import ExperimentConfig
+from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.core import progress
 from mi_bridge.core.hooks import resid_post_name
 from mi_bridge.models.loading import ModelPair
@@ -106,6 +106,11 @@ def prepare_seed_context(config: ExperimentConfig, options: argparse.Namespace) 
     from mi_bridge.models.loading import load_pair, record_identities, resolve_layers
 
     pair = load_pair(config)
+    if pair.sender_language is not pair.language:
+        raise UserError(
+            "the analyses under --protocol seed read translated states at every prompt position, which "
+            "needs one tokenizer; these two models tokenize differently (python -m mi_bridge.run runs them)"
+        )
     config = record_identities(config, pair)
     sender_layer, receiver_layer = resolve_layers(config, pair)
     # The analyses use one bridge: the first seed's, of the configured kind (sgd-l2 under "both").

@@ -25,7 +25,6 @@ both``); the others are deterministic and run once, as in the paper.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +46,7 @@ from mi_bridge.protocols.seed.fitting import (
     fit_bridges,
     fit_pairs,
     item_states,
+    last_token_pairs,
     length_groups,
 )
 from mi_bridge.protocols.seed.metrics import METRICS, score
@@ -55,14 +55,12 @@ from mi_bridge.protocols.seed.task import (
     SeedItem,
     load_eval,
     load_fit_corpus,
-    load_published,
     oracle_prompt,
     paper_seed,
     prompt,
     relay_receiver_prompt,
     relay_sender_prompt,
 )
-from mi_bridge.stats import mean_with_ci, sign_test_p
 
 DEFAULT_FIT_TEXTS = 5000
 """The paper's fit corpus size (WikiText-103 texts)."""
@@ -110,11 +108,11 @@ CONDITIONS = [
 
 
 def injected_state(
-    h: Float[Tensor, "n pos d"], v: Float[Tensor, "n pos d"], mode: str, alpha: float
+    h: Float[Tensor, "n pos d"], v: Float[Tensor, "n v_pos d"], mode: str, alpha: float
 ) -> Float[Tensor, "n pos d"]:
     """The receiver's new state at every prompt position (pure): ``core.inject.apply_injection`` at each
     position, except ``add-last``, the paper's additive condition, which adds the last position's vector
-    at every position."""
+    at every position (``v`` may then hold the last position alone: across two tokenizers it does)."""
     v = v.to(h.dtype)
     if mode == "add-last":
         return apply_injection(h, v[:, -1:, :].expand_as(h), "add", alpha)
@@ -166,6 +164,8 @@ class SeedRun:
     tokens: list[list[int]]
     sender_states: list[Tensor]
     receiver_states: list[Tensor]
+    two_tokenizers: bool = False
+    """The sender tokenizes otherwise: its states are of its own tokens, and only the last one is paired."""
 
     def generate(
         self, model, token_lists, max_new_tokens: int, vectors=None, mode=None, alpha=1.0
@@ -199,6 +199,8 @@ class SeedRun:
             return [random_like(h, generator) for h in own]
         with torch.no_grad():
             translated = [bridge.translate(x).float() for x in self.sender_states]
+        if self.two_tokenizers:  # only the last token's state is defined across tokenizers
+            translated = [v[-1:] for v in translated]
         if condition.vector == "translated":
             return translated
         donor = same_length_derangement(self.tokens, seed)
@@ -208,8 +210,8 @@ class SeedRun:
         if condition.prompt == "oracle":
             return encode(self.pair.receiver.tokenizer, [oracle_prompt(item) for item in self.items])
         if condition.prompt == "relay":
-            sender_prompts = encode(
-                self.pair.receiver.tokenizer, [relay_sender_prompt(item) for item in self.items]
+            sender_prompts = encode(  # in the sender's own tokens; its answer goes over as text
+                self.pair.sender.tokenizer, [relay_sender_prompt(item) for item in self.items]
             )
             relays = self.generate(self.pair.sender, sender_prompts, 2 * self.config.max_new_tokens)
             return encode(
@@ -250,23 +252,14 @@ def run_condition(
     return predictions, strength(run, vectors, condition)
 
 
-def run_seed_experiment(
-    config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int
-) -> tuple[dict, dict]:
-    """results.json's seed-protocol sections, and every prediction (per condition and run)."""
-    run, bridges, fit_section = prepare_seed_run(config, pair, sender_layer, receiver_layer)
-    outcomes, strengths, predictions, meta = run_conditions(run, bridges, CONDITIONS)
-    results = summarize(config, outcomes, strengths, meta, run)
-    results["bridge_fit"] = fit_section
-    return results, predictions
-
-
 def run_conditions(
     run: SeedRun, bridges: dict[str, list[FittedBridge]], conditions: list[SeedCondition]
 ) -> tuple[dict, dict, dict, dict]:
     """Every condition's run (per bridge kind and seed where it has them): per-item outcomes, injection
     strengths, predictions and what each key is, keyed by the condition's name in the results."""
     items, seeds, kinds = run.items, [paper_seed(i) for i in run.config.seed_indices], list(bridges)
+    if run.two_tokenizers:
+        conditions = defined_across_tokenizers(conditions)
     outcomes: dict[str, dict[str, list[np.ndarray]]] = {}
     strengths: dict[str, list[dict]] = {}
     predictions: dict[str, list[list[str]]] = {}
@@ -296,6 +289,21 @@ def run_conditions(
     return outcomes, strengths, predictions, meta
 
 
+def defined_across_tokenizers(conditions: list[SeedCondition]) -> list[SeedCondition]:
+    """The conditions defined when the two models tokenize differently: those that need no translated
+    vector, and the additive one, which adds the last token's (the one state both models have after the
+    same text); every-position translation needs equal token ids, so those conditions are left out, and
+    said so in one line."""
+    kept = [c for c in conditions if not c.uses_bridge or c.mode == "add-last"]
+    left_out = [c.name for c in conditions if c not in kept]
+    if left_out:
+        progress.warn(
+            "the two models tokenize differently: left out, as they replace every prompt position with the "
+            f"sender's state at the same position (equal token ids): {', '.join(left_out)}"
+        )
+    return kept
+
+
 def prepare_seed_run(
     config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int
 ) -> tuple[SeedRun, dict[str, list[FittedBridge]], dict]:
@@ -304,13 +312,25 @@ def prepare_seed_run(
     start from."""
     items = load_eval()[: config.n_items]
     tokens = encode(pair.receiver.tokenizer, [prompt(item) for item in items])
+    two_tokenizers = pair.sender_language is not pair.language
+    sender_tokens = (
+        encode(pair.sender.tokenizer, [prompt(item) for item in items]) if two_tokenizers else tokens
+    )
     seeds = [paper_seed(i) for i in config.seed_indices]
     kinds = ["sgd-l2", "ridge"] if config.bridge_kind == "both" else [config.bridge_kind]
     n_texts = DEFAULT_FIT_TEXTS if config.n_fit is None else config.n_fit
     texts, corpus = load_fit_corpus(config.fit_corpus, items, n_texts)
-    x, y = fit_pairs(
-        pair, encode(pair.receiver.tokenizer, texts), sender_layer, receiver_layer, config.batch_size
-    )
+    if two_tokenizers:
+        sender_texts, receiver_texts = (
+            encode(model.tokenizer, texts) for model in (pair.sender, pair.receiver)
+        )
+        x, y = last_token_pairs(
+            pair, sender_texts, receiver_texts, sender_layer, receiver_layer, config.batch_size
+        )
+    else:
+        x, y = fit_pairs(
+            pair, encode(pair.receiver.tokenizer, texts), sender_layer, receiver_layer, config.batch_size
+        )
     bridges, trivial = fit_bridges(kinds, x, y, seeds, model_device(pair.receiver))
     del x, y
     run = SeedRun(
@@ -320,8 +340,9 @@ def prepare_seed_run(
         receiver_layer,
         items,
         tokens,
-        item_states(pair.sender, tokens, sender_layer, config.batch_size),
+        item_states(pair.sender, sender_tokens, sender_layer, config.batch_size),
         item_states(pair.receiver, tokens, receiver_layer, config.batch_size),
+        two_tokenizers,
     )
     fit_section = {
         "corpus": corpus,
@@ -330,57 +351,3 @@ def prepare_seed_run(
         "bridges": {kind: [{"seed": b.seed, **b.fit} for b in bridges[kind]] for kind in kinds},
     }
     return run, bridges, fit_section
-
-
-def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun) -> dict:
-    """Per condition (runs averaged per item, so n counts items): every metric's mean with CI, the paired
-    Δ vs no injection with its sign-test p, the published number and the difference; and the audit."""
-    published = load_published()
-    baseline = outcomes[BASELINE.name]
-    rows = []
-    for key, by_metric in outcomes.items():
-        name = meta[key]["condition"]
-        paper = published["conditions"].get(name)
-        row = {
-            "name": key,
-            "condition": name,
-            "bridge": meta[key]["bridge"],
-            "runs": len(by_metric[PRIMARY_METRIC]),
-        }
-        row["n"] = len(by_metric[PRIMARY_METRIC][0])  # items: runs are averaged per item
-        for metric, runs in by_metric.items():
-            diff = audit.paired_differences(runs, baseline[metric])
-            seed = zlib.crc32(f"{key}/{metric}".encode())
-            row[metric] = mean_with_ci(
-                audit.per_item_mean(runs), n_resamples=config.n_bootstrap, seed=seed
-            ) | {"per_run": [float(r.mean()) for r in runs]}
-            row[f"delta_{metric}"] = mean_with_ci(diff, n_resamples=config.n_bootstrap, seed=seed + 1) | {
-                "p": sign_test_p(diff)  # per item, over its runs' mean difference; for the Holm correction
-            }
-            if paper is not None and metric in paper:
-                row.setdefault("published", {})[metric] = paper[metric]
-                row.setdefault("difference", {})[metric] = row[metric]["mean"] - paper[metric]
-        rows.append(row)
-    primary = {key: by_metric[PRIMARY_METRIC] for key, by_metric in outcomes.items()}
-    audit_section = {
-        "metric": PRIMARY_METRIC,
-        "information_asymmetry": audit.information_asymmetry(run.tokens, run.tokens)
-        | {"note": "both models read the same prompt: the sender sees nothing the receiver lacks"},
-        "injection_strength": {key: audit.strength_entry(norms) for key, norms in strengths.items()},
-        "floor": audit.floor_equivalence(
-            {k: v for k, v in primary.items() if k != ORACLE.name}, FLOORS, n_resamples=config.n_bootstrap
-        ),
-        "validity": audit.task_validity(
-            primary[ORACLE.name],
-            primary[BASELINE.name],
-            min_gap=config.min_oracle_gap,
-            n_resamples=config.n_bootstrap,
-        )
-        | {"oracle": ORACLE.name},
-    }
-    return {
-        "protocol": "seed",
-        "audit": audit_section,
-        "conditions": rows,
-        "published_source": published["source"],
-    }

@@ -31,6 +31,32 @@ def fit_pairs(
     return torch.cat(xs), torch.cat(ys)
 
 
+def last_token_pairs(
+    pair: ModelPair,
+    sender_lists: list[list[int]],
+    receiver_lists: list[list[int]],
+    sender_layer: int,
+    receiver_layer: int,
+    batch_size: int,
+) -> tuple[Float[Tensor, "n d_sender"], Float[Tensor, "n d_receiver"]]:
+    """Across two tokenizers, only a text's last token is paired: each model's state after the whole text,
+    in its own tokens (positions in between do not correspond)."""
+    kept = [i for i, (s, r) in enumerate(zip(sender_lists, receiver_lists, strict=True)) if s and r]
+    chunks = progress.track(range(0, len(kept), 256), "seed protocol: fit-corpus states (last token)")
+    xs, ys = [], []
+    for start in chunks:
+        part = kept[start : start + 256]
+        xs += [
+            s[-1:]
+            for s in item_states(pair.sender, [sender_lists[i] for i in part], sender_layer, batch_size)
+        ]
+        ys += [
+            r[-1:]
+            for r in item_states(pair.receiver, [receiver_lists[i] for i in part], receiver_layer, batch_size)
+        ]
+    return torch.cat(xs), torch.cat(ys)
+
+
 @dataclass
 class FittedBridge:
     kind: str

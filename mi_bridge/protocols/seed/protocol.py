@@ -9,8 +9,9 @@ from mi_bridge import files
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.protocols.base import Outcome, Protocol
 from mi_bridge.protocols.seed import report
-from mi_bridge.protocols.seed.experiment import CONDITIONS, prepare_seed_run, run_conditions, summarize
+from mi_bridge.protocols.seed.experiment import CONDITIONS, prepare_seed_run, run_conditions
 from mi_bridge.protocols.seed.items import item_table
+from mi_bridge.protocols.seed.summary import summarize
 from mi_bridge.report.result import Result
 
 

@@ -1,0 +1,89 @@
+"""The seed protocol's results.json sections: every condition with its paper metrics, paired Δ vs no
+injection, the published number beside it, and the audit; and the whole run in one call."""
+
+from __future__ import annotations
+
+import zlib
+
+from mi_bridge.config import ExperimentConfig
+from mi_bridge.models.loading import ModelPair
+from mi_bridge.protocols.seed import audit
+from mi_bridge.protocols.seed.experiment import (
+    BASELINE,
+    CONDITIONS,
+    FLOORS,
+    ORACLE,
+    PRIMARY_METRIC,
+    SeedRun,
+    prepare_seed_run,
+    run_conditions,
+)
+from mi_bridge.protocols.seed.task import (
+    load_published,
+)
+from mi_bridge.stats import mean_with_ci, sign_test_p
+
+
+def run_seed_experiment(
+    config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int
+) -> tuple[dict, dict]:
+    """results.json's seed-protocol sections, and every prediction (per condition and run)."""
+    run, bridges, fit_section = prepare_seed_run(config, pair, sender_layer, receiver_layer)
+    outcomes, strengths, predictions, meta = run_conditions(run, bridges, CONDITIONS)
+    results = summarize(config, outcomes, strengths, meta, run)
+    results["bridge_fit"] = fit_section
+    return results, predictions
+
+
+def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun) -> dict:
+    """Per condition (runs averaged per item, so n counts items): every metric's mean with CI, the paired
+    Δ vs no injection with its sign-test p, the published number and the difference; and the audit."""
+    published = load_published()
+    baseline = outcomes[BASELINE.name]
+    rows = []
+    for key, by_metric in outcomes.items():
+        name = meta[key]["condition"]
+        paper = published["conditions"].get(name)
+        row = {
+            "name": key,
+            "condition": name,
+            "bridge": meta[key]["bridge"],
+            "runs": len(by_metric[PRIMARY_METRIC]),
+        }
+        row["n"] = len(by_metric[PRIMARY_METRIC][0])  # items: runs are averaged per item
+        for metric, runs in by_metric.items():
+            diff = audit.paired_differences(runs, baseline[metric])
+            seed = zlib.crc32(f"{key}/{metric}".encode())
+            row[metric] = mean_with_ci(
+                audit.per_item_mean(runs), n_resamples=config.n_bootstrap, seed=seed
+            ) | {"per_run": [float(r.mean()) for r in runs]}
+            row[f"delta_{metric}"] = mean_with_ci(diff, n_resamples=config.n_bootstrap, seed=seed + 1) | {
+                "p": sign_test_p(diff)  # per item, over its runs' mean difference; for the Holm correction
+            }
+            if paper is not None and metric in paper:
+                row.setdefault("published", {})[metric] = paper[metric]
+                row.setdefault("difference", {})[metric] = row[metric]["mean"] - paper[metric]
+        rows.append(row)
+    primary = {key: by_metric[PRIMARY_METRIC] for key, by_metric in outcomes.items()}
+    audit_section = {
+        "metric": PRIMARY_METRIC,
+        "information_asymmetry": audit.information_asymmetry(run.tokens, run.tokens)
+        | {"note": "both models read the same prompt: the sender sees nothing the receiver lacks"},
+        "injection_strength": {key: audit.strength_entry(norms) for key, norms in strengths.items()},
+        "floor": audit.floor_equivalence(
+            {k: v for k, v in primary.items() if k != ORACLE.name}, FLOORS, n_resamples=config.n_bootstrap
+        ),
+        "validity": audit.task_validity(
+            primary[ORACLE.name],
+            primary[BASELINE.name],
+            min_gap=config.min_oracle_gap,
+            n_resamples=config.n_bootstrap,
+        )
+        | {"oracle": ORACLE.name},
+    }
+    return {
+        "protocol": "seed",
+        "audit": audit_section,
+        "conditions": rows,
+        "published_source": published["source"],
+    }
