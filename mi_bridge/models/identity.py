@@ -83,7 +83,11 @@ def config_shape(repository: str, revision: str | None) -> tuple[int, int] | Non
     """``(n_layers, d_vocab)`` from the checkpoint's ``config.json`` (from the cache offline; online this
     small file may be downloaded), or None if it names them otherwise. Raises ``OSError`` if the file
     cannot be had."""
-    config = json.loads(hub_file(repository, "config.json", revision).read_text())
+    return shape_of(json.loads(hub_file(repository, "config.json", revision).read_text()))
+
+
+def shape_of(config: dict) -> tuple[int, int] | None:
+    """``(n_layers, d_vocab)`` of a Hugging Face ``config.json``, or None if it names them otherwise."""
     n_layers = next((config[key] for key in LAYER_KEYS if isinstance(config.get(key), int)), None)
     d_vocab = config.get("vocab_size")
     return (n_layers, d_vocab) if isinstance(n_layers, int) and isinstance(d_vocab, int) else None

@@ -131,9 +131,9 @@ def packaged_spec(name: str, revision: str | None = None) -> ModelSpec:
         raise UserError(f"{name} is a packaged model with one version; it takes no revision")
     packaged.source(name)
     where = packaged.folder(name)
-    config = json.loads((where / "config.json").read_text())
-    shape = next(config[key] for key in identity.LAYER_KEYS if key in config), config["vocab_size"]
-    return ModelSpec(name, *shape, tokenizer=CheckTokenizer(where / "tokenizer.json"), folder=where)
+    return ModelSpec(
+        name, *folder_shape(where), tokenizer=CheckTokenizer(where / "tokenizer.json"), folder=where
+    )
 
 
 def local_folder(name: str) -> Path | None:
@@ -150,11 +150,10 @@ def folder_tokenizer(folder: Path):
 
 
 def folder_shape(folder: Path) -> tuple[int, int]:
-    config = json.loads((folder / "config.json").read_text())
-    n_layers = next((config[key] for key in identity.LAYER_KEYS if isinstance(config.get(key), int)), None)
-    if not isinstance(n_layers, int) or not isinstance(config.get("vocab_size"), int):
+    shape = identity.shape_of(json.loads((folder / "config.json").read_text()))
+    if shape is None:
         raise UserError(f"{folder}/config.json names no layer count or vocabulary size mi_bridge can read")
-    return n_layers, config["vocab_size"]
+    return shape
 
 
 def folder_spec(name: str, folder: Path, revision: str | None = None) -> ModelSpec:
