@@ -13,10 +13,10 @@ from mi_bridge.core.evaluate import (
     evaluate_conditions,
     evaluate_layers,
     pass_sizes,
-    score,
 )
 from mi_bridge.core.hooks import resid_post_name
 from mi_bridge.core.inject import MODES, apply_injection, inject_residual, rescale_to, run_with_injection
+from tests.oracles import assert_evaluator_equals_hooked_runs
 
 N, POS = 5, 12
 
@@ -91,37 +91,19 @@ def test_the_evaluator_equals_the_slow_path_for_every_condition(tiny_model, toke
     k = 3
     candidates = torch.randint(0, tiny_model.cfg.d_vocab, (N, k))
     gold = torch.randint(0, k, (N,))
-    vectors = {"v": torch.randn(N, tiny_model.cfg.d_model)}
-    conditions = [Condition("baseline")] + [
-        Condition(f"v {mode}", vector="v", mode=mode, alpha=0.7) for mode in MODES
-    ]
-    fast = evaluate_conditions(
+    vector = torch.randn(N, tiny_model.cfg.d_model)
+    assert_evaluator_equals_hooked_runs(
         tiny_model,
-        {"placeholder": tokens},
+        tokens,
         candidates,
         gold,
+        vector,
         layer=layer,
         position=position,
-        vectors=vectors,
-        conditions=conditions,
+        atol=1e-5,
+        rtol=1e-5,
         batch_size=2,
     )
-    for condition in conditions:
-        if condition.is_injection:
-            logits = run_with_injection(
-                tiny_model,
-                tokens,
-                layer=layer,
-                position=position,
-                vector=vectors["v"],
-                mode=condition.mode,
-                alpha=condition.alpha,
-            )[:, -1]
-        else:
-            logits = tiny_model(tokens)[:, -1]
-        slow = score(logits, candidates, gold)
-        torch.testing.assert_close(fast[condition.name].gold_logprob, slow.gold_logprob, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(fast[condition.name].correct, slow.correct)
 
 
 @pytest.mark.parametrize("position", [0, 5])  # 0: no cached prefix

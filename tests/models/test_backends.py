@@ -21,6 +21,7 @@ from mi_bridge.models.backends import (
 )
 from tests.conftest import TOKENIZER_FILE
 from tests.hf_cache import build_pythia_cache
+from tests.oracles import assert_evaluator_equals_hooked_runs
 
 pytestmark = pytest.mark.slow
 
@@ -200,41 +201,10 @@ def test_the_toy_pair_runs_as_a_gpt_neox_checkpoint(name):
 @pytest.mark.parametrize("layer", [0, 2])  # 2: the last block, where TL 4's stop_at_layer gives logits
 @pytest.mark.parametrize("position", [0, 5, 9])
 def test_the_evaluator_equals_one_full_hooked_run_on_either_backend(processed, tokens, layer, position):
-    from mi_bridge.core.evaluate import Condition, evaluate_conditions, score
-    from mi_bridge.core.inject import MODES, run_with_injection
-
     n, k = tokens.shape[0], 3
     candidates = torch.randint(0, 50000, (n, k))
     gold = torch.randint(0, k, (n,))
-    vectors = {"v": 3.0 * torch.randn(n, 64)}
-    conditions = [Condition("baseline")] + [
-        Condition(f"v {mode}", vector="v", mode=mode, alpha=0.7) for mode in MODES
-    ]
-    fast = evaluate_conditions(
-        processed,
-        {"placeholder": tokens},
-        candidates,
-        gold,
-        layer=layer,
-        position=position,
-        vectors=vectors,
-        conditions=conditions,
+    vector = 3.0 * torch.randn(n, 64)
+    assert_evaluator_equals_hooked_runs(
+        processed, tokens, candidates, gold, vector, layer=layer, position=position, atol=ATOL, rtol=0
     )
-    with torch.no_grad():
-        for condition in conditions:
-            if condition.is_injection:
-                logits = run_with_injection(
-                    processed,
-                    tokens,
-                    layer=layer,
-                    position=position,
-                    vector=vectors["v"],
-                    mode=condition.mode,
-                    alpha=condition.alpha,
-                )[:, -1]
-            else:
-                logits = processed(tokens)[:, -1]
-            slow = score(logits, candidates, gold)
-            got = fast[condition.name]
-            torch.testing.assert_close(got.gold_logprob, slow.gold_logprob, rtol=0, atol=ATOL)
-            torch.testing.assert_close(got.correct, slow.correct)
