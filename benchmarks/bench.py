@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformer_lens import HookedTransformer
 
 from benchmarks.pythia_arch import pythia_architecture, pythia_items
 from mi_bridge.bridges.ridge import LinearBridge, Standardizer, ridge_path
@@ -39,6 +38,7 @@ from mi_bridge.core.capture import capture_resid_post
 from mi_bridge.core.evaluate import Condition, condition_logits, standard_conditions
 from mi_bridge.core.inject import run_with_injection
 from mi_bridge.files import write_text_atomic
+from mi_bridge.models.backends import HookedModel
 from mi_bridge.models.language import toy_language
 from mi_bridge.models.task import TaskItems, sample_items
 from mi_bridge.models.toy import TOY_MODELS, folder_name, load_toy_model, shipped_folder
@@ -140,18 +140,18 @@ def fresh_process(
 # Analytic work (matmul FLOPs): the naive loop, the floor, and what the sweep does
 
 
-def token_layer_flops(model: HookedTransformer, context: int) -> float:
+def token_layer_flops(model: HookedModel, context: int) -> float:
     """Matmul FLOPs of one token through one layer attending to ``context`` positions: the dense
     projections and MLP, plus attention scores and the weighted sum."""
     cfg = model.cfg
     return 2 * (4 * cfg.d_model**2 + 2 * cfg.d_model * cfg.d_mlp) + 4 * context * cfg.d_model
 
 
-def unembed_flops(model: HookedTransformer, rows: int) -> float:
+def unembed_flops(model: HookedModel, rows: int) -> float:
     return rows * 2 * model.cfg.d_model * model.cfg.d_vocab
 
 
-def naive_sweep_flops(model: HookedTransformer, n_items: int, n_tokens: int, conditions: int) -> float:
+def naive_sweep_flops(model: HookedModel, n_items: int, n_tokens: int, conditions: int) -> float:
     """One full forward per condition, full-vocabulary logits at every position."""
     per_row = n_tokens * model.cfg.n_layers * token_layer_flops(model, n_tokens) + unembed_flops(
         model, n_tokens
@@ -160,7 +160,7 @@ def naive_sweep_flops(model: HookedTransformer, n_items: int, n_tokens: int, con
 
 
 def floor_sweep_flops(
-    model: HookedTransformer, n_items: int, n_tokens: int, site: int, layer: int, conditions: int
+    model: HookedModel, n_items: int, n_tokens: int, site: int, layer: int, conditions: int
 ) -> float:
     """The least work: the shared prefix once (positions before the site through every layer, the tail
     through layers 0..L), then each condition's tail from L+1, unembedding at one position. mi_bridge's
@@ -187,7 +187,7 @@ def matmul_peak(
 
 
 def logits_by_condition(
-    model: HookedTransformer,
+    model: HookedModel,
     prompts: dict[str, torch.Tensor],
     position: int,
     layer: int,
@@ -228,7 +228,7 @@ def twelve_conditions() -> list[Condition]:
 
 
 @torch.no_grad()
-def condition_sweep(receiver: HookedTransformer, items: TaskItems, peak: float, repeats: int) -> dict:
+def condition_sweep(receiver: HookedModel, items: TaskItems, peak: float, repeats: int) -> dict:
     """K = 12 injection conditions at a mid-depth layer: the evaluator (conditions stacked in one tail
     pass), the evaluator with one tail pass per condition, and one full hooked run per condition."""
     layer, site = receiver.cfg.n_layers // 2 - 1, items.slot_position
@@ -345,7 +345,7 @@ def toy_sweep(repeats: int) -> dict:
 
 
 @torch.no_grad()
-def forward_efficiency(receiver: HookedTransformer, items: TaskItems, peak: float, repeats: int) -> dict:
+def forward_efficiency(receiver: HookedModel, items: TaskItems, peak: float, repeats: int) -> dict:
     """Achieved FLOP/s of a full receiver forward pass (logits at the answer position only) against
     the machine's dense matmul FLOP/s."""
     tokens = items.placeholder_tokens

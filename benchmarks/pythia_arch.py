@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
+from mi_bridge.models.backends import HookedModel
 from mi_bridge.models.language import load_neox_tokenizer, pythia_language
 from mi_bridge.models.task import TaskItems, sample_items
 
@@ -19,8 +18,10 @@ TINY = (2, 64, 2)
 """A dry run's stand-in (``benchmarks.gpu_bench --tiny``): the same code path at a size that runs in seconds."""
 
 
-def pythia_architecture(name: str, device: str = "cpu") -> HookedTransformer:
+def pythia_architecture(name: str, device: str = "cpu") -> HookedModel:
     n_layers, d_model, n_heads = PYTHIA.get(name, TINY)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # TransformerLens 3
+
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=d_model,

@@ -16,10 +16,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from mi_bridge.models.backends import TL_MAJOR  # noqa: E402
 from mi_bridge.models.language import TOY_WORDS  # noqa: E402
 
+tl3_only = pytest.mark.skipif(
+    TL_MAJOR >= 4, reason="builds or trains a HookedTransformer directly, which TransformerLens 4 removed"
+)
+
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import HookedTransformerConfig
 
 TOKENIZER_FILE = Path(__file__).resolve().parent / "data" / "gpt-neox-20b-tokenizer.json"
 
@@ -57,12 +62,40 @@ def make_cfg(**overrides) -> "HookedTransformerConfig":
 
 
 @pytest.fixture
-def tiny_model() -> "HookedTransformer":
+def tiny_model():
+    """A tiny Pythia-architecture model on the installed backend: TL 3's ``HookedTransformer`` of
+    ``make_cfg()``, or under TL 4 a GPT-NeoX of the same shape in a ``TransformerBridge``."""
+    if TL_MAJOR >= 4:
+        return tiny_bridge()
     from transformer_lens import HookedTransformer
 
     model = HookedTransformer(make_cfg()).eval()
     assert (model.cfg.n_layers, model.cfg.d_model) == (3, 32)
     return model
+
+
+def tiny_bridge(seed: int = 0):
+    """``make_cfg()``'s shape as a Hugging Face GPT-NeoX (random weights from ``seed``), loaded through the
+    backend seam without processing."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from mi_bridge.models.backends import load_from_hf
+
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=len(TOY_WORDS),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        rotary_pct=1.0,
+        use_parallel_residual=True,
+        hidden_act="gelu",
+        tie_word_embeddings=False,
+        architectures=["GPTNeoXForCausalLM"],
+    )
+    return load_from_hf(GPTNeoXForCausalLM(config).eval(), None, name="tiny-neox", processing=False)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_bench
+from tests.conftest import tl3_only
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -102,6 +103,7 @@ def test_the_real_install_step_installs_a_carried_wheel_and_the_results_come_bac
 
 
 @pytest.mark.slow
+@tl3_only  # the benchmark's Pythia architectures are HookedTransformers
 def test_the_measurements_run_at_a_tiny_size_and_are_collected(tmp_path):
     assert gpu_bench.main(["caches", "--hf-home", str(tmp_path / "hf"), "--tiny"]) == 0
     for name in gpu_bench.PYTHIA_CONFIGS:

@@ -21,6 +21,7 @@ from mi_bridge.config import ExperimentConfig, UserError
 from mi_bridge.files import write_atomic
 from mi_bridge.models.toy import TOY_MODELS
 from mi_bridge.run import build_parser, main
+from tests.conftest import tl3_only
 
 TINY = ["--n-items", "40", "--seeds", "1", "--alphas", "1", "--n-bootstrap", "200"]
 RESULT_KEYS = ("validity", "bridge", "conditions", "verdict")
@@ -206,6 +207,7 @@ def test_cold_and_warm_runs_are_bit_identical_and_record_their_provenance(cold_r
     assert ExperimentConfig.from_dict(config).to_dict() == config
 
 
+@tl3_only
 def test_a_damaged_toy_model_is_never_loaded(tmp_path):
     from transformer_lens import HookedTransformer
 

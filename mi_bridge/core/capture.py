@@ -17,6 +17,7 @@ from mi_bridge.core import progress
 from mi_bridge.core.device import model_device
 from mi_bridge.core.hooks import resid_post_name
 from mi_bridge.models.backends import HookedModel, residual_at
+from mi_bridge.models.kv_cache import KVCache
 
 
 def batches(n: int, batch_size: int) -> list[slice]:
@@ -86,11 +87,11 @@ def answer_logits(
     residual: Float[Tensor, "batch pos d_model"],
     *,
     start_at_layer: int,
-    past_kv_cache=None,
+    cache: KVCache | None = None,
 ) -> Float[Tensor, "batch d_vocab"]:
-    """Run the remaining layers from ``start_at_layer`` (against ``past_kv_cache`` when the residual
-    holds only the last positions); logits at the last position only."""
-    cached = {} if past_kv_cache is None else {"past_kv_cache": past_kv_cache}  # TL 4 takes no such keyword
+    """Run the remaining layers from ``start_at_layer`` (against ``cache`` when the residual holds only
+    the last positions); logits at the last position only."""
+    cached = {} if cache is None else cache.forward_kwargs(residual.shape[1], from_residual=True)
     final = residual_at(
         model, residual, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers, **cached
     )

@@ -17,8 +17,6 @@ from dataclasses import dataclass, fields
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from mi_bridge.core import progress
 from mi_bridge.core.capture import answer_logits, batches
@@ -31,7 +29,8 @@ from mi_bridge.core.conditions import select_conditions as select_conditions
 from mi_bridge.core.conditions import standard_conditions as standard_conditions
 from mi_bridge.core.device import model_device
 from mi_bridge.core.inject import inject_residual
-from mi_bridge.models.backends import PREFIX_CACHE, HookedModel, residual_at
+from mi_bridge.models.backends import HookedModel, residual_at
+from mi_bridge.models.kv_cache import KVCache, prefix_cache
 
 
 @dataclass
@@ -114,9 +113,10 @@ class SharedPrefix:
     """The work every condition of one prompt and item batch shares, done once.
 
     Positions before the injection site are never changed by an injection (attention is causal), so
-    their keys and values at every layer go into a frozen TransformerLens KV cache; the tail (site
-    onward) runs through layers 0..L once. A condition then edits the tail at layer L and runs only
-    the tail through layers L+1.. against the cache: a few positions instead of the whole prompt.
+    their keys and values at every layer go into a frozen KV cache (``models.kv_cache``, on both
+    backends); the tail (site onward) runs through layers 0..L once. A condition then edits the tail at
+    layer L and runs only the tail through layers L+1.. against the cache: a few positions instead of
+    the whole prompt.
     """
 
     def __init__(
@@ -126,33 +126,19 @@ class SharedPrefix:
         *,
         layer: int,
         position: int,
-        cache: TransformerLensKeyValueCache | None = None,
+        cache: KVCache | None = None,
     ):
         """``cache``: the frozen cache of another prompt whose tokens before ``position`` are the same
         (see ``shares_prefix``); it is reused instead of recomputed."""
         self.model, self.layer = model, layer
         self.before = tokens[:, :position]
         self.cache = cache
-        self.offset = position  # index of the site inside the tail
-        # Items are never padded: an explicit all-ones mask (with a cache TransformerLens would otherwise
-        # derive one from the tokenizer's pad token, which for Pythia is the BOS token).
-        no_padding = lambda t: torch.ones_like(t)
-        if position > 0 and PREFIX_CACHE:  # TL 4 ignores the cache: the whole prompt is the tail there
+        self.offset = position if position <= 0 else 0  # the site inside the tail (which starts there)
+        if position > 0:
             if self.cache is None:
-                self.cache = TransformerLensKeyValueCache.init_cache(
-                    model.cfg, tokens.device, tokens.shape[0]
-                )
-                model(
-                    self.before,
-                    past_kv_cache=self.cache,
-                    attention_mask=no_padding(self.before),
-                    stop_at_layer=model.cfg.n_layers,
-                )
-                self.cache.freeze()
-            tokens, self.offset = tokens[:, position:], 0
-        cached = (
-            {} if self.cache is None else {"past_kv_cache": self.cache, "attention_mask": no_padding(tokens)}
-        )
+                self.cache = prefix_cache(model, self.before)
+            tokens = tokens[:, position:]
+        cached = {} if self.cache is None else self.cache.forward_kwargs(tokens.shape[1], from_residual=False)
         self.tail = residual_at(model, tokens, stop_at_layer=layer + 1, **cached)
 
     def shares_prefix(self, tokens: Int[Tensor, "batch pos"]) -> bool:
@@ -167,15 +153,15 @@ class SharedPrefix:
         """Answer logits after layers L+1.. for edited tails: one condition (rows = batch) or several
         stacked condition-major (rows c·batch .. (c+1)·batch - 1 are condition c)."""
         copies = residual.shape[0] // self.tail.shape[0]
-        cache = self.cache if self.cache is None or copies == 1 else _repeated(self.cache, copies)
-        return answer_logits(self.model, residual, start_at_layer=self.layer + 1, past_kv_cache=cache)
+        cache = None if self.cache is None else self.cache.repeated(copies)
+        return answer_logits(self.model, residual, start_at_layer=self.layer + 1, cache=cache)
 
     def condition_bytes(self) -> int:
         """Rough peak working memory of one condition in a tail pass (one row per item, one layer at a
         time): keys (cached + tail, then rotated) and values over the context, attention scores and
         pattern, MLP activations, the residual stream, and the answer logits."""
         cfg, (batch, tail) = self.model.cfg, self.tail.shape[:2]
-        context = tail + (self.cache[0].past_keys.shape[1] if self.cache is not None else 0)
+        context = tail + (self.cache.length if self.cache is not None else 0)
         floats = (
             3 * context * cfg.n_heads * cfg.d_head
             + 3 * cfg.n_heads * tail * context
@@ -184,37 +170,6 @@ class SharedPrefix:
             + 2 * cfg.d_vocab
         )
         return floats * self.tail.element_size() * batch
-
-
-@dataclass
-class _RepeatedEntry(TransformerLensKeyValueCacheEntry):
-    """A frozen cache entry of ``batch`` rows that serves ``copies``·batch rows (condition-major)
-    without storing the copies: the repetition is a broadcast written straight into the concatenation
-    of cached and new keys that TransformerLens makes anyway."""
-
-    copies: int = 1
-
-    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
-        return _cat_repeated(self.past_keys, new_keys, self.copies), _cat_repeated(
-            self.past_values, new_values, self.copies
-        )
-
-
-def _cat_repeated(
-    past: Float[Tensor, "batch past heads d_head"], new: Float[Tensor, "rows new heads d_head"], copies: int
-) -> Float[Tensor, "rows context heads d_head"]:
-    """``torch.cat([past.repeat(copies, 1, 1, 1), new], 1)`` in one copy."""
-    batch, n_past = past.shape[:2]
-    out = new.new_empty(new.shape[0], n_past + new.shape[1], *new.shape[2:])
-    out.view(copies, batch, *out.shape[1:])[:, :, :n_past] = past  # broadcast over the copies
-    out[:, n_past:] = new
-    return out
-
-
-def _repeated(cache: TransformerLensKeyValueCache, copies: int) -> TransformerLensKeyValueCache:
-    entries = [_RepeatedEntry(e.past_keys, e.past_values, frozen=True, copies=copies) for e in cache.entries]
-    mask = cache.previous_attention_mask.repeat(copies, 1)
-    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
 
 
 @torch.no_grad()

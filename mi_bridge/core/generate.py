@@ -1,13 +1,16 @@
-"""Greedy decoding with the paper's settings, on a TransformerLens model with a KV cache.
+"""Greedy decoding with the paper's settings, batched across prompt lengths, on either backend's KV cache.
 
 The paper decodes with Hugging Face ``generate(do_sample=False, repetition_penalty=1.3,
 no_repeat_ngram_size=3)``. The two logits processors are pure functions here, with Hugging Face's
-semantics: the penalty and the n-gram ban look at the whole sequence, prompt included. Hooks given to
-:func:`greedy_generate` are active during the prefill (the prompt's forward pass) only, as the paper's
-``prefill_only`` injection; every new token then runs against the cached keys and values.
+semantics: the penalty and the n-gram ban look at the whole sequence, prompt included (the unpadded
+one: padding is never part of a sequence). Hooks given to :func:`greedy_generate` are active during the
+prefill (the prompt's forward pass) only, as the paper's ``prefill_only`` injection; every new token then
+runs against the cached keys and values (``models.kv_cache``, on both backends).
 
-Prompts of one batch must have the same length (no padding, so positions and attention are exactly
-those of a single prompt).
+Prompts of different lengths share a batch, padded on the left: the attention mask hides the padding
+and both backends derive each row's positions from it (rotary models included), so every row computes
+what it computes alone. A prefill hook sees the padded batch; its edits reach the real positions only
+(``left_pad`` gives the layout to align per-position vectors to).
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from mi_bridge.models.backends import PREFIX_CACHE, HookedModel
+from mi_bridge.core.device import model_device
+from mi_bridge.models.backends import HookedModel
+from mi_bridge.models.kv_cache import decoding_cache, run_tokens
 
 REPETITION_PENALTY = 1.3
 NO_REPEAT_NGRAM = 3
@@ -74,10 +78,48 @@ def next_tokens(
     return scores.argmax(-1)
 
 
+def left_pad(
+    token_lists: Sequence[Sequence[int]], pad_id: int = 0
+) -> tuple[Int[Tensor, "batch width"], Bool[Tensor, "batch width"]]:
+    """Prompts of any lengths as one batch padded on the left with ``pad_id`` (never attended), and the
+    mask of real tokens: row i's prompt fills its last len(prompt_i) positions."""
+    width = max(len(tokens) for tokens in token_lists)
+    tokens = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.bool)
+    for row, prompt in enumerate(token_lists):
+        if prompt:
+            tokens[row, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+            mask[row, width - len(prompt) :] = True
+    return tokens, mask
+
+
+def right_aligned(vectors: Sequence[Tensor], width: int) -> Float[Tensor, "batch width d"]:
+    """Per-position vectors laid out as ``left_pad`` lays out their prompts (zeros at the padding)."""
+    out = vectors[0].new_zeros(len(vectors), width, vectors[0].shape[-1])
+    for row, v in enumerate(vectors):
+        out[row, width - v.shape[0] :] = v
+    return out
+
+
+def on_real_positions(hook_fn, mask: Bool[Tensor, "batch width"]):
+    """``hook_fn`` with its edits kept on the real (unpadded) positions only."""
+
+    def wrapped(act: Tensor, hook) -> Tensor:
+        if act.shape[:2] != mask.shape:
+            raise ValueError(
+                f"a prefill hook on a padded batch acts on [batch, pos, ...] activations; {hook.name} has "
+                f"shape {tuple(act.shape)}"
+            )
+        keep = mask.to(act.device).view(*mask.shape, *[1] * (act.dim() - 2))
+        return torch.where(keep, hook_fn(act, hook=hook), act)
+
+    return wrapped
+
+
 @torch.no_grad()
 def greedy_generate(
     model: HookedModel,
-    tokens: Int[Tensor, "batch pos"],
+    prompts: Sequence[Sequence[int]] | Int[Tensor, "batch pos"],
     *,
     max_new_tokens: int,
     eos_token_id: int | None,
@@ -85,24 +127,24 @@ def greedy_generate(
     penalty: float = REPETITION_PENALTY,
     no_repeat_ngram: int = NO_REPEAT_NGRAM,
 ) -> list[list[int]]:
-    """The new tokens of each prompt (up to and excluding an end-of-text token)."""
-    if not PREFIX_CACHE:  # TL 4's bridge ignores a KV cache: every step reruns the whole sequence
-        return _greedy_without_cache(
-            model, tokens, max_new_tokens, eos_token_id, prefill_hooks, penalty, no_repeat_ngram
-        )
-    batch = tokens.shape[0]
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, batch)
-    # Never padded: an explicit all-ones mask (with a cache TransformerLens would otherwise derive one
-    # from the tokenizer's pad token, which for Pythia is the end-of-text token 0).
-    no_padding = lambda t: torch.ones_like(t)
+    """The new tokens of each prompt (up to and excluding an end-of-text token), all prompts in one
+    batch whatever their lengths (``left_pad``); ``prefill_hooks`` act on that padded batch during the
+    prefill, on its real positions only. The batch stops once every row has ended."""
+    token_lists = prompts.tolist() if isinstance(prompts, Tensor) else [list(p) for p in prompts]
+    tokens, mask = left_pad(token_lists)
+    device = model_device(model)
+    tokens, padded = tokens.to(device), not bool(mask.all())
+    batch, n_layers = len(token_lists), model.cfg.n_layers
+    cache = decoding_cache(model, batch, device)
+    # the residual after the last block, unembedded at the last position only
     last_logits = lambda residual: model.unembed(model.ln_final(residual[:, -1:]))[:, 0]
-    full_depth = model.cfg.n_layers  # the residual before ln_final: unembed the last position only
-    with model.hooks(fwd_hooks=list(prefill_hooks)):
-        residual = model(
-            tokens, past_kv_cache=cache, attention_mask=no_padding(tokens), stop_at_layer=full_depth
+    hooks = [(name, on_real_positions(fn, mask) if padded else fn) for name, fn in prefill_hooks]
+    with model.hooks(fwd_hooks=hooks):
+        residual = run_tokens(
+            model, tokens, cache, mask.long().to(device) if padded else None, stop_at_layer=n_layers
         )
     logits = last_logits(residual)
-    sequences = tokens.tolist()
+    sequences = [list(p) for p in token_lists]
     new: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     for step in range(max_new_tokens):
@@ -110,15 +152,8 @@ def greedy_generate(
         record(choice, sequences, new, done, eos_token_id)
         if all(done) or step == max_new_tokens - 1:
             break
-        step_tokens = choice[:, None]
-        logits = last_logits(
-            model(
-                step_tokens,
-                past_kv_cache=cache,
-                attention_mask=no_padding(step_tokens),
-                stop_at_layer=full_depth,
-            )
-        )
+        step_mask = torch.ones(batch, 1, dtype=torch.long, device=device) if padded else None
+        logits = last_logits(run_tokens(model, choice[:, None], cache, step_mask, stop_at_layer=n_layers))
     return new
 
 
@@ -135,40 +170,3 @@ def record(
             done[row] = True
         else:
             new[row].append(token)
-
-
-def prompt_only(hook_fn, n_prompt: int):
-    """A hook applied to the first ``n_prompt`` positions only: the prefill-only injection when a step
-    reruns the prompt together with the tokens generated so far."""
-
-    def wrapped(act: Tensor, hook) -> Tensor:
-        return torch.cat([hook_fn(act[:, :n_prompt], hook=hook), act[:, n_prompt:]], dim=1)
-
-    return wrapped
-
-
-def _greedy_without_cache(
-    model: HookedModel,
-    tokens: Int[Tensor, "batch pos"],
-    max_new_tokens: int,
-    eos_token_id: int | None,
-    prefill_hooks: Sequence,
-    penalty: float,
-    no_repeat_ngram: int,
-) -> list[list[int]]:
-    """``greedy_generate`` without a KV cache (TransformerLens 4): each step runs the whole sequence, the
-    hooks on the prompt's positions only. Causal attention makes it the cached decoding's function."""
-    from mi_bridge.models.backends import residual_at
-
-    n_prompt, batch = tokens.shape[1], tokens.shape[0]
-    hooks = [(name, prompt_only(fn, n_prompt)) for name, fn in prefill_hooks]
-    sequences, new, done = tokens.tolist(), [[] for _ in range(batch)], [False] * batch
-    for _ in range(max_new_tokens):
-        current = torch.tensor(sequences, device=tokens.device)
-        residual = residual_at(model, current, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
-        logits = model.unembed(model.ln_final(residual[:, -1:]))[:, 0]
-        choice = next_tokens(logits.float(), sequences, penalty=penalty, no_repeat_ngram=no_repeat_ngram)
-        record(choice, sequences, new, done, eos_token_id)
-        if all(done):
-            break
-    return new

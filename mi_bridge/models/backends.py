@@ -10,8 +10,8 @@ both backends give these the same meaning. What differs is kept here:
   centred writing weights and unembedding, folded value biases), so hook values match TL 3's.
 - ``stop_at_layer=n_layers`` returns the final residual under TL 3 but the logits under TL 4, and TL 4
   refuses ``start_at_layer=n_layers``: ``residual_at`` gives TL 3's meaning on both.
-- TL 4's bridge accepts a ``past_kv_cache`` keyword and ignores it (the cache stays empty, a tail runs
-  as if it were the whole prompt): ``PREFIX_CACHE`` says whether a frozen prefix cache may be used.
+- The KV cache differs too (TL 3's own cache object, TL 4's Hugging Face one): ``models.kv_cache`` is
+  its one interface.
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ if TYPE_CHECKING:  # transformers loads with the first model, after every input 
 
 TL_VERSION: str = importlib.metadata.version("transformer-lens")
 TL_MAJOR: int = int(TL_VERSION.split(".")[0])
-
-PREFIX_CACHE: bool = TL_MAJOR < 4
-"""Whether ``model(tokens, past_kv_cache=TransformerLensKeyValueCache)`` uses the cache (TL 3 only)."""
 
 
 @runtime_checkable
@@ -176,14 +173,15 @@ def residual_at(
             stop_at_layer=stop_at_layer,
             **kwargs,
         )
-    kept: list[Tensor] = []  # TL 4 runs on to the logits here: keep the last block's output instead
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
-    def keep(act: Tensor, hook: Any) -> None:
-        kept.append(act)
+    def stop(act: Tensor, hook: Any) -> None:
+        # TL 4 would run on to the logits (the unembedding of every position): its own stop signal after
+        # the last block returns that block's output instead (the KV cache has every layer by then)
+        raise StopAtLayerException(act)
 
-    last = (f"blocks.{n_layers - 1}.hook_resid_post", keep)
-    model.run_with_hooks(input, fwd_hooks=[*fwd_hooks, last], start_at_layer=start_at_layer, **kwargs)
-    return kept[-1]
+    last = (f"blocks.{n_layers - 1}.hook_resid_post", stop)
+    return model.run_with_hooks(input, fwd_hooks=[*fwd_hooks, last], start_at_layer=start_at_layer, **kwargs)
 
 
 def neox_from_hooked(

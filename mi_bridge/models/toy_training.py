@@ -9,11 +9,11 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from mi_bridge.core import progress
 from mi_bridge.models.language import TOY_INDEX, TOY_PERSONS, TOY_PLACES
@@ -25,6 +25,9 @@ from mi_bridge.models.toy import (
     cached_folder,
     shipped_folder,
 )
+
+if TYPE_CHECKING:  # training needs TransformerLens 3; importing this module does not
+    from transformer_lens import HookedTransformer
 
 
 def training_batch(

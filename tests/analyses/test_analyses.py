@@ -4,15 +4,15 @@ import json
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer
 
 from mi_bridge.analyses.runner import ORDER, load_script, main
 from mi_bridge.core.capture import answer_logits
 from mi_bridge.core.evaluate import Condition, evaluate_conditions
+from mi_bridge.models.backends import residual_at
 from mi_bridge.protocols.split.analysis import qualify_by_site
 from mi_bridge.protocols.split.diagnosis import SITE_CLASSES
 from mi_bridge.report.result import VERDICTS, Result
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, tl3_only
 
 
 def test_direction_components_sum_to_v_and_split_cleanly():
@@ -63,12 +63,15 @@ def test_a_norm_scale_of_one_equals_the_plain_condition(tiny_model):
 def test_the_logit_lens_of_the_last_residual_is_the_models_output(tiny_model):
     lens = load_script("logit_lens")
     tokens = torch.randint(0, tiny_model.cfg.d_vocab, (4, 9))
-    final = tiny_model(tokens, stop_at_layer=tiny_model.cfg.n_layers)[:, -1]
+    final = residual_at(tiny_model, tokens, stop_at_layer=tiny_model.cfg.n_layers)[:, -1]
     torch.testing.assert_close(lens.direct_read(tiny_model, final), tiny_model(tokens)[:, -1])
     assert lens.ranks(torch.tensor([[0.1, 3.0, 2.0]]), torch.tensor([2])).item() == 1
 
 
+@tl3_only
 def test_the_usability_bridge_learns_and_only_the_map_gets_gradients():
+    from transformer_lens import HookedTransformer
+
     from mi_bridge.bridges import usability
     from mi_bridge.bridges.ridge import LinearBridge
 

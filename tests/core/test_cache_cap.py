@@ -3,7 +3,6 @@ and nothing stored for a model whose checkpoint is unknown."""
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer
 
 from mi_bridge.cache import main as cache_main
 from mi_bridge.config import ExperimentConfig, UserError
@@ -12,7 +11,7 @@ from mi_bridge.models.identity import describe, toy_identity
 from mi_bridge.models.language import toy_language
 from mi_bridge.models.loading import ModelPair
 from mi_bridge.protocols.split.prepare import SeedContext
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, tl3_only
 
 
 def never() -> torch.Tensor:
@@ -49,9 +48,12 @@ def test_the_cap_comes_from_the_environment(monkeypatch, tmp_path):
             default_store()
 
 
+@tl3_only
 def test_cache_info_reports_sizes_per_checkpoint_and_stores_no_unknown_checkpoint(
     tmp_path, monkeypatch, capsys
 ):
+    from transformer_lens import HookedTransformer
+
     monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path))
     sender, receiver = (HookedTransformer(make_cfg(seed=seed)).eval() for seed in (1, 2))
     exact = toy_identity("tiny-sender", "0" * 16, sender, "float32")

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from mi_bridge.core.hooks import resid_post_name
 from mi_bridge.models.backends import (
-    PREFIX_CACHE,
     TL_MAJOR,
     HookedModel,
     load_from_hf,
@@ -112,7 +111,6 @@ def test_the_seam_reports_the_installed_backend(processed, tokenizer, tokens):
     import transformer_lens
 
     assert TL_MAJOR in (3, 4)
-    assert PREFIX_CACHE == (TL_MAJOR == 3)
     expected = "HookedTransformer" if TL_MAJOR == 3 else "TransformerBridge"
     assert type(processed).__name__ == expected
     assert isinstance(processed, HookedModel)

@@ -18,6 +18,7 @@ from mi_bridge.models.language import toy_language
 from mi_bridge.models.toy import TOY_MODELS, load_toy_model, toy_validity
 from mi_bridge.models.toy_training import training_batch
 from mi_bridge.run import main as run_main
+from tests.conftest import tl3_only
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,7 @@ def test_each_toy_model_masters_its_own_hop(toy_pair):
     assert_valid(toy_validity(*toy_pair, n_items=400, seed=123))
 
 
+@tl3_only  # TransformerLens 4 lays the state dict out as GPT-NeoX
 def test_the_shipped_pair_is_what_loads_by_default(toy_pair, tmp_path, monkeypatch):
     monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path))  # an empty cache: nothing is trained
     for name, model in zip(TOY_MODELS, toy_pair, strict=True):
@@ -64,7 +66,7 @@ def test_a_damaged_shipped_model_is_one_line_and_exit_2(shipped_copy, tmp_path, 
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="shipped toy model .*checksum mismatch"):
+    with pytest.raises(UserError, match="toy model .*(damaged|checksum mismatch)"):
         load_toy_model("toy-receiver")
     out = tmp_path / "run"
     assert run_main(["--n-items", "40", "--seeds", "1", "--out", str(out)]) == 2
@@ -80,10 +82,11 @@ def test_a_shipped_model_of_another_recipe_hash_is_refused(shipped_copy):
     with pytest.raises(UserError, match="recipe hash"):
         load_toy_model("toy-sender")
     (shipped_copy / toy.folder_name("toy-sender") / "model.safetensors").unlink()
-    with pytest.raises(UserError, match="incomplete"):
+    with pytest.raises(UserError, match="incomplete|absent"):
         load_toy_model("toy-sender")
 
 
+@tl3_only
 def test_a_changed_recipe_without_shipped_weights_trains_into_the_cache(tmp_path, monkeypatch):
     changed = dataclasses.replace(TOY_MODELS["toy-sender"], steps=3, warmup=1)
     monkeypatch.setitem(TOY_MODELS, "toy-sender", changed)
@@ -150,6 +153,7 @@ def test_training_batches_supervise_exactly_the_answers():
 
 
 @pytest.mark.slow
+@tl3_only
 def test_training_is_bit_reproducible_across_processes():
     script = (
         "import hashlib, dataclasses; from transformer_lens import HookedTransformer\n"

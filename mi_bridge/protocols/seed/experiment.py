@@ -34,9 +34,10 @@ from torch import Tensor
 
 from mi_bridge.config import ExperimentConfig, SeedOffset
 from mi_bridge.core import progress
+from mi_bridge.core.capture import batches
 from mi_bridge.core.controls import random_like, same_length_derangement
 from mi_bridge.core.device import model_device
-from mi_bridge.core.generate import greedy_generate
+from mi_bridge.core.generate import greedy_generate, right_aligned
 from mi_bridge.core.hooks import resid_post_name
 from mi_bridge.core.inject import apply_injection, rescale_to
 from mi_bridge.models.loading import ModelPair
@@ -47,7 +48,6 @@ from mi_bridge.protocols.seed.fitting import (
     fit_pairs,
     item_states,
     last_token_pairs,
-    length_groups,
 )
 from mi_bridge.protocols.seed.metrics import METRICS, score
 from mi_bridge.protocols.seed.task import (
@@ -174,14 +174,18 @@ class SeedRun:
         item), the injection ``mode`` at the receiver layer during prefill."""
         out: list[str] = [""] * len(token_lists)
         eos = model.tokenizer.eos_token_id
-        for group in length_groups(token_lists, self.config.batch_size):
-            tokens = torch.tensor([token_lists[i] for i in group], device=model.cfg.device)
+        # prompts of any lengths share a batch (left-padded); sorted by length, so little is padding
+        order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
+        for chunk in batches(len(order), self.config.batch_size):
+            group = order[chunk]
+            prompts = [token_lists[i] for i in group]
             hooks = []
             if vectors is not None:
-                batch = torch.stack([vectors[i] for i in group])
+                width = max(len(p) for p in prompts)
+                batch = right_aligned([vectors[i] for i in group], width)  # as the prompts are padded
                 hooks = [(resid_post_name(self.receiver_layer), prefill_hook(batch, mode, alpha))]
             new = greedy_generate(
-                model, tokens, max_new_tokens=max_new_tokens, eos_token_id=eos, prefill_hooks=hooks
+                model, prompts, max_new_tokens=max_new_tokens, eos_token_id=eos, prefill_hooks=hooks
             )
             for i, ids in zip(group, new, strict=True):
                 out[i] = model.tokenizer.decode(ids, skip_special_tokens=True).strip()
