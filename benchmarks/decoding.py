@@ -111,9 +111,10 @@ def throughput_worker(batch: int, new_tokens: int, repeats: int) -> dict:
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
     from mi_bridge.core.generate import greedy_generate, left_pad
-    from mi_bridge.models.backends import TL_VERSION, load_from_hf
+    from mi_bridge.models.backends import load_from_hf
     from mi_bridge.protocols.seed.experiment import encode
     from mi_bridge.protocols.seed.task import load_eval, prompt
+    from mi_bridge.runtime.backend import TL_VERSION
     from tests.hf_cache import PYTHIA_14M_CONFIG, build_pythia_cache
 
     home = Path(os.environ["HF_HOME"])
@@ -184,7 +185,7 @@ def worker(argv: list[str]) -> None:
     elif args.kind == "throughput":
         out = throughput_worker(args.batch, args.max_new_tokens, args.repeats)
     else:
-        from mi_bridge.models.backends import TL_VERSION
+        from mi_bridge.runtime.backend import TL_VERSION
 
         out = {"transformer_lens": TL_VERSION}
     print(json.dumps(out))

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from mi_bridge.config import DTYPES, ExperimentConfig, UserError
+from mi_bridge.config import DTYPES, ExperimentConfig
 from mi_bridge.core import progress
 from mi_bridge.core.device import resolve_device
+from mi_bridge.errors import UserError
 from mi_bridge.models import loading, specs
 from mi_bridge.models.toy import TOY_MODELS
 

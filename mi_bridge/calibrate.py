@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from mi_bridge import cli
-from mi_bridge.config import TEMPLATES, ExperimentConfig, UserError
+from mi_bridge.config import TEMPLATES, ExperimentConfig
 from mi_bridge.core import progress
+from mi_bridge.errors import UserError
 from mi_bridge.files import write_text_atomic
 from mi_bridge.stats import fmt_ci, paired_bootstrap_ci, task_valid
 
@@ -105,7 +106,7 @@ def calibrate(config: ExperimentConfig, templates: list[str], ks: list[int], pai
     for template in progress.track(templates, "templates"):
         language, sender_language = (
             (pair.language, None)
-            if config.pair == "toy"
+            if not config.family.natural_language
             else pair_languages(
                 pair.sender.tokenizer, pair.receiver.tokenizer, replace(config, template=template)
             )
@@ -218,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         if min(ks) < 2 or args.items < 16:
             raise UserError("calibration needs k >= 2 and --n-items >= 16")
         config = replace(cli.config_from_args(args), k=max(ks), n_items=args.items, extra={"seed": args.seed})
-        if config.pair == "toy":
-            templates = ["toy"]
+        if not config.family.natural_language:  # its own prompt form only
+            templates = list(config.family.templates)
         elif bad := sorted(set(templates) - set(TEMPLATES)):
             raise UserError(f"unknown template {bad[0]!r}; choose from {', '.join(TEMPLATES)}")
         if args.json_out is not None and args.json_out.exists():

@@ -20,8 +20,10 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from mi_bridge.config import CHOICES, FIELD_GROUPS, ExperimentConfig, UserError
+from mi_bridge.config import CHOICES, FIELD_GROUPS, ExperimentConfig
 from mi_bridge.core.progress import error, one_line_errors  # noqa: F401 (the commands' wrapper)
+from mi_bridge.errors import UserError
+from mi_bridge.families import FAMILIES
 from mi_bridge.files import publish_folder, write_json
 
 NOT_FLAGS = ("extra",)
@@ -171,7 +173,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
             raise UserError(f"cannot read config {args.config}: {err}") from None
         if not isinstance(data, dict):
             raise UserError(f"config {args.config} is not a JSON object")
-        if "template" not in data and data.get("pair", "toy") != "toy":
+        if "template" not in data and FAMILIES.get(data.get("pair", "toy"), FAMILIES["toy"]).pretrained:
             # Written before templates existed: those pretrained runs used the original form.
             data["template"] = "lives-in"
     known = {f.name for f in fields(ExperimentConfig)}

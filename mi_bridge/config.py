@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import torch
 
-PAIRS = ("toy", "pythia", "smollm2", "hf")
+from mi_bridge.errors import UserError
+from mi_bridge.families import FAMILIES, PAIRS, TEMPLATES, family
+
 POSITIONS = ("slot", "final")
 TARGETS = ("relay-slot", "same-input")
 DTYPES = ("float32", "bfloat16", "float16")
-PROTOCOLS = ("split", "seed")
-TEMPLATES = ("list", "lives-in")
-"""The prompt forms of pretrained pairs (``mi_bridge.task.TEMPLATES``); the toy pair has its own, ``toy``."""
 BRIDGES = ("ridge", "sgd-l2", "both")
 CONDITION_FAMILIES = ("translated", "controls", "ceilings")
 """Families of injected conditions that ``--conditions`` picks: the bridge's output, the controls (random,
@@ -22,6 +23,16 @@ shuffled, mean) and the receiver's own states (self-patch and the context-free c
 are in ``core/conditions.py``."""
 INJECTION_MODES = ("add", "replace", "rescale", "rescale-add")
 """The injection modes (``core/inject.py``), which ``--conditions`` may also name."""
+PROTOCOLS: dict[str, str] = {
+    "split": "mi_bridge.protocols.split",
+    "seed": "mi_bridge.protocols.seed",
+}
+"""The one registry of protocols: each name's package. Its ``rules.RULES`` (a ``ProtocolRules``, light:
+no torch) checks a config and gives the protocol's defaults; its ``Protocol`` runs it. Both are imported
+by name only when asked for, so bad input is refused before torch and TransformerLens load. A new protocol
+is its package and one ``register_protocol`` call; nothing here branches on a protocol's name."""
+
+
 CHOICES = {
     "pair": PAIRS,
     "position": POSITIONS,
@@ -45,16 +56,36 @@ FIELD_GROUPS = {
 }
 """The config's fields by concern, each protocol's own apart: ``--help`` shows them in these groups, while
 ``config.json`` stays flat (one key per field), so every earlier run folder still loads with ``--config``."""
-DEFAULT_MODELS = {
-    "toy": ("toy-sender", "toy-receiver"),
-    "pythia": ("pythia-160m", "pythia-410m"),
-    "smollm2": ("smollm2-135m", "smollm2-135m"),  # one real model in two contexts (docs/real_model/)
-    "hf": (None, None),  # any Hugging Face causal LM, by hub name or local folder: both must be named
-}
+DEFAULT_MODELS = {name: spec.models for name, spec in FAMILIES.items()}
 
 
-SEED_LAYER_DEPTH = 0.67
-"""The seed paper's relative layer (``layer_rel``): blocks 8 of 12 and 16 of 24 for Pythia-160M/410M."""
+def register_protocol(name: str, package: str) -> None:
+    """Make the protocol in ``package`` (with ``rules.py``) runnable as ``--protocol name``."""
+    PROTOCOLS[name] = package
+
+
+class ProtocolRules:
+    """What a protocol decides about a config: its own checks and defaults."""
+
+    protocol: ClassVar[str]
+    """The ``Protocol`` class that runs it, as ``module:class``."""
+    default_bridge: ClassVar[str] = "ridge"
+    """The bridge kind a run gets without ``--bridge``."""
+    layer_depth: ClassVar[float | None] = None
+    """The default layers' relative depth (None: ``models.default_layer``'s rule)."""
+
+    def validate(self, config: ExperimentConfig) -> None:
+        """Raise ``UserError`` for what this protocol cannot run (called after the shared checks)."""
+
+    def one_tokenizer_reason(self, config: ExperimentConfig) -> str | None:
+        """Why this run needs sender and receiver to share one tokenizer (None: it does not)."""
+        return None
+
+
+def protocol_rules(name: str) -> ProtocolRules:
+    if name not in PROTOCOLS:
+        raise UserError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    return importlib.import_module(f"{PROTOCOLS[name]}.rules").RULES
 
 
 class SeedOffset:
@@ -72,8 +103,9 @@ class SeedOffset:
     """The extra bridge-fit items drawn with ``n_fit``."""
 
 
-class UserError(Exception):
-    """Bad input from the user: reported as one line with exit code 2, never as a traceback."""
+AUTO_DEVICE = "auto"
+"""``--device auto``: CUDA when available, else the CPU (resolved by ``core.device``, never here)."""
+FLOAT16_ON_CPU = "dtype float16 is not supported on the CPU; use bfloat16 there, or a GPU device"
 
 
 @dataclass
@@ -175,9 +207,10 @@ class ExperimentConfig:
                 raise UserError(f"{name} model name must not be empty")
         if self.pair not in PAIRS:
             raise UserError(f"unknown pair {self.pair!r}; choose one of {', '.join(PAIRS)}")
-        if self.pair == "hf" and (self.sender is None or self.receiver is None):
+        if None in self.family.models and (self.sender is None or self.receiver is None):
             raise UserError(
-                "--pair hf needs --sender and --receiver: each a Hugging Face model name or a local folder"
+                f"--pair {self.pair} needs --sender and --receiver: each a Hugging Face model name or a "
+                "local folder"
             )
         if self.position not in POSITIONS:
             raise UserError(f"unknown position {self.position!r}; choose one of {', '.join(POSITIONS)}")
@@ -191,60 +224,44 @@ class ExperimentConfig:
             raise UserError(f"seeds must be at least 1 (got {self.seeds})")
         if not 0 < self.test_fraction < 1:
             raise UserError(f"test fraction must lie strictly between 0 and 1 (got {self.test_fraction})")
-        if self.protocol == "seed":
-            if self.n_items < 2 or (self.n_fit is not None and self.n_fit < 2):
-                raise UserError("too few items: the seed protocol needs n_items >= 2 and n_fit >= 2")
-        elif self.fit_items < 8 or self.n_test < 8:
-            raise UserError(
-                f"too few items: n_items={self.n_items}, n_fit={self.n_fit} give {self.fit_items} fit and "
-                f"{self.n_test} test items; each needs at least 8"
-            )
         if self.batch_size < 1 or self.n_bootstrap < 100:
             raise UserError("batch size must be >= 1 and bootstrap resamples >= 100")
-        from mi_bridge.core.device import AUTO, device_type  # device imports this module
-
-        try:
-            if self.device != AUTO:
-                torch.device(self.device)
+        try:  # the spelling only: whether the device exists is checked when the models load, not here
+            kind = None if self.device == AUTO_DEVICE else torch.device(self.device).type
         except (RuntimeError, ValueError):
             raise UserError(f"unknown device {self.device!r} (e.g. auto, cpu, cuda, cuda:1, mps)") from None
         if self.n_devices < 1:
             raise UserError(f"n_devices must be at least 1 (got {self.n_devices})")
-        if self.n_devices > 1 and self.pair == "toy":
-            raise UserError("n_devices applies to pretrained models; the toy pair fits any one device")
+        if self.n_devices > 1 and not self.family.pretrained:
+            raise UserError(
+                f"n_devices applies to pretrained models; the {self.pair} pair fits any one device"
+            )
         if self.dtype not in DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if self.dtype == "float16" and device_type(self.device) == "cpu":
-            raise UserError("dtype float16 is not supported on the CPU; use bfloat16 there, or a GPU device")
+        if self.dtype == "float16" and kind == "cpu":  # under "auto": checked once the device resolves
+            raise UserError(FLOAT16_ON_CPU)
         for name in ("sender_revision", "receiver_revision"):
             revision = getattr(self, name)
             if revision is None:
                 continue
-            if self.pair == "toy":
+            if not self.family.pretrained:
                 raise UserError(
-                    f"{name.replace('_', ' ')} applies to pretrained models; the toy pair has none"
+                    f"{name.replace('_', ' ')} applies to pretrained models; the {self.pair} pair has none"
                 )
             if not revision or any(c.isspace() for c in revision) or ".." in revision or revision[0] == "/":
                 raise UserError(
                     f"{name.replace('_', ' ')} {revision!r} is not a revision name (e.g. step143000)"
                 )
-        allowed = ("toy",) if self.pair == "toy" else TEMPLATES
+        allowed = self.family.templates
         if self.template is None:  # resolved here, so that config.json records the form that ran
             self.template = allowed[0]
         elif self.template not in allowed:
             raise UserError(
                 f"unknown template {self.template!r} for pair {self.pair}; choose one of {', '.join(allowed)}"
             )
-        if self.protocol not in PROTOCOLS:
-            raise UserError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        rules = protocol_rules(self.protocol)
         if self.bridge is not None and self.bridge not in BRIDGES:
             raise UserError(f"unknown bridge {self.bridge!r}; choose one of {', '.join(BRIDGES)}")
-        if self.protocol == "split" and self.bridge not in (None, "ridge"):
-            raise UserError(f"--bridge {self.bridge} applies to --protocol seed only (split uses ridge)")
-        if self.protocol == "seed" and self.pair == "toy":
-            raise UserError(
-                "the seed protocol needs a pair with a shared natural-language tokenizer: use --pair pythia"
-            )
         if self.max_new_tokens < 1:
             raise UserError(f"max new tokens must be at least 1 (got {self.max_new_tokens})")
         for name in ("sender_layer", "receiver_layer"):
@@ -254,8 +271,12 @@ class ExperimentConfig:
         if not 0 <= self.seed <= SeedOffset.SPLIT - self.seeds:  # each random stream stays distinct
             raise UserError(f"seed must lie in 0..{SeedOffset.SPLIT - self.seeds} (got {self.seed})")
         self.conditions = normalize_conditions(self.conditions)
-        if self.protocol != "split" and self.conditions != "all":
-            raise UserError("--conditions applies to the split protocol (the seed protocol's are fixed)")
+        rules.validate(self)
+
+    @property
+    def family(self):
+        """What the pair's family supports (``families.PairFamily``)."""
+        return family(self.pair)
 
     @property
     def sender_name(self) -> str:
@@ -268,19 +289,17 @@ class ExperimentConfig:
     @property
     def bridge_kind(self) -> str:
         """The bridge recipe, with the protocol's default."""
-        return self.bridge or ("sgd-l2" if self.protocol == "seed" else "ridge")
+        return self.bridge or protocol_rules(self.protocol).default_bridge
 
     @property
     def one_tokenizer_reason(self) -> str | None:
         """Why this run needs sender and receiver to share one tokenizer (None: it does not)."""
-        if self.target == "same-input" and self.protocol == "split":
-            return "--target same-input pairs their states token by token (use --target relay-slot)"
-        return None
+        return protocol_rules(self.protocol).one_tokenizer_reason(self)
 
     @property
     def layer_depth(self) -> float | None:
         """The default layers' relative depth under the protocol (None: ``models.default_layer``'s rule)."""
-        return SEED_LAYER_DEPTH if self.protocol == "seed" else None
+        return protocol_rules(self.protocol).layer_depth
 
     @property
     def seed_indices(self) -> range:

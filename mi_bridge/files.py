@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mi_bridge.config import UserError
-from mi_bridge.core.device import to_cpu_numpy
+from mi_bridge.errors import UserError
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -105,7 +104,9 @@ def sha256_file(path: Path) -> str:
 
 def sha256_tensor(tensor) -> str:
     """Checksum of a tensor's bytes (dtype-agnostic: the raw storage), on any device."""
-    return hashlib.sha256(to_cpu_numpy(tensor.contiguous().view(-1).view(torch.uint8)).tobytes()).hexdigest()
+    return hashlib.sha256(
+        tensor.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()
+    ).hexdigest()
 
 
 def cache_root() -> Path:

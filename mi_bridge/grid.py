@@ -10,7 +10,8 @@ import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mi_bridge.config import CHOICES, ExperimentConfig, UserError
+from mi_bridge.config import CHOICES, ExperimentConfig
+from mi_bridge.errors import UserError
 
 GRID_FIELDS = (
     "sender",

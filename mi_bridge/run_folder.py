@@ -12,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from mi_bridge import cli
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
+from mi_bridge.errors import UserError
 from mi_bridge.files import refuse_existing
 from mi_bridge.models.packaged import is_packaged
 from mi_bridge.models.specs import local_folder
@@ -29,7 +30,7 @@ def resolved(config: ExperimentConfig, sender_layer: int, receiver_layer: int) -
     repeats the run even after a default changes."""
 
     def revision(name: str, asked: str | None) -> str | None:
-        takes_one = config.pair != "toy" and not is_packaged(name) and local_folder(name) is None
+        takes_one = config.family.pretrained and not is_packaged(name) and local_folder(name) is None
         return asked or ("main" if takes_one else None)
 
     return replace(

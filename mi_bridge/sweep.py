@@ -27,9 +27,10 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mi_bridge import cli, grid
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.device import AUTO, device_type
 from mi_bridge.core.progress import console
+from mi_bridge.errors import UserError
 from mi_bridge.files import holds_something, remove_folder, write_text_atomic
 from mi_bridge.run_folder import same_run, short_hash
 from mi_bridge.sweep_summary import write_summary

@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mi_bridge.models.backends import TL_MAJOR  # noqa: E402
 from mi_bridge.models.language import TOY_WORDS  # noqa: E402
+from mi_bridge.runtime.backend import TL_MAJOR  # noqa: E402
 
 tl3_only = pytest.mark.skipif(
     TL_MAJOR >= 4, reason="builds or trains a HookedTransformer directly, which TransformerLens 4 removed"

@@ -9,10 +9,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mi_bridge"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 MAX_LINES = 400
-LOWER_LAYERS = ("core", "models", "bridges", "report")
-"""Subpackages below the protocols: they never import one (nor the analyses or the commands)."""
-COMMANDS = ("run", "sweep", "sweep_summary", "calibrate", "api", "cli", "cache", "grid", "run_folder")
-"""The command layer: the top-level modules other than config, stats and files."""
+FLOORS = (
+    ("errors",),
+    ("config", "families", "stats", "files"),
+    ("runtime",),
+    ("core",),
+    ("models",),
+    ("bridges", "report"),
+    ("protocols",),
+    ("analyses", "run", "sweep", "sweep_summary", "calibrate", "api", "cli", "cache", "grid", "run_folder"),
+)
+"""The package's floors, bottom first: a module imports from its own floor and the floors below, never
+from one above (the commands and the analyses share the top floor). ``errors`` imports nothing."""
+FLOOR = {name: level for level, names in enumerate(FLOORS) for name in names}
 
 
 def module_name(path: Path) -> str:
@@ -47,6 +56,16 @@ def test_the_layout_has_the_subpackages_the_readme_draws():
         assert (PACKAGE / package / "__init__.py").is_file(), package
 
 
+def floor_of(module: str) -> int | None:
+    parts = module.split(".")
+    return FLOOR.get(parts[1]) if len(parts) > 1 else None
+
+
+def test_every_subpackage_and_module_has_a_floor():
+    tops = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in MODULES}
+    assert tops - {"__init__", "__main__"} <= set(FLOOR), sorted(tops - set(FLOOR))
+
+
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_the_import_rule(path):
     name = module_name(path)
@@ -55,14 +74,21 @@ def test_the_import_rule(path):
         assert not any(i.startswith("mi_bridge.protocols.seed") for i in imported), imported
     if name.startswith("mi_bridge.protocols.seed"):
         assert not any(i.startswith("mi_bridge.protocols.split") for i in imported), imported
-    if name.count(".") and name.split(".")[1] in LOWER_LAYERS:
-        upward = {
-            i
-            for i in imported
-            if i.startswith(("mi_bridge.protocols", "mi_bridge.analyses"))
-            or i.split(".")[:2] in [["mi_bridge", name] for name in COMMANDS]
-        }
-        assert not upward, f"{name} imports upward: {sorted(upward)}"
+    if name == "mi_bridge.errors":
+        assert not imported, f"errors is a leaf, yet imports {sorted(imported)}"
+    own = floor_of(name)
+    if own is None:
+        return
+    upward = {i for i in imported if (floor_of(i) or 0) > own}
+    assert not upward, f"{name} (floor {own}) imports from a floor above: {sorted(upward)}"
+
+
+def test_the_floors_catch_core_importing_models(tmp_path):
+    bad = PACKAGE / "core" / "evaluate.py"
+    found = imports(bad) | {"mi_bridge.models.loading"}
+    assert any((floor_of(i) or 0) > floor_of("mi_bridge.core.evaluate") for i in found)
+    assert floor_of("mi_bridge.models.backends") > floor_of("mi_bridge.core.capture")
+    assert floor_of("mi_bridge.runtime.kv_cache") < floor_of("mi_bridge.core.capture")
 
 
 def test_the_import_rule_catches_what_it_forbids(tmp_path):
@@ -78,7 +104,8 @@ def test_modules_are_small(path):
 
 
 def test_every_protocol_in_the_registry_implements_the_interface():
-    from mi_bridge.protocols.base import PROTOCOLS, Protocol, get_protocol
+    from mi_bridge.config import PROTOCOLS
+    from mi_bridge.protocols.base import Protocol, get_protocol
 
     for name in PROTOCOLS:
         protocol = get_protocol(name)

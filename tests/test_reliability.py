@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from mi_bridge.bridges.ridge import LinearBridge
 from mi_bridge.cli import config_from_args
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
+from mi_bridge.errors import UserError
 from mi_bridge.files import write_atomic
 from mi_bridge.models.toy import TOY_MODELS
 from mi_bridge.run import build_parser, main

@@ -11,8 +11,9 @@ import pytest
 
 from mi_bridge import sweep
 from mi_bridge.analyses import runner
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.conditions import FAMILIES, VECTOR_KINDS, select_conditions, standard_conditions
+from mi_bridge.errors import UserError
 from mi_bridge.files import publish_folder
 from mi_bridge.run import main
 from mi_bridge.run_folder import default_name, resolved, same_run

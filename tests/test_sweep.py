@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mi_bridge import grid, sweep, sweep_summary
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
+from mi_bridge.errors import UserError
 from mi_bridge.run import main as run_main
 
 TINY = ["--n-items", "40", "--seeds", "1", "--alphas", "1", "--n-bootstrap", "200", "--no-site-scan"]

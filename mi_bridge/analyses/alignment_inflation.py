@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from mi_bridge.analyses.common import per_item_cosine, run_script
-from mi_bridge.bridges.ridge import LinearBridge, fit_quality, reference_predictions
+from mi_bridge.bridges.metrics import fit_quality
+from mi_bridge.bridges.ridge import LinearBridge, reference_predictions
 from mi_bridge.protocols.split.analysis import AnalysisContext
 from mi_bridge.protocols.split.report import FIT_METRICS
 from mi_bridge.report.render import saved_figure

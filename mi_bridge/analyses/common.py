@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +15,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mi_bridge import cli
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.store import ActivationStore
+from mi_bridge.errors import UserError
 from mi_bridge.protocols.base import get_protocol
 from mi_bridge.report import render as report
 from mi_bridge.report.result import Result
@@ -55,7 +55,7 @@ def prepare_context(
 
 def applies(module: ModuleType, protocol: str) -> bool:
     """Every script reads the split protocol (``analyze``); under ``seed`` only those with ``analyze_seed``."""
-    return hasattr(module, get_protocol(protocol).analysis_entry)
+    return get_protocol(protocol).analysis(module) is not None
 
 
 def not_applicable(module: ModuleType, protocol: str) -> str:
@@ -104,7 +104,7 @@ def analyze_and_publish(module: ModuleType, ctx, folder: Path, overwrite: bool =
     site = ctx.site()
     report.render_site(site)  # before any effect: what this site can show at all
     protocol = get_protocol(ctx.config.protocol)
-    result = protocol.qualify(module, getattr(module, protocol.analysis_entry)(ctx), site)
+    result = protocol.qualify(module, protocol.analysis(module)(ctx), site)
     report.render_result(result)
 
     # config.json repeats exactly this script run: the defaults made explicit, the layers that ran
@@ -159,10 +159,3 @@ def run_script(module: ModuleType, argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------------------
 # python -m mi_bridge.analyses
-
-
-if __name__ == "__main__":
-    # The scripts import this module as mi_bridge.analyses: run that copy, not a second one as __main__.
-    from mi_bridge.analyses.runner import main as run_named
-
-    sys.exit(run_named())

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from mi_bridge.analyses.common import run_script
-from mi_bridge.bridges.ridge import fit_quality
+from mi_bridge.bridges.metrics import fit_quality
 from mi_bridge.core.evaluate import BASELINE, Condition
 from mi_bridge.core.inject import MODES
 from mi_bridge.protocols.split.analysis import AnalysisContext, evaluate_on_test, summarize_all

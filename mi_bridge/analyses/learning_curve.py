@@ -4,7 +4,7 @@
 
 The positive control, where it can win. At a pre-lookup site (the configured receiver layer if it is
 one, else the first pre-lookup layer found), the alignment fit and the usability-trained bridge
-(mi_bridge.usability) are fitted on growing sets of bridge-fit items (``--n-fit``, drawn apart from the
+(mi_bridge.bridges.usability) are fitted on growing sets of bridge-fit items (``--n-fit``, drawn apart from the
 held-out items, so every point is evaluated on the same items) and injected in ``--train-mode``. The
 target: the usability-trained bridge closes at least 80% of the gap between the baseline and the
 context-free ceiling (the receiver's own state for B without this item's answer).

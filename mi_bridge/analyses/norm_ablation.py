@@ -114,7 +114,7 @@ def analyze(ctx: AnalysisContext) -> Result:
 
 def analyze_seed(ctx: SeedProtocolContext) -> Result:
     """The same sweep under ``--protocol seed``: every vector replaces (or is added to) the receiver's
-    state at every prompt position; scored by Δ log p(answer) (``mi_bridge.seed_analysis``)."""
+    state at every prompt position; scored by Δ log p(answer) (``mi_bridge.protocols.seed.analysis``)."""
     scales = tuple(ctx.options.scales)
     own = ctx.run.receiver_states
     lengths = [len(h) for h in own]

@@ -27,7 +27,7 @@ from mi_bridge.analyses.common import (
     prepare_context,
     resolved_config,
 )
-from mi_bridge.config import UserError
+from mi_bridge.errors import UserError
 from mi_bridge.files import remove_folder, write_text_atomic
 from mi_bridge.report import render as report
 from mi_bridge.run_folder import check_new

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from mi_bridge.config import UserError
+from mi_bridge.errors import UserError
 from mi_bridge.files import sha256_file, write_atomic
 
 
@@ -34,6 +34,20 @@ class Bridge(ABC):
     @abstractmethod
     def fit(cls, x: Float[Tensor, "n d_sender"], y: Float[Tensor, "n d_receiver"], *, seed: int) -> Bridge:
         """The bridge fitted on (x, y) pairs; ``seed`` fixes whatever the fit draws."""
+
+    @classmethod
+    @abstractmethod
+    def fit_and_score(
+        cls,
+        x: Float[Tensor, "n d_sender"],
+        y: Float[Tensor, "n d_receiver"],
+        *,
+        n_heldout: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> tuple[Bridge, dict[str, float]]:
+        """The bridge fitted without the last ``n_heldout`` pairs, and its fit quality on them (its kind's
+        metrics from ``bridges.metrics``): one fit entry per kind, looked up by name in ``BRIDGES``."""
 
     @abstractmethod
     def __call__(self, x: Float[Tensor, "*batch d_sender"]) -> Float[Tensor, "*batch d_receiver"]: ...
@@ -130,6 +144,14 @@ def register(variant: type[Bridge]) -> type[Bridge]:
 def _import_kinds() -> None:
     import mi_bridge.bridges.ridge
     import mi_bridge.bridges.sgd_l2  # noqa: F401 (the kinds register themselves on import)
+
+
+def bridge_kind(kind: str) -> type[Bridge]:
+    """The bridge class registered as ``kind``."""
+    _import_kinds()
+    if kind not in BRIDGES:
+        raise UserError(f"unknown bridge kind {kind!r} (known: {', '.join(BRIDGES)})")
+    return BRIDGES[kind]
 
 
 def load_bridge(folder: Path, expect: dict | None = None) -> Bridge:

@@ -18,10 +18,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mi_bridge.bridges.base import Bridge, register
+from mi_bridge.bridges.metrics import fit_quality, l2_fit_quality, l2_mean
 
 LAMBDA_RATIOS = torch.logspace(-6, 2, 17, dtype=torch.float64)
 """Ridge strengths tried, as multiples of the number of training rows (X^T X scales with n)."""
-EPS = 1e-12
 TENSOR_NAMES = ("weight", "x_mean", "x_std", "y_mean", "y_std")
 
 
@@ -111,6 +111,12 @@ class LinearBridge(Bridge):
     metadata: dict = field(default_factory=dict)
 
     @classmethod
+    def fit_and_score(cls, x, y, *, n_heldout: int, seed: int, device="cpu") -> tuple[LinearBridge, dict]:
+        """Fitted in closed form on the CPU whatever ``device``; scored in every space of ``fit_quality``."""
+        bridge = cls.fit(x[:-n_heldout], y[:-n_heldout], seed=seed)
+        return bridge, fit_quality(bridge(x[-n_heldout:]), y[-n_heldout:], bridge.y_norm)
+
+    @classmethod
     def fit(
         cls,
         x: Float[Tensor, "n d_sender"],
@@ -166,62 +172,7 @@ class LinearBridge(Bridge):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Fit quality
-
-
-def mean_cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> float:
-    """Mean over rows of cos(a_i, b_i); a zero row counts as cosine 0."""
-    dot = (a * b).sum(-1)
-    return float((dot / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(EPS)).mean())
-
-
-def unit(x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
-    """Rows scaled to norm 1 (a zero row stays zero)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
-
-
-def r2_score(predicted: Float[Tensor, "n d"], true: Float[Tensor, "n d"]) -> float:
-    """1 - residual / total sum of squares (variance-weighted over dimensions)."""
-    residual = ((true - predicted) ** 2).sum()
-    total = ((true - true.mean(0)) ** 2).sum().clamp_min(EPS)
-    return float(1 - residual / total)
-
-
-def l2_fit_quality(predicted_l2: Float[Tensor, "n d"], true: Float[Tensor, "n d"]) -> dict[str, float]:
-    """The seed paper's fit metric: cosine and R^2 against the L2-normalized targets ŷ = y / ‖y‖.
-
-    ``predicted_l2`` is a prediction in that space (the paper's bridge output W x̂ + b as it is, or a
-    raw-space prediction put on the unit sphere). Cosine is scale-free, so ``l2_cosine`` equals the raw
-    cosine of the same prediction; R^2 is not, and in this space it is measured against the spread of
-    the unit vectors, which anisotropy makes small."""
-    predicted_l2, target = predicted_l2.double(), unit(true.double())
-    return {"l2_cosine": mean_cosine(predicted_l2, target), "l2_r2": r2_score(predicted_l2, target)}
-
-
-def fit_quality(
-    predicted: Float[Tensor, "n d"], true: Float[Tensor, "n d"], reference: Standardizer
-) -> dict[str, float]:
-    """Normalized, raw and centered cosine, and R^2 (variance-weighted) of predictions on held-out rows,
-    and the paper's cosine and R^2 in L2-normalized space (the prediction put on the unit sphere).
-
-    ``reference`` holds the receiver's training-split statistics: normalized cosine compares
-    standardized vectors, centered cosine compares vectors minus the training mean.
-    """
-    predicted, true = predicted.double().cpu(), true.double().cpu()
-    mean = reference.mean.double().cpu()
-    return {
-        "normalized_cosine": mean_cosine(reference(predicted), reference(true)),
-        "raw_cosine": mean_cosine(predicted, true),
-        "centered_cosine": mean_cosine(predicted - mean, true - mean),
-        "r2": r2_score(predicted, true),
-        **l2_fit_quality(unit(predicted), true),
-    }
-
-
-def l2_mean(y: Float[Tensor, "n d"]) -> Float[Tensor, " d"]:
-    """The receiver-mean predictor in L2-normalized space: the mean of the unit vectors (its direction is
-    the shared anisotropy; its length, below 1, is the constant that minimizes the squared error)."""
-    return unit(y.double()).mean(0)
+# Held-out fit beside trivial predictors
 
 
 PREDICTORS = ("bridge", "receiver_mean", "shuffled_pairs")

@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mi_bridge.bridges.base import Bridge, register
-from mi_bridge.bridges.ridge import unit
+from mi_bridge.bridges.metrics import l2_fit_quality, unit
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,14 @@ class SGDL2Bridge(Bridge):
             history=numbers.get("history", {}),
             metadata=metadata,
         )
+
+    @classmethod
+    def fit_and_score(cls, x, y, *, n_heldout: int, seed: int, device="cpu") -> tuple[SGDL2Bridge, dict]:
+        """Trained on all pairs, early-stopped on its own held-out last ``validation_fraction`` of them
+        (the same last ``n_heldout`` pairs when the fractions agree); scored in L2-normalized space."""
+        bridge = cls.fit(x, y, seed=seed, device=device)
+        fit = l2_fit_quality(bridge(x[-n_heldout:]), y[-n_heldout:])
+        return bridge, fit | {"best_epoch": bridge.history["best_epoch"]}
 
     @classmethod
     def fit(

@@ -17,7 +17,7 @@ from mi_bridge.config import SeedOffset
 from mi_bridge.core.capture import answer_logits, batches
 from mi_bridge.core.device import model_device
 from mi_bridge.core.inject import MODES, inject_residual
-from mi_bridge.models.backends import residual_at
+from mi_bridge.runtime.backend import residual_at
 
 
 def add_training_arguments(parser) -> None:

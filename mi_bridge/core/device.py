@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mi_bridge.config import UserError
+from mi_bridge.config import AUTO_DEVICE, FLOAT16_ON_CPU
+from mi_bridge.errors import UserError
 
-AUTO = "auto"
+AUTO = AUTO_DEVICE
 
 
 def resolve_device(name: str) -> str:
@@ -43,6 +44,12 @@ def resolve_device(name: str) -> str:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device {name!r} is not available on this machine")
     return name
+
+
+def check_dtype(name: str, dtype: str) -> None:
+    """float16 needs a GPU: one clear line where the device (``auto`` resolved) is the CPU."""
+    if dtype == "float16" and device_type(name) == "cpu":
+        raise UserError(FLOAT16_ON_CPU)
 
 
 def check_devices(name: str, n_devices: int) -> None:

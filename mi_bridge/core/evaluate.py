@@ -29,8 +29,8 @@ from mi_bridge.core.conditions import select_conditions as select_conditions
 from mi_bridge.core.conditions import standard_conditions as standard_conditions
 from mi_bridge.core.device import model_device
 from mi_bridge.core.inject import inject_residual
-from mi_bridge.models.backends import HookedModel, residual_at
-from mi_bridge.models.kv_cache import KVCache, prefix_cache
+from mi_bridge.runtime.backend import HookedModel, residual_at
+from mi_bridge.runtime.kv_cache import KVCache, prefix_cache
 
 
 @dataclass

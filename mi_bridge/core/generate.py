@@ -22,8 +22,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mi_bridge.core.device import model_device
-from mi_bridge.models.backends import HookedModel
-from mi_bridge.models.kv_cache import decoding_cache, run_tokens
+from mi_bridge.runtime.backend import HookedModel
+from mi_bridge.runtime.kv_cache import decoding_cache, run_tokens
 
 REPETITION_PENALTY = 1.3
 NO_REPEAT_NGRAM = 3
@@ -76,6 +76,59 @@ def next_tokens(
         apply_repetition_penalty(logits, sequences, penalty), sequences, no_repeat_ngram
     )
     return scores.argmax(-1)
+
+
+class Processors:
+    """Both processors of ``next_tokens``, kept up to date token by token instead of recomputed from every
+    whole sequence at every step: a mask of the tokens each row has seen (the penalty, one tensor op) and
+    each row's (n-1)-grams with the tokens that followed them (the ban, a look-up). The same choices as
+    ``next_tokens`` on the same sequences (tests/core/test_generate.py)."""
+
+    def __init__(
+        self,
+        sequences: list[list[int]],
+        d_vocab: int,
+        device: torch.device | str,
+        *,
+        penalty: float = REPETITION_PENALTY,
+        no_repeat_ngram: int = NO_REPEAT_NGRAM,
+    ):
+        self.sequences, self.penalty, self.n = sequences, penalty, no_repeat_ngram
+        self.seen = torch.zeros(len(sequences), d_vocab, dtype=torch.bool, device=device)
+        self.followers: list[dict[tuple[int, ...], set[int]]] = [{} for _ in sequences]
+        for row, sequence in enumerate(sequences):
+            if sequence:
+                self.seen[row, torch.as_tensor(sequence, device=device)] = True
+            for end in range(len(sequence)):
+                self._remember(row, end)
+
+    def _remember(self, row: int, end: int) -> None:
+        """The n-gram of ``sequences[row]`` that ends at position ``end``, if it has n tokens."""
+        if self.n < 1 or end < self.n - 1:
+            return
+        sequence = self.sequences[row]
+        prefix = tuple(sequence[end - self.n + 1 : end])
+        self.followers[row].setdefault(prefix, set()).add(sequence[end])
+
+    def choose(self, logits: Float[Tensor, "batch d_vocab"]) -> Int[Tensor, " batch"]:
+        """The greedy choice after the penalty and the ban."""
+        penalized = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
+        scores = torch.where(self.seen, penalized, logits)
+        if self.n >= 1:
+            for row, sequence in enumerate(self.sequences):
+                if len(sequence) < self.n - 1:
+                    continue
+                key = tuple(sequence[len(sequence) - self.n + 1 :]) if self.n > 1 else ()
+                banned = self.followers[row].get(key)
+                if banned:
+                    scores[row, sorted(banned)] = -torch.inf
+        return scores.argmax(-1)
+
+    def append(self, tokens: Int[Tensor, " batch"]) -> None:
+        """Each row's next token (already appended to ``sequences`` by ``record``)."""
+        self.seen[torch.arange(len(tokens), device=tokens.device), tokens] = True
+        for row, sequence in enumerate(self.sequences):
+            self._remember(row, len(sequence) - 1)
 
 
 def left_pad(
@@ -145,11 +198,15 @@ def greedy_generate(
         )
     logits = last_logits(residual)
     sequences = [list(p) for p in token_lists]
+    processors = Processors(
+        sequences, logits.shape[-1], device, penalty=penalty, no_repeat_ngram=no_repeat_ngram
+    )
     new: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     for step in range(max_new_tokens):
-        choice = next_tokens(logits.float(), sequences, penalty=penalty, no_repeat_ngram=no_repeat_ngram)
+        choice = processors.choose(logits.float())
         record(choice, sequences, new, done, eos_token_id)
+        processors.append(choice)
         if all(done) or step == max_new_tokens - 1:
             break
         step_mask = torch.ones(batch, 1, dtype=torch.long, device=device) if padded else None

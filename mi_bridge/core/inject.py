@@ -11,7 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_bridge.core.hooks import resid_post_name
-from mi_bridge.models.backends import HookedModel
+from mi_bridge.runtime.backend import HookedModel
 
 MODES = ("add", "replace", "rescale", "rescale-add")
 """The split protocol's injection modes (every one is a condition)."""

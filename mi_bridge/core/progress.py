@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mi_bridge.config import UserError
+from mi_bridge.errors import UserError
 
 console = Console(stderr=True)
 T = TypeVar("T")

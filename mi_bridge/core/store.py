@@ -23,9 +23,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from mi_bridge.config import UserError
 from mi_bridge.core import progress
 from mi_bridge.core.capture import capture_resid_post
+from mi_bridge.errors import UserError
 from mi_bridge.files import cache_root, sha256_tensor, write_atomic, write_text_atomic
 
 CACHE_VERSION = 2  # bump when what a cached state means changes (2: keyed by the exact checkpoint)

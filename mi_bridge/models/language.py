@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mi_bridge.config import UserError
+from mi_bridge.errors import UserError
 
 # A template is a sequence of pieces; these names are filled with entities, the rest is literal text.
 ENTITY_FIELDS = ("A", "B", "C", "SLOT")

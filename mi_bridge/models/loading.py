@@ -17,14 +17,24 @@ from pathlib import Path
 
 import torch
 
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.core import progress
-from mi_bridge.core.device import check_devices, describe, model_device, placement, resolve_device
+from mi_bridge.core.device import (
+    check_devices,
+    check_dtype,
+    describe,
+    model_device,
+    placement,
+    resolve_device,
+)
+from mi_bridge.errors import UserError
+from mi_bridge.families import family
 from mi_bridge.models import identity, packaged
-from mi_bridge.models.backends import TL_MAJOR, HookedModel, load_from_hf
+from mi_bridge.models.backends import load_from_hf
 from mi_bridge.models.language import Language, english_language, toy_language
 from mi_bridge.models.specs import ModelSpec, hf_tokenizer, missing_files, pretrained_spec, toy_spec
 from mi_bridge.models.toy import TOY_MODELS, load_toy_model
+from mi_bridge.runtime.backend import HOOKED_TRANSFORMER, HookedModel
 
 
 @dataclass
@@ -36,7 +46,7 @@ class ModelPair:
     language: Language
     """The receiver's language (its tokenizer writes every receiver prompt)."""
     sender_identity: dict | None = None
-    """The exact checkpoint (see ``mi_bridge.identity``); None when it cannot be resolved."""
+    """The exact checkpoint (see ``mi_bridge.models.identity``); None when it cannot be resolved."""
     receiver_identity: dict | None = None
     sender_language: Language | None = None
     """The sender's own language where the two tokenizers differ (same entities, other token ids); it is
@@ -71,7 +81,7 @@ def default_layer(pair: str, role: str, n_layers: int, depth: float | None = Non
     A protocol may fix a relative ``depth`` instead (the seed protocol: the paper's 67%)."""
     if depth is not None:
         return int(depth * n_layers)
-    if pair == "toy" and role == "sender":
+    if role == "sender" and family(pair).last_sender_layer:
         return n_layers - 1
     return middle_layer(n_layers)
 
@@ -90,7 +100,8 @@ def check_pair(config: ExperimentConfig) -> CheckedPair:
     downloaded beyond config and tokenizer files, or loaded. Raises ``UserError`` on bad input."""
     resolve_device(config.device)  # an unavailable device is bad input too
     check_devices(config.device, config.n_devices)
-    if config.pair == "toy":
+    check_dtype(config.device, config.dtype)
+    if not config.family.pretrained:  # the toy pair: its specs and its own language
         sender, receiver = toy_spec(config.sender_name), toy_spec(config.receiver_name)
         language, sender_language = toy_language(), None
     else:
@@ -199,7 +210,7 @@ def hub_model(spec: ModelSpec, device: str, dtype: str, n_devices: int = 1) -> H
     """A model of TransformerLens' table from the hub cache: ``HookedTransformer.from_pretrained`` under
     TransformerLens 3, the Hugging Face model in a bridge under 4."""
     tokenizer = hf_tokenizer(spec.repository, spec.commit or spec.revision)
-    if TL_MAJOR >= 4:
+    if not HOOKED_TRANSFORMER:
         from transformers import AutoModelForCausalLM
 
         hf_model = AutoModelForCausalLM.from_pretrained(

@@ -22,8 +22,8 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mi_bridge.config import UserError
 from mi_bridge.core import progress
+from mi_bridge.errors import UserError
 from mi_bridge.files import cache_root, publish_folder, sha256_file
 
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mi_bridge.config import UserError
+from mi_bridge.errors import UserError
 from mi_bridge.models import identity, packaged
 from mi_bridge.models.language import TOY_WORDS
 from mi_bridge.models.toy import TOY_MODELS
@@ -125,7 +125,7 @@ def check_tokenizer(repository: str, revision: str | None):
 
 
 def packaged_spec(name: str, revision: str | None = None) -> ModelSpec:
-    """A fetched packaged model (``mi_bridge.packaged``): shape from its folder's ``config.json``, tokenizer
+    """A fetched packaged model (``mi_bridge.models.packaged``): shape from its folder's ``config.json``, tokenizer
     from its ``tokenizer.json``. Not fetched yet: one ``UserError`` that names the fetch command."""
     if revision is not None:
         raise UserError(f"{name} is a packaged model with one version; it takes no revision")

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mi_bridge.config import UserError
+from mi_bridge.errors import UserError
 from mi_bridge.models.language import ENTITY_FIELDS, Language
 
 

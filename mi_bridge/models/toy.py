@@ -4,10 +4,10 @@ Both models see both hops' formats (``friend A B .`` / ``? friend A`` -> B and `
 ``? B lives`` -> C); they differ in width, depth and seed. Training is bit-reproducible on the CPU, so
 the trained pair is an artifact of this project: it ships as package data (``toy_models/``,
 safetensors + JSON with the recipe hash and the weights' SHA-256) and loads in a second. A recipe with
-no shipped folder (a developer changed it) is trained on first use and cached under a folder keyed
-by its hash.
+no shipped folder (a developer changed it) is trained by the command below into a cache folder keyed by
+its hash; loading never trains.
 
-    python -m mi_bridge.toy train   # retrain both (two processes at once) and compare with the shipped pair
+    python -m mi_bridge.models.toy train   # retrain both (two processes at once), compare with the shipped pair
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from mi_bridge.files import cache_root
 if TYPE_CHECKING:  # TransformerLens loads when a model is built, so input checks stay fast
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mi_bridge.config import UserError
 from mi_bridge.core import progress
+from mi_bridge.errors import UserError
 from mi_bridge.files import sha256_file, write_atomic, write_text_atomic
-from mi_bridge.models.backends import TL_MAJOR, load_from_hf, neox_from_hooked
+from mi_bridge.models.backends import load_from_hf, neox_from_hooked
 from mi_bridge.models.language import TOY_WORDS, toy_language
 from mi_bridge.models.task import sample_items
+from mi_bridge.runtime.backend import HOOKED_TRANSFORMER
 
 N_CTX = 128
 """Context length of the toy models (their rotary tables)."""
@@ -100,6 +101,8 @@ TOY_MODELS = {
 }
 
 
+TRAIN_COMMAND = "`python -m mi_bridge.models.toy train`"
+"""The one command that trains the toy pair (into the cache); loading never trains."""
 SHIPPED_ROOT = Path(__file__).resolve().parent / "toy_models"
 """The trained pair as package data, one folder per model and recipe hash."""
 
@@ -125,11 +128,11 @@ def build_model(recipe: ToyRecipe) -> HookedTransformer:
 
 def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
     """The trained toy model ``name``: the shipped weights for the current recipe; for a recipe that
-    ships none, the cached ones, or trained now (a progress bar shows it)."""
+    ships none, the ones ``python -m mi_bridge.models.toy train`` cached (never trained here)."""
     if name not in TOY_MODELS:
         raise UserError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
     recipe = TOY_MODELS[name]
-    if TL_MAJOR >= 4:
+    if not HOOKED_TRANSFORMER:
         return _load_as_bridge(name, recipe, device)
     model = build_model(recipe)
     shipped = shipped_folder(name)
@@ -139,20 +142,17 @@ def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
             problem = "incomplete (a file is missing)" if problem == "absent" else problem
             raise UserError(
                 f"the shipped toy model in {shipped} is {problem}; reinstall mi_bridge "
-                "(python -m mi_bridge.toy train retrains it into the cache)"
+                f"({TRAIN_COMMAND} retrains it into the cache)"
             )
         return model.to(device, print_details=False).eval()
     folder = cached_folder(name)
     problem = _load_cached(model, folder, recipe)
-    if problem is None:
-        return model.to(device, print_details=False).eval()
-    if problem != "absent":  # a damaged cache entry is reported and retrained, never used
-        progress.warn(f"cached toy model in {folder} is {problem}; retraining")
-        model = build_model(recipe)
-    from mi_bridge.models.toy_training import train_toy_model  # training imports the recipes from here
-
-    train_toy_model(model, recipe, description=f"training {name}")
-    _save_atomic(model, recipe, folder)
+    if problem == "absent":
+        raise UserError(
+            f"no weights ship for {name}'s current recipe and none are cached: train them with {TRAIN_COMMAND}"
+        )
+    if problem is not None:  # a damaged cache entry is reported, never used
+        raise UserError(f"the cached toy model in {folder} is {problem}; retrain it with {TRAIN_COMMAND}")
     return model.to(device, print_details=False).eval()
 
 
@@ -193,14 +193,14 @@ def _load_as_bridge(name: str, recipe: ToyRecipe, device: str):
     weights, problem = _checked_weights(folder, recipe)
     if problem is not None:
         raise UserError(
-            f"the toy model in {folder} is {problem}; under TransformerLens {TL_MAJOR} it can be loaded, not "
+            f"the toy model in {folder} is {problem}; under TransformerLens 4 it can be loaded, not "
             "trained (reinstall mi_bridge, or train it with TransformerLens 3)"
         )
     neox = neox_from_hooked(weights, n_heads=recipe.n_heads, n_ctx=N_CTX)
     return load_from_hf(neox, None, name=name, device=device, processing=False)
 
 
-def _save_atomic(model: HookedTransformer, recipe: ToyRecipe, folder: Path) -> None:
+def save_atomic(model: HookedTransformer, recipe: ToyRecipe, folder: Path) -> None:
     """Weights first, then the config that vouches for them (with their checksum): a crash in between
     leaves weights without a matching config, which the loader treats as absent or damaged."""
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -218,7 +218,7 @@ def _save_atomic(model: HookedTransformer, recipe: ToyRecipe, folder: Path) -> N
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Retraining: `python -m mi_bridge.toy train`
+# Retraining: `python -m mi_bridge.models.toy train`
 
 
 @torch.no_grad()
@@ -256,7 +256,7 @@ def _load_from(folder: Path, name: str) -> HookedTransformer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mi_bridge.toy",
+        prog="python -m mi_bridge.models.toy",
         description="Retrain the toy pair into the cache and compare it with the shipped weights.",
     )
     parser.add_argument("command", choices=("train",))

@@ -1,5 +1,5 @@
 """Training the toy pair: the training batches (both hops, every fact queried once) and the retraining
-into the cache (``python -m mi_bridge.models.toy train``)."""
+into the cache (``python -m mi_bridge.models.toy train``, the one command that trains: loading never does)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from mi_bridge.models.language import TOY_INDEX, TOY_PERSONS, TOY_PLACES
 from mi_bridge.models.toy import (
     TOY_MODELS,
     ToyRecipe,
-    _save_atomic,
     build_model,
     cached_folder,
+    save_atomic,
     shipped_folder,
 )
 
@@ -174,14 +174,14 @@ class Retrained:
         return self.sha256 == self.shipped_sha256
 
 
-def _train_into_cache(name: str) -> Retrained:
+def train_into_cache(name: str) -> Retrained:
     """Train ``name`` from its recipe in this (worker) process and save it to the cache."""
     recipe = TOY_MODELS[name]
     start = time.perf_counter()
     model = build_model(recipe)
     losses = train_toy_model(model, recipe, description=None)
     folder = cached_folder(name)
-    _save_atomic(model, recipe, folder)
+    save_atomic(model, recipe, folder)
     shipped = shipped_folder(name) / "config.json"
     return Retrained(
         name=name,
@@ -198,7 +198,7 @@ def retrain(names: tuple[str, ...] = tuple(TOY_MODELS)) -> list[Retrained]:
     # spawn, not fork: a forked child would inherit the parent's torch thread pools and state
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(len(names), mp_context=context) as pool:
-        futures = [pool.submit(_train_into_cache, name) for name in names]
+        futures = [pool.submit(train_into_cache, name) for name in names]
         description = f"training {' and '.join(names)} ({len(names)} processes)"
         done = {}
         for future in progress.track(as_completed(futures), description, total=len(names)):

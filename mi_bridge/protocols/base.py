@@ -4,7 +4,7 @@ A protocol is what a run does between loading the pair and publishing the run fo
 ``prepare`` (items, states, bridges) → ``conditions`` (what to evaluate) → ``evaluate`` → ``summarize``
 (results.json's sections) → ``judge`` (the verdict as a ``Result``). ``run`` chains them; the commands
 (``mi_bridge.run``, the sweep, the analyses) know only this interface, so a third protocol is a new
-subpackage and one line in ``PROTOCOLS``. Protocols never import each other: what both use lives in
+subpackage (``rules.py`` and its ``Protocol``) and one ``config.register_protocol`` call. Protocols never import each other: what both use lives in
 ``mi_bridge.core``, ``mi_bridge.bridges`` and ``mi_bridge.models``.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig, protocol_rules
+from mi_bridge.errors import UserError
 from mi_bridge.report.result import Result
 
 
@@ -71,6 +72,23 @@ class Protocol(ABC):
     def folder_tag(self, config: ExperimentConfig) -> str:
         """What the default run folder's name adds to pair, models and layers."""
 
+    # The analyses (``python -m mi_bridge.analyses``): a protocol without them keeps these defaults.
+
+    analysis_entry: ClassVar[str | None] = None
+    """The function an analysis script defines for this protocol (``analyze``, ``analyze_seed``)."""
+
+    def analysis(self, module) -> Any:
+        """``module``'s entry point for this protocol, or None where the script does not apply."""
+        return getattr(module, self.analysis_entry, None) if self.analysis_entry else None
+
+    def analysis_context(self, config: ExperimentConfig, options, store=None) -> Any:
+        """What the analysis scripts read: the loaded pair, the layers, the items."""
+        raise UserError(f"the analyses are not built for the {self.name} protocol")
+
+    def qualify(self, module, result: Result, site: dict) -> Result:
+        """An analysis's result, with its verdict withheld where the site or the task cannot support it."""
+        return result
+
     def run(self, config: ExperimentConfig, pair, sender_layer: int, receiver_layer: int, store) -> Outcome:
         prepared = self.prepare(config, pair, sender_layer, receiver_layer, store)
         conditions = self.conditions(config)
@@ -78,16 +96,7 @@ class Protocol(ABC):
         return Outcome(self.summarize(config, prepared, evaluated, conditions), evaluated)
 
 
-PROTOCOLS = {
-    "split": "mi_bridge.protocols.split.protocol:SplitProtocol",
-    "seed": "mi_bridge.protocols.seed.protocol:SeedProtocol",
-}
-"""Every protocol by name, as ``module:class``: imported only when a run asks for it (so that bad input
-is refused before torch and TransformerLens load)."""
-
-
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise UserError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
-    module, cls = PROTOCOLS[name].split(":")
+    """The protocol registered as ``name`` (``config.PROTOCOLS``), imported now."""
+    module, cls = protocol_rules(name).protocol.split(":")
     return getattr(importlib.import_module(module), cls)()

@@ -8,10 +8,10 @@ import torch
 from mi_bridge.analyses.runner import ORDER, load_script, main
 from mi_bridge.core.capture import answer_logits
 from mi_bridge.core.evaluate import Condition, evaluate_conditions
-from mi_bridge.models.backends import residual_at
 from mi_bridge.protocols.split.analysis import qualify_by_site
 from mi_bridge.protocols.split.diagnosis import SITE_CLASSES
 from mi_bridge.report.result import VERDICTS, Result
+from mi_bridge.runtime.backend import residual_at
 from tests.conftest import make_cfg, tl3_only
 
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from mi_bridge.cache import main as cache_main
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.store import ActivationStore, default_store
+from mi_bridge.errors import UserError
 from mi_bridge.models.identity import describe, toy_identity
 from mi_bridge.models.language import toy_language
 from mi_bridge.models.loading import ModelPair

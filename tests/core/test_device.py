@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from mi_bridge.bridges.ridge import LAMBDA_RATIOS, Standardizer, heldout_errors, ridge_solve
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.device import describe, resolve_device, to_cpu_numpy
 from mi_bridge.core.inject import inject_residual
+from mi_bridge.errors import UserError
 from mi_bridge.files import sha256_tensor
 from mi_bridge.protocols.seed.experiment import injected_state
 from mi_bridge.sweep import actor_gpus
@@ -91,8 +92,9 @@ def test_cuda_on_a_ray_cluster_without_gpus_is_bad_input():
 def test_a_split_across_gpus_is_checked_before_any_model_loads(capsys, tmp_path):
     """What can be tested without several GPUs: the flag is validated in one line, the toy pair refuses
     it, and a single-device run records no placement (tests/test_gpu.py has no multi-GPU test: untested)."""
-    from mi_bridge.config import ExperimentConfig, UserError
+    from mi_bridge.config import ExperimentConfig
     from mi_bridge.core.device import check_devices
+    from mi_bridge.errors import UserError
     from mi_bridge.run import main
 
     with pytest.raises(UserError, match="needs 2 CUDA GPUs"):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
+from mi_bridge.errors import UserError
 from mi_bridge.models.language import pythia_language, toy_language
 from mi_bridge.models.loading import load_model, load_pretrained, toy_spec
 from mi_bridge.models.task import sample_items

@@ -112,3 +112,20 @@ def test_the_batch_stops_once_every_row_has_ended(model):
         calls.clear()
         out = greedy_generate(model, batch[:1], max_new_tokens=6, eos_token_id=first[0])
     assert out == [[]] and calls == [max(len(batch[0]), 1)]
+
+
+@pytest.mark.parametrize(("penalty", "n"), [(1.3, 3), (2.0, 1), (1.0, 0), (1.3, 2)])
+def test_the_incremental_processors_choose_what_the_pure_ones_choose(penalty, n):
+    from mi_bridge.core.generate import Processors, next_tokens
+
+    g = torch.Generator().manual_seed(n)
+    sequences = [torch.randint(0, 12, (length,), generator=g).tolist() for length in (0, 1, 5, 9)]
+    processors = Processors(sequences, 12, "cpu", penalty=penalty, no_repeat_ngram=n)
+    for _ in range(15):  # a small vocabulary: repeats, penalties and bans all happen
+        logits = torch.randn(4, 12, generator=g) * 3
+        expected = next_tokens(logits, sequences, penalty=penalty, no_repeat_ngram=n)
+        choice = processors.choose(logits.clone())
+        assert choice.tolist() == expected.tolist()
+        for row, token in enumerate(choice.tolist()):
+            sequences[row].append(token)
+        processors.append(choice)

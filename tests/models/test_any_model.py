@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mi_bridge.api import load_model
-from mi_bridge.models.backends import TL_MAJOR
 from mi_bridge.run import main
+from mi_bridge.runtime.backend import TL_MAJOR
 from tests.conftest import TOKENIZER_FILE
 from tests.hf_cache import build_pythia_cache
 

@@ -5,8 +5,8 @@ reference recorded under TransformerLens 3.9. CI runs this file in both environm
 import json
 from pathlib import Path
 
-from mi_bridge.models.backends import TL_MAJOR
 from mi_bridge.run import main
+from mi_bridge.runtime.backend import TL_MAJOR
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "toy_tiny_reference.json"
 TINY = ["--n-items", "40", "--seeds", "1", "--n-bootstrap", "200", "--no-cache"]

@@ -11,13 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from mi_bridge.core.hooks import resid_post_name
-from mi_bridge.models.backends import (
-    TL_MAJOR,
-    HookedModel,
-    load_from_hf,
-    neox_from_hooked,
-    residual_at,
-)
+from mi_bridge.models.backends import load_from_hf, neox_from_hooked
+from mi_bridge.runtime.backend import TL_MAJOR, HookedModel, residual_at
 from tests.conftest import TOKENIZER_FILE
 from tests.hf_cache import build_pythia_cache
 from tests.oracles import assert_evaluator_equals_hooked_runs

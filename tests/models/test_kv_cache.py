@@ -11,8 +11,9 @@ import torch
 from mi_bridge.core.capture import answer_logits
 from mi_bridge.core.generate import left_pad
 from mi_bridge.core.hooks import resid_post_name
-from mi_bridge.models.backends import load_from_hf, residual_at
-from mi_bridge.models.kv_cache import decoding_cache, prefix_cache, run_tokens
+from mi_bridge.models.backends import load_from_hf
+from mi_bridge.runtime.backend import residual_at
+from mi_bridge.runtime.kv_cache import decoding_cache, prefix_cache, run_tokens
 from tests.conftest import TOKENIZER_FILE
 from tests.hf_cache import build_pythia_cache
 from tests.models.test_backends import SMALL_NEOX

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_bridge.config import UserError
 from mi_bridge.core.capture import capture_resid_post
-from mi_bridge.models.backends import TL_MAJOR
+from mi_bridge.errors import UserError
 from mi_bridge.models.language import pythia_language
 from mi_bridge.models.loading import load_pretrained
 from mi_bridge.models.task import sample_items
 from mi_bridge.run import main
+from mi_bridge.runtime.backend import TL_MAJOR
 from tests.conftest import TOKENIZER_FILE
 from tests.hf_cache import PYTHIA_14M_CONFIG, build_pythia_cache
 

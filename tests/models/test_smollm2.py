@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import mi_bridge
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
+from mi_bridge.errors import UserError
 from mi_bridge.models import packaged
 from mi_bridge.run import main
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mi_bridge.config import UserError
+from mi_bridge.errors import UserError
 from mi_bridge.models.language import PYTHIA_PERSONS, PYTHIA_PLACES, TOY_INDEX, pythia_language, toy_language
 from mi_bridge.models.task import sample_items
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mi_bridge.config import UserError
+from mi_bridge.errors import UserError
 from mi_bridge.models import toy
 from mi_bridge.models.language import toy_language
 from mi_bridge.models.toy import TOY_MODELS, load_toy_model, toy_validity
@@ -87,15 +87,25 @@ def test_a_shipped_model_of_another_recipe_hash_is_refused(shipped_copy):
 
 
 @tl3_only
-def test_a_changed_recipe_without_shipped_weights_trains_into_the_cache(tmp_path, monkeypatch):
+def test_a_changed_recipe_is_refused_until_the_train_command_has_cached_it(tmp_path, monkeypatch):
+    """Loading never trains: a recipe without shipped weights is one line naming the command that trains
+    it; once that has run (here: its function, for one tiny recipe), the cached weights load."""
+    from mi_bridge.models.toy_training import train_into_cache
+
     changed = dataclasses.replace(TOY_MODELS["toy-sender"], steps=3, warmup=1)
     monkeypatch.setitem(TOY_MODELS, "toy-sender", changed)
     monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path))
     assert not toy.shipped_folder("toy-sender").exists()
-    trained = load_toy_model("toy-sender")
-    assert (toy.cached_folder("toy-sender") / "config.json").exists()
-    cached = load_toy_model("toy-sender")  # now from the cache, not trained again
-    assert all(torch.equal(a, b) for a, b in zip(trained.parameters(), cached.parameters(), strict=True))
+    with pytest.raises(UserError, match="python -m mi_bridge.models.toy train"):
+        load_toy_model("toy-sender")
+    assert not (tmp_path / "toy").exists()  # nothing was trained
+    trained = train_into_cache("toy-sender")
+    assert trained.steps == 3 and (toy.cached_folder("toy-sender") / "config.json").exists()
+    cached = load_toy_model("toy-sender")
+    assert (
+        json.loads((toy.cached_folder("toy-sender") / "config.json").read_text())["sha256"] == trained.sha256
+    )
+    assert cached.cfg.n_layers == changed.n_layers
 
 
 @pytest.mark.slow

@@ -31,9 +31,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_bridge.config import ExperimentConfig, UserError
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.core import progress
 from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.errors import UserError
 from mi_bridge.models.loading import ModelPair
 from mi_bridge.protocols.seed import audit
 from mi_bridge.protocols.seed.experiment import (

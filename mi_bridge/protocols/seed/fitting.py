@@ -10,8 +10,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_bridge.bridges.ridge import LinearBridge, fit_quality, l2_fit_quality, l2_mean
-from mi_bridge.bridges.sgd_l2 import SGDL2Bridge
+from mi_bridge.bridges.base import bridge_kind
+from mi_bridge.bridges.metrics import l2_fit_quality, l2_mean
 from mi_bridge.core import progress
 from mi_bridge.core.capture import batches, capture_resid_post
 from mi_bridge.models.loading import ModelPair
@@ -73,20 +73,14 @@ def fit_bridges(
     (the paper's held-out split), beside the receiver-mean predictor in the same spaces. The SGD bridge
     trains on ``device``; the ridge bridge is fitted on the CPU (mi_bridge.device)."""
     n_val = max(1, int(len(x) * 0.1))
-    x_fit, y_fit, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
+    y_fit, y_val = y[:-n_val], y[-n_val:]  # each kind fits and scores on the same split itself
     out: dict[str, list[FittedBridge]] = {kind: [] for kind in kinds}
     for seed in seeds:
         for kind in kinds:
-            if kind == "sgd-l2":
-                bridge = SGDL2Bridge.fit(x, y, seed=seed, device=device)  # holds out the same last 10% itself
-                fit = l2_fit_quality(bridge(x_val), y_val)
-                fit["best_epoch"] = bridge.history["best_epoch"]
-            else:
-                bridge = LinearBridge.fit(x_fit, y_fit, seed=seed)
-                fit = fit_quality(bridge(x_val), y_val, bridge.y_norm)
+            bridge, fit = bridge_kind(kind).fit_and_score(x, y, n_heldout=n_val, seed=seed, device=device)
             out[kind].append(FittedBridge(kind, seed, bridge, fit))
     trivial = l2_fit_quality(l2_mean(y_fit).expand(len(y_val), -1), y_val)
-    return out, {"receiver_mean_direction": trivial, "n_fit_pairs": len(x_fit), "n_heldout_pairs": n_val}
+    return out, {"receiver_mean_direction": trivial, "n_fit_pairs": len(y_fit), "n_heldout_pairs": n_val}
 
 
 def item_states(model, token_lists: list[list[int]], layer: int, batch_size: int) -> list[Tensor]:

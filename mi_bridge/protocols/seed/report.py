@@ -1,4 +1,4 @@
-"""A seed-protocol run as a :class:`~mi_bridge.result.Result` (rendered by ``report.py``): the protocol
+"""A seed-protocol run as a :class:`~mi_bridge.report.result.Result` (rendered by ``report.py``): the protocol
 audit first, then the configuration, the bridge fit, and one row per condition beside the published
 table."""
 

@@ -1,38 +1,23 @@
 """The seed protocol's results.json sections: every condition with its paper metrics, paired Δ vs no
-injection, the published number beside it, and the audit; and the whole run in one call."""
+injection, the published number beside it, and the audit."""
 
 from __future__ import annotations
 
 import zlib
 
 from mi_bridge.config import ExperimentConfig
-from mi_bridge.models.loading import ModelPair
 from mi_bridge.protocols.seed import audit
 from mi_bridge.protocols.seed.experiment import (
     BASELINE,
-    CONDITIONS,
     FLOORS,
     ORACLE,
     PRIMARY_METRIC,
     SeedRun,
-    prepare_seed_run,
-    run_conditions,
 )
 from mi_bridge.protocols.seed.task import (
     load_published,
 )
 from mi_bridge.stats import mean_with_ci, sign_test_p
-
-
-def run_seed_experiment(
-    config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int
-) -> tuple[dict, dict]:
-    """results.json's seed-protocol sections, and every prediction (per condition and run)."""
-    run, bridges, fit_section = prepare_seed_run(config, pair, sender_layer, receiver_layer)
-    outcomes, strengths, predictions, meta = run_conditions(run, bridges, CONDITIONS)
-    results = summarize(config, outcomes, strengths, meta, run)
-    results["bridge_fit"] = fit_section
-    return results, predictions
 
 
 def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun) -> dict:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from mi_bridge.config import UserError
+from mi_bridge.errors import UserError
 
 EVAL_SHA256 = "504e077cf17433e22967c86e98d321532d4e803dbe24d96af14c7e8ecdd0dcbb"
 """SHA-256 of ``clean_eval.jsonl`` as stated in the paper's audit manifest."""

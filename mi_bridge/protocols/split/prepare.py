@@ -14,15 +14,16 @@ from torch import Tensor
 
 from mi_bridge import __version__
 from mi_bridge.bridges.ridge import LinearBridge
-from mi_bridge.config import ExperimentConfig, SeedOffset, UserError
+from mi_bridge.config import ExperimentConfig, SeedOffset
 from mi_bridge.core.capture import capture_resid_post
 from mi_bridge.core.hooks import resid_post_name
 from mi_bridge.core.store import CACHE_VERSION, ActivationStore
+from mi_bridge.errors import UserError
 from mi_bridge.models import identity
-from mi_bridge.models.backends import TL_MAJOR
 from mi_bridge.models.language import relay_tokens
 from mi_bridge.models.loading import ModelPair
 from mi_bridge.models.task import TaskItems, sample_items
+from mi_bridge.runtime.backend import cache_key_tag
 
 
 def split(n_items: int, n_test: int, seed: int) -> tuple[Int[Tensor, " n_fit"], Int[Tensor, " n_test"]]:
@@ -94,8 +95,7 @@ class SeedContext:
         # Unknown checkpoint: a key for this process only (the loaded object), never stored on disk.
         model_key = identity.key_material(exact) if exact is not None else {"unresolved": id(model)}
         blob = json.dumps([CACHE_VERSION, __version__, model_key, what], sort_keys=True)
-        if TL_MAJOR >= 4:  # the backends agree to ~1e-6, not bit for bit: never share a state across them
-            blob += f"|transformer-lens {TL_MAJOR}"
+        blob += cache_key_tag()  # never share a state across the backends
         key = hashlib.sha256(blob.encode()).hexdigest()[:20]
         self.store.describe(key, None if exact is None else {"model": exact, **what})
         return key

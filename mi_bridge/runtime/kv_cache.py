@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mi_bridge.models.backends import TL_MAJOR, HookedModel, residual_at
+from mi_bridge.runtime.backend import TL_MAJOR, HookedModel, residual_at
 
 
 @dataclass
