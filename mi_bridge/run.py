@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mi_bridge import cli
+from mi_bridge import cli, files
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.protocols.base import Outcome, get_protocol
 from mi_bridge.report import render as report
@@ -99,6 +99,7 @@ def publish(run: RunResult, folder: Path, overwrite: bool = False) -> None:
     def write_rest(staging: Path) -> None:
         protocol.figure(run.results, staging / "figure.png")
         (staging / "report.md").write_text(report.result_markdown(run.report, figure="figure.png"))
+        files.write_parquet(staging / "items.parquet", run.items)  # every protocol's per-item table
         protocol.write_artifacts(staging, run.outcome)
 
     cli.publish_run(folder, run.config, run.results, write_rest, overwrite)

@@ -212,11 +212,11 @@ def test_cold_and_warm_runs_are_bit_identical_and_record_their_provenance(cold_r
 def test_a_damaged_toy_model_is_never_loaded(tmp_path):
     from transformer_lens import HookedTransformer
 
-    from mi_bridge.models.toy import _load_cached, _save_atomic
+    from mi_bridge.models.toy import _load_cached, save_atomic
 
     recipe = TOY_MODELS["toy-sender"]
     model = HookedTransformer(recipe.model_config())
-    _save_atomic(model, recipe, tmp_path)
+    save_atomic(model, recipe, tmp_path)
     assert _load_cached(HookedTransformer(recipe.model_config()), tmp_path, recipe) is None
     data = bytearray((tmp_path / "model.safetensors").read_bytes())
     data[-5] ^= 0xFF

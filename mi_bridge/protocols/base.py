@@ -62,7 +62,8 @@ class Protocol(ABC):
 
     @abstractmethod
     def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
-        """Files of the run folder beyond results, config, report and figure (bridges, predictions)."""
+        """Files of the run folder beyond results, config, report, figure and items.parquet (bridges,
+        predictions)."""
 
     @abstractmethod
     def item_table(self, outcome: Outcome):

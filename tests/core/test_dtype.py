@@ -93,6 +93,6 @@ def test_bfloat16_gives_the_same_task_validity(tmp_path):
 
 def test_float16_on_the_cpu_is_refused():
     with pytest.raises(UserError, match="float16 is not supported on the CPU"):
-        ExperimentConfig(dtype="float16")
+        ExperimentConfig(dtype="float16", device="cpu")
     with pytest.raises(UserError, match="unknown dtype"):
         ExperimentConfig(dtype="float64")

@@ -57,7 +57,6 @@ class SeedProtocol(Protocol):
 
     def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
         files.write_json(staging / "predictions.json", outcome.evaluated["predictions"])
-        files.write_parquet(staging / "items.parquet", self.item_table(outcome))
         for kind, fitted in outcome.evaluated["bridges"].items():
             for bridge in fitted:
                 bridge.translate.save(staging / "bridge" / kind / f"seed{bridge.seed}")

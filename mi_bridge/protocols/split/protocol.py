@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from mi_bridge import files
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.evaluate import select_conditions, standard_conditions
 from mi_bridge.protocols.base import Outcome, Protocol
@@ -80,7 +79,6 @@ class SplitProtocol(Protocol):
                 seed.second_site.bridge.save(
                     staging / "bridge" / f"second-site-L{seed.second_site.layer}" / f"seed{index}"
                 )
-        files.write_parquet(staging / "items.parquet", self.item_table(outcome))
 
     def item_table(self, outcome: Outcome) -> pd.DataFrame:
         return outcome.evaluated.items
