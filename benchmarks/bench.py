@@ -2,6 +2,8 @@
 
     .venv/bin/python -m benchmarks.bench              # every section (about 22 minutes on 2 cores)
     .venv/bin/python -m benchmarks.bench --skip-retrain  # without retraining the toy pair
+    .venv/bin/python -m benchmarks.bench --decoding --baseline-rev b84ebc6
+        # TransformerLens 4 against 3.9 and decoding against Hugging Face (benchmarks/decoding.py)
 
 Every comparison is measured in this one run, against a naive implementation, with several
 repetitions interleaved (fast, naive, fast, naive, ...) and medians. Pythia architectures use random weights (speed does not depend on the
@@ -538,8 +540,15 @@ def retrain() -> dict:
 
 
 def main() -> int:
+    if "--decoding" in sys.argv[1:]:  # its own sections and environments: benchmarks/decoding.py
+        from benchmarks import decoding
+
+        return decoding.main([a for a in sys.argv[1:] if a != "--decoding"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-retrain", action="store_true", help="do not retrain the toy pair")
+    parser.add_argument(
+        "--decoding", action="store_true", help="run benchmarks/decoding.py instead (its flags follow)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     results: dict = {

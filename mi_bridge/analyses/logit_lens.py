@@ -26,6 +26,7 @@ from mi_bridge.protocols.seed.analysis import SeedProtocolContext, next_token_lo
 from mi_bridge.protocols.split.analysis import AnalysisContext, translated_vectors
 from mi_bridge.report.render import saved_figure
 from mi_bridge.report.result import Result, Table
+from mi_bridge.runtime.backend import residual_at
 from mi_bridge.stats import bootstrap_statistic
 
 NAME = "logit_lens"
@@ -57,7 +58,7 @@ def read_after_remaining_layers(
 ) -> torch.Tensor:
     parts = []
     for chunk in batches(len(tokens), batch_size):
-        prefix = model(tokens[chunk].to(model_device(model)), stop_at_layer=layer + 1)
+        prefix = residual_at(model, tokens[chunk].to(model_device(model)), stop_at_layer=layer + 1)
         injected = inject_residual(prefix, position, vectors[chunk], "replace")
         parts.append(answer_logits(model, injected, start_at_layer=layer + 1).cpu())
     return torch.cat(parts)

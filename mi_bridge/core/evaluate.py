@@ -113,7 +113,7 @@ class SharedPrefix:
     """The work every condition of one prompt and item batch shares, done once.
 
     Positions before the injection site are never changed by an injection (attention is causal), so
-    their keys and values at every layer go into a frozen KV cache (``models.kv_cache``, on both
+    their keys and values at every layer go into a frozen KV cache (``runtime.kv_cache``, on both
     backends); the tail (site onward) runs through layers 0..L once. A condition then edits the tail at
     layer L and runs only the tail through layers L+1.. against the cache: a few positions instead of
     the whole prompt.

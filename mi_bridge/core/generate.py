@@ -5,7 +5,7 @@ no_repeat_ngram_size=3)``. The two logits processors are pure functions here, wi
 semantics: the penalty and the n-gram ban look at the whole sequence, prompt included (the unpadded
 one: padding is never part of a sequence). Hooks given to :func:`greedy_generate` are active during the
 prefill (the prompt's forward pass) only, as the paper's ``prefill_only`` injection; every new token then
-runs against the cached keys and values (``models.kv_cache``, on both backends).
+runs against the cached keys and values (``runtime.kv_cache``, on both backends).
 
 Prompts of different lengths share a batch, padded on the left: the attention mask hides the padding
 and both backends derive each row's positions from it (rotary models included), so every row computes

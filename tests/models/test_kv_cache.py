@@ -1,4 +1,4 @@
-"""The KV-cache interface (``models.kv_cache``) on the installed backend (CI runs this file under
+"""The KV-cache interface (``runtime.kv_cache``) on the installed backend (CI runs this file under
 TransformerLens 3 and 4): a frozen prefix serves tails of any length, repeated along the batch, from
 tokens or from a residual entering layer L, with and without left padding, and every result equals the
 uncached run. A hook at layer L sees the new positions only, with the uncached run's values."""
@@ -86,14 +86,20 @@ def test_a_left_padded_prefix_and_its_tails_equal_each_prompt_alone(model):
     prompts = [draw((n,), seed=10 + n).tolist() for n in (3, 7, 5)]
     tails = draw((3, 2), seed=99)
     tokens, mask = left_pad(prompts)
+    seen = []
+    record = lambda act, hook: seen.append(act.detach().clone())
+    hook = [(resid_post_name(1), record)]
     with torch.no_grad():
         cache = prefix_cache(model, tokens, mask.long())
         assert cache.mask is not None and cache.mask.shape == (3, 7)
         # the tail's own positions are real: the interface joins them to the cached mask
-        batched = model(tails, **cache.forward_kwargs(2, from_residual=False))
+        batched = model.run_with_hooks(tails, fwd_hooks=hook, **cache.forward_kwargs(2, from_residual=False))
+        state = seen.pop()
         for row, prompt in enumerate(prompts):
-            alone = model(torch.tensor([prompt + tails[row].tolist()]))[0, -2:]
+            alone = model.run_with_hooks(torch.tensor([prompt + tails[row].tolist()]), fwd_hooks=hook)[0, -2:]
             torch.testing.assert_close(batched[row], alone, rtol=0, atol=ATOL)
+            # the hook at layer L sees each padded row's tail as that prompt alone does
+            torch.testing.assert_close(state[row], seen.pop()[0, -2:], rtol=0, atol=ATOL)
 
 
 def test_a_decoding_cache_grows_with_each_step_and_equals_the_uncached_run(model):
