@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 
 from mi_bridge.errors import UserError
-from mi_bridge.families import FAMILIES, PAIRS, TEMPLATES, family
+from mi_bridge.families import PAIRS, TEMPLATES, family
 
 POSITIONS = ("slot", "final")
 TARGETS = ("relay-slot", "same-input")
@@ -56,7 +56,6 @@ FIELD_GROUPS = {
 }
 """The config's fields by concern, each protocol's own apart: ``--help`` shows them in these groups, while
 ``config.json`` stays flat (one key per field), so every earlier run folder still loads with ``--config``."""
-DEFAULT_MODELS = {name: spec.models for name, spec in FAMILIES.items()}
 
 
 def register_protocol(name: str, package: str) -> None:
@@ -280,11 +279,11 @@ class ExperimentConfig:
 
     @property
     def sender_name(self) -> str:
-        return self.sender or DEFAULT_MODELS[self.pair][0]
+        return self.sender or self.family.models[0]
 
     @property
     def receiver_name(self) -> str:
-        return self.receiver or DEFAULT_MODELS[self.pair][1]
+        return self.receiver or self.family.models[1]
 
     @property
     def bridge_kind(self) -> str:
