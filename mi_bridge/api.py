@@ -3,7 +3,6 @@ build on the same functions). Nothing here prints a report or writes a run folde
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mi_bridge.config import DTYPES, ExperimentConfig
@@ -40,10 +39,10 @@ def load_model(
 
 def make_config(config: ExperimentConfig | str | None = None, **fields) -> ExperimentConfig:
     """A config from a config, a pair name (``"pythia"``) or nothing (the toy pair), with ``fields``
-    (any ``ExperimentConfig`` field) overriding it."""
+    (any shared field, or an option of the protocol, by name: ``position="final"``) overriding it."""
     if config is None or isinstance(config, str):
-        return ExperimentConfig(**({"pair": config} if config else {}), **fields)
-    return replace(config, **fields) if fields else config
+        return ExperimentConfig.from_dict({**({"pair": config} if config else {}), **fields})
+    return config.with_values(**fields) if fields else config
 
 
 def load_pair(config: ExperimentConfig | str | None = None, **fields) -> ModelPair:

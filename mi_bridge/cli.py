@@ -20,14 +20,15 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from mi_bridge.config import CHOICES, FIELD_GROUPS, ExperimentConfig
+from mi_bridge.config import FIELD_GROUPS, ExperimentConfig, all_options, choices_of
 from mi_bridge.core.progress import error, one_line_errors  # noqa: F401 (the commands' wrapper)
 from mi_bridge.errors import UserError
 from mi_bridge.families import FAMILIES
 from mi_bridge.files import publish_folder, write_json
 
-NOT_FLAGS = ("extra",)
-"""Config fields that are not command-line flags (free-form notes carried in config.json)."""
+NOT_FLAGS = ("extra", "options")
+"""Config fields that are not command-line flags: the free-form notes carried in config.json, and the
+protocol's options (each of their fields is a flag of its own)."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -88,33 +89,34 @@ def add_config_flags(
     only: tuple[str, ...] | None = None,
     helps: dict[str, str] | None = None,
 ) -> None:
-    """One flag per ExperimentConfig field (or per field named in ``only``), its help the field's docstring
-    and its default (or ``helps[field]``, where a command reads the field its own way, e.g. ``out``); the
-    fields named in ``lists`` take their value as text (a sweep's list or range, parsed by
-    ``mi_bridge.grid``)."""
-    hints = typing.get_type_hints(ExperimentConfig)
-    docs = field_docs()
+    """One flag per shared ExperimentConfig field and per option of each registered protocol (or per
+    field named in ``only``), its help the field's docstring and its default (or ``helps[field]``, where
+    a command reads the field its own way, e.g. ``out``); the fields named in ``lists`` take their value
+    as text (a sweep's list or range, parsed by ``mi_bridge.grid``). Each protocol's options are a group
+    of their own: a protocol registered later brings its flags with it."""
     groups = {name: group for group, names in FIELD_GROUPS.items() for name in names}
+    specs = [(ExperimentConfig, spec, groups.get(spec.name)) for spec in fields(ExperimentConfig)]
+    for protocol, options in all_options().items():
+        specs += [(options, spec, f"--protocol {protocol}") for spec in fields(options)]
     sections: dict[str, argparse._ArgumentGroup] = {}
-    for spec in fields(ExperimentConfig):
+    for owner, spec, group in specs:
         if spec.name in NOT_FLAGS or (only is not None and spec.name not in only):
             continue
-        group = groups[spec.name]
         if group not in sections:
             sections[group] = parser.add_argument_group(group)
         section = sections[group]
         default = spec.default if spec.default is not MISSING else spec.default_factory()
-        help_text = (helps or {}).get(spec.name) or docs.get(spec.name, "")
+        help_text = (helps or {}).get(spec.name) or field_docs(owner).get(spec.name, "")
         if default is not None:
             help_text += f" (default: {_default_text(default)})"
         flag = "--" + spec.name.replace("_", "-")
-        kind = _flag_type(hints[spec.name])
+        kind = _flag_type(typing.get_type_hints(owner)[spec.name])
         if spec.name in lists:
             section.add_argument(flag, type=str, help=f"{help_text} {sweep_note(spec.name, kind)}")
         elif kind is None:
             section.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            section.add_argument(flag, type=kind, choices=CHOICES.get(spec.name), help=help_text)
+            section.add_argument(flag, type=kind, choices=choices_of(spec.name), help=help_text)
 
 
 def sweep_note(name: str, kind) -> str:
@@ -122,8 +124,8 @@ def sweep_note(name: str, kind) -> str:
     may hold dashes), a field of a few names with those names."""
     if kind is int:
         return "Sweep: a list or range, e.g. 0-11 or 0,4,8."
-    if name in CHOICES:
-        return f"Sweep: a comma-separated list of {', '.join(CHOICES[name])}."
+    if choices_of(name) is not None:
+        return f"Sweep: a comma-separated list of {', '.join(choices_of(name))}."
     return "Sweep: a comma-separated list of names (no ranges: names may hold dashes)."
 
 
@@ -176,7 +178,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         if "template" not in data and FAMILIES.get(data.get("pair", "toy"), FAMILIES["toy"]).pretrained:
             # Written before templates existed: those pretrained runs used the original form.
             data["template"] = "lives-in"
-    known = {f.name for f in fields(ExperimentConfig)}
+    known = {f.name for f in fields(ExperimentConfig)} - set(NOT_FLAGS)
+    known |= {f.name for options in all_options().values() for f in fields(options)}
     for key, value in vars(args).items():
         if key in known and value is not None:  # analysis scripts add flags of their own
             data[key] = value

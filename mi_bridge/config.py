@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
@@ -13,63 +12,59 @@ import torch
 from mi_bridge.errors import UserError
 from mi_bridge.families import PAIRS, TEMPLATES, family
 
-POSITIONS = ("slot", "final")
-TARGETS = ("relay-slot", "same-input")
-DTYPES = ("float32", "bfloat16", "float16")
-BRIDGES = ("ridge", "sgd-l2", "both")
 CONDITION_FAMILIES = ("translated", "controls", "ceilings")
-"""Families of injected conditions that ``--conditions`` picks: the bridge's output, the controls (random,
-shuffled, mean) and the receiver's own states (self-patch and the context-free ceilings); their vector kinds
-are in ``core/conditions.py``."""
+"""Families of injected conditions (the split protocol's ``--conditions`` picks among them): the bridge's
+output, the controls (random, shuffled, mean) and the receiver's own states (self-patch and the
+context-free ceilings); their vector kinds are in ``core/conditions.py``."""
 INJECTION_MODES = ("add", "replace", "rescale", "rescale-add")
-"""The injection modes (``core/inject.py``), which ``--conditions`` may also name."""
+"""The injection modes (``core/inject.py``)."""
+DTYPES = ("float32", "bfloat16", "float16")
 PROTOCOLS: dict[str, str] = {
     "split": "mi_bridge.protocols.split",
     "seed": "mi_bridge.protocols.seed",
 }
-"""The one registry of protocols: each name's package. Its ``rules.RULES`` (a ``ProtocolRules``, light:
-no torch) checks a config and gives the protocol's defaults; its ``Protocol`` runs it. Both are imported
-by name only when asked for, so bad input is refused before torch and TransformerLens load. A new protocol
-is its package and one ``register_protocol`` call; nothing here branches on a protocol's name."""
+"""The one registry of protocols: each name's package. Its ``options.Options`` (a ``ProtocolOptions``,
+light: no torch) holds the protocol's own fields, checks them and names the ``Protocol`` that runs it.
+Both are imported by name only when asked for, so bad input is refused before torch and TransformerLens
+load. A new protocol is its package and one ``register_protocol`` call; nothing here branches on a
+protocol's name."""
 
-
-CHOICES = {
-    "pair": PAIRS,
-    "position": POSITIONS,
-    "target": TARGETS,
-    "dtype": DTYPES,
-    "protocol": PROTOCOLS,
-    "bridge": BRIDGES,
-    "template": TEMPLATES,
-}
-"""The allowed values of the config fields that take one of a few names (used by the CLI)."""
+CHOICES = {"pair": PAIRS, "dtype": DTYPES, "protocol": PROTOCOLS, "template": TEMPLATES}
+"""The allowed values of the shared fields that take one of a few names (a protocol's own are its
+options' ``choices``)."""
 FIELD_GROUPS = {
     group: tuple(names.split())
     for group, names in {
         "models": "pair sender receiver sender_revision receiver_revision sender_layer receiver_layer",
         "task and sample": "protocol template k n_items n_fit seeds seed test_fraction",
-        "split protocol": "position target alphas conditions site_scan second_site min_oracle_gap",
-        "seed protocol": "bridge fit_corpus max_new_tokens",
-        "statistics": "n_bootstrap",
+        "statistics": "n_bootstrap min_oracle_gap",
         "running": "device dtype n_devices batch_size out extra",
     }.items()
 }
-"""The config's fields by concern, each protocol's own apart: ``--help`` shows them in these groups, while
-``config.json`` stays flat (one key per field), so every earlier run folder still loads with ``--config``."""
+"""The shared fields by concern: ``--help`` shows them in these groups and each protocol's options in a
+group of its own, while ``config.json`` stays flat (one key per field), so every earlier run folder still
+loads with ``--config``."""
 
 
 def register_protocol(name: str, package: str) -> None:
-    """Make the protocol in ``package`` (with ``rules.py``) runnable as ``--protocol name``."""
+    """Make the protocol in ``package`` (with ``options.py``) runnable as ``--protocol name``."""
     PROTOCOLS[name] = package
 
 
-class ProtocolRules:
-    """What a protocol decides about a config: its own checks and defaults."""
+@dataclass
+class ProtocolOptions:
+    """A protocol's own options, as a dataclass whose fields (each with a docstring under it) become
+    ``config.options``, the flags of a ``--help`` group and keys of the flat ``config.json``."""
 
     protocol: ClassVar[str]
     """The ``Protocol`` class that runs it, as ``module:class``."""
-    default_bridge: ClassVar[str] = "ridge"
-    """The bridge kind a run gets without ``--bridge``."""
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """The allowed values of its fields that take one of a few names."""
+    grid_fields: ClassVar[tuple[str, ...]] = ()
+    """Its fields that a sweep may vary (they name the sweep's cells)."""
+    legacy: ClassVar[dict[str, object]] = {}
+    """Keys that run folders written before protocols owned their options carried for this protocol,
+    with the value they held: dropped when such a config.json is read."""
     layer_depth: ClassVar[float | None] = None
     """The default layers' relative depth (None: ``models.default_layer``'s rule)."""
 
@@ -80,11 +75,44 @@ class ProtocolRules:
         """Why this run needs sender and receiver to share one tokenizer (None: it does not)."""
         return None
 
+    def resolved(self) -> ProtocolOptions:
+        """These options with every default made explicit (what a run folder's config.json records)."""
+        return self
 
-def protocol_rules(name: str) -> ProtocolRules:
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ProtocolOptions:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"unknown options of this protocol: {', '.join(unknown)}")
+        for name, value in data.items():
+            allowed = cls.choices.get(name)
+            if allowed is not None and value is not None and value not in allowed:
+                flag = "--" + name.replace("_", "-")
+                raise UserError(f"unknown {flag} {value!r}; choose one of {', '.join(allowed)}")
+        return cls(**_typed(cls, data))
+
+
+def protocol_options(name: str) -> type[ProtocolOptions]:
+    """The options class of the protocol registered as ``name``."""
     if name not in PROTOCOLS:
         raise UserError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
-    return importlib.import_module(f"{PROTOCOLS[name]}.rules").RULES
+    return importlib.import_module(f"{PROTOCOLS[name]}.options").Options
+
+
+def all_options() -> dict[str, type[ProtocolOptions]]:
+    """Every registered protocol's options class by protocol name."""
+    return {name: protocol_options(name) for name in PROTOCOLS}
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+    """The allowed values of a shared field or of any protocol's option ``name`` (None: any value)."""
+    if name in CHOICES:
+        return tuple(CHOICES[name])
+    found = [cls.choices[name] for cls in all_options().values() if name in cls.choices]
+    return tuple(dict.fromkeys(v for values in found for v in values)) if found else None
 
 
 class SeedOffset:
@@ -124,12 +152,6 @@ class ExperimentConfig:
     (toy pair: the sender's last layer, where it resolves hop 1)."""
     receiver_layer: int | None = None
     """Receiver layer whose ``resid_post`` is injected into; default: the middle layer."""
-    position: str = "slot"
-    """Injection site: ``slot`` (the bridge entity's slot) or ``final`` (the last token, as in AC)."""
-    target: str = "relay-slot"
-    """Bridge target: the receiver's oracle-run state at the site, or states on the same input."""
-    alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
-    """Strengths of the additive injections (h + alpha * v), low first."""
     template: str | None = None
     """Prompt form of a pretrained pair: ``list`` (``List: Tom Paris. Ann Rome. Tom`` -> `` Paris``: the
     query ends in the key) or ``lives-in`` (``Tom lives in Paris. ... Tom lives in``); default ``list``,
@@ -149,13 +171,6 @@ class ExperimentConfig:
     """Items per forward pass."""
     n_bootstrap: int = 2000
     """Bootstrap resamples for the 95% confidence intervals."""
-    site_scan: bool = True
-    """Diagnose every receiver layer (self-patch, context-free ceiling, follow rate), so that the verdict
-    can name the layers where a sender-derived vector could help."""
-    second_site: bool = True
-    """When the receiver layer is not pre-lookup and the site scan found a pre-lookup layer, also evaluate
-    the translated conditions and controls at the pre-lookup layer nearest it (ties: the larger
-    context-free ceiling), reported side by side with the requested site."""
     min_oracle_gap: float = 0.25
     """Task validity: oracle accuracy must exceed baseline accuracy by this much (CI excluding 0)."""
     sender_revision: str | None = None
@@ -173,34 +188,31 @@ class ExperimentConfig:
     protocol: str = "split"
     """``split`` (the sender holds what the receiver lacks) or ``seed`` (the reference paper's protocol as
     released; needs a pair with a shared tokenizer, e.g. ``--pair pythia``; docs/seed_protocol.md)."""
-    bridge: str | None = None
-    """Bridge recipe: ``ridge`` (closed form, standardized space), ``sgd-l2`` (the paper's: a linear layer
-    with bias on L2-normalized states, AdamW) or ``both`` (compared on the same data); seed protocol only;
-    default: ``sgd-l2`` under ``seed``, ``ridge`` under ``split``."""
-    fit_corpus: str | None = None
-    """Seed protocol: the bridge's fit text, a local file (one text per line) or a Hugging Face dataset
-    ``name[:config]`` (needs ``datasets``); default: the eval contexts (offline)."""
-    max_new_tokens: int = 64
-    """Seed protocol: greedy tokens per answer (the text relay's sender gets twice as many)."""
     device: str = "auto"
     """Torch device the models run on: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``,
     ``cuda:1``, ... (docs/DESIGN.md, "Devices"); the run records the device used and the GPU's name."""
     seed: int = 0
     """Base seed: seed i of a run draws with seed + i (items, train/test split, controls, bridge fit), so
     runs with another base seed are independent replications; 0 is the historical numbering."""
-    conditions: str = "all"
-    """Split protocol: the injected conditions to evaluate, families (translated, controls, ceilings)
-    and/or modes (add, replace, rescale, rescale-add), e.g. ``translated,controls,rescale``; translated
-    is required, and baseline, relay, oracle and the site diagnosis's conditions are always kept."""
     out: str | None = None
-    """Run folder; default ``runs/<pair>-<sender>-<receiver>-L<ls>-L<lr>-<position>-<target>-<hash>``, the
+    """Run folder; default ``runs/<pair>-<sender>-<receiver>-L<ls>-L<lr>-<protocol's tag>-<hash>``, the
     hash that of the resolved config (``mi_bridge.run_folder``): runs of different settings never share one."""
     extra: dict = field(default_factory=dict)
     """Free-form notes carried into the run folder's config (not used by the experiment)."""
+    options: ProtocolOptions | dict | None = None
+    """The protocol's own options (its ``options.Options``; a dict of them, or None for their defaults):
+    ``config.options.position`` under ``split``, ``config.options.bridge`` under ``seed``. ``config.json``
+    records them flat, beside the shared fields."""
 
     def __post_init__(self) -> None:
-        for name, value in _typed({f.name: getattr(self, f.name) for f in fields(self)}).items():
+        shared = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        for name, value in _typed(ExperimentConfig, shared).items():
             setattr(self, name, value)
+        own = protocol_options(self.protocol)
+        if self.options is None or isinstance(self.options, dict):
+            self.options = own.from_dict(self.options or {})
+        elif type(self.options) is not own:
+            raise UserError(f"--protocol {self.protocol} takes {own.__name__} options, not {self.options!r}")
         for name in ("sender", "receiver"):
             if getattr(self, name) == "":
                 raise UserError(f"{name} model name must not be empty")
@@ -211,12 +223,6 @@ class ExperimentConfig:
                 f"--pair {self.pair} needs --sender and --receiver: each a Hugging Face model name or a "
                 "local folder"
             )
-        if self.position not in POSITIONS:
-            raise UserError(f"unknown position {self.position!r}; choose one of {', '.join(POSITIONS)}")
-        if self.target not in TARGETS:
-            raise UserError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
-        if not self.alphas or not all(math.isfinite(a) and a > 0 for a in self.alphas):
-            raise UserError(f"alphas must be one or more finite positive numbers (got {self.alphas})")
         if self.k < 2:
             raise UserError(f"k must be at least 2 (got {self.k})")
         if self.seeds < 1:
@@ -258,19 +264,13 @@ class ExperimentConfig:
             raise UserError(
                 f"unknown template {self.template!r} for pair {self.pair}; choose one of {', '.join(allowed)}"
             )
-        rules = protocol_rules(self.protocol)
-        if self.bridge is not None and self.bridge not in BRIDGES:
-            raise UserError(f"unknown bridge {self.bridge!r}; choose one of {', '.join(BRIDGES)}")
-        if self.max_new_tokens < 1:
-            raise UserError(f"max new tokens must be at least 1 (got {self.max_new_tokens})")
         for name in ("sender_layer", "receiver_layer"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UserError(f"{name.replace('_', ' ')} must be >= 0 (got {value})")
         if not 0 <= self.seed <= SeedOffset.SPLIT - self.seeds:  # each random stream stays distinct
             raise UserError(f"seed must lie in 0..{SeedOffset.SPLIT - self.seeds} (got {self.seed})")
-        self.conditions = normalize_conditions(self.conditions)
-        rules.validate(self)
+        self.options.validate(self)
 
     @property
     def family(self):
@@ -286,32 +286,19 @@ class ExperimentConfig:
         return self.receiver or self.family.models[1]
 
     @property
-    def bridge_kind(self) -> str:
-        """The bridge recipe, with the protocol's default."""
-        return self.bridge or protocol_rules(self.protocol).default_bridge
-
-    @property
     def one_tokenizer_reason(self) -> str | None:
         """Why this run needs sender and receiver to share one tokenizer (None: it does not)."""
-        return protocol_rules(self.protocol).one_tokenizer_reason(self)
+        return self.options.one_tokenizer_reason(self)
 
     @property
     def layer_depth(self) -> float | None:
         """The default layers' relative depth under the protocol (None: ``models.default_layer``'s rule)."""
-        return protocol_rules(self.protocol).layer_depth
+        return self.options.layer_depth
 
     @property
     def seed_indices(self) -> range:
         """The seeds a run draws with: ``seeds`` of them from the base ``seed``."""
         return range(self.seed, self.seed + self.seeds)
-
-    @property
-    def condition_families(self) -> tuple[str, ...]:
-        return _conditions(self.conditions)[0]
-
-    @property
-    def condition_modes(self) -> tuple[str, ...]:
-        return _conditions(self.conditions)[1]
 
     @property
     def n_test(self) -> int:
@@ -323,65 +310,73 @@ class ExperimentConfig:
         return self.n_items - self.n_test if self.n_fit is None else self.n_fit
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["alphas"] = list(self.alphas)
-        return data
+        """One flat record: the shared fields, then the protocol's options (``extra`` last)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("options", "extra")}
+        return data | self.options.to_dict() | {"extra": dict(self.extra)}
+
+    def with_values(self, **values) -> ExperimentConfig:
+        """This config with ``values`` (shared fields or the protocol's options, by name) changed."""
+        return ExperimentConfig.from_dict(self.to_dict() | values)
 
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        """The config a flat record describes (config.json, flags, API keywords). Keys another protocol
+        owns are refused, except in records written before protocols owned their options: those carried
+        every protocol's fields, at their defaults or at the values in the protocol's ``legacy``."""
+        protocol = data.get("protocol", cls.protocol)
+        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+            raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        own = protocol_options(protocol)
+        shared_names = {f.name for f in fields(cls)} - {"options"}
+        own_names = {f.name for f in fields(own)}
+        shared, options, unknown = {}, {}, []
+        for key, value in data.items():
+            if key in shared_names:
+                shared[key] = value
+            elif key in own_names:
+                options[key] = value
+            elif key in own.legacy and value == own.legacy[key]:
+                continue
+            elif (owner := _owner(key, value)) is not None:
+                if owner:
+                    raise UserError(
+                        f"--{key.replace('_', '-')} applies to --protocol {owner}, not {protocol}"
+                    )
+            else:
+                unknown.append(key)
         if unknown:
-            raise UserError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**_typed(data))
+            raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**_typed(cls, shared), options=options)
 
 
-def _conditions(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The families and modes a ``conditions`` text names (none of one kind: all of it)."""
-    names = [name.strip() for name in text.split(",")]
-    if names == ["all"]:
-        return CONDITION_FAMILIES, INJECTION_MODES
-    unknown = [n for n in names if n not in CONDITION_FAMILIES + INJECTION_MODES]
-    if unknown:
-        raise UserError(
-            f"unknown condition family or mode {unknown[0]!r}; choose from all, "
-            f"{', '.join(CONDITION_FAMILIES + INJECTION_MODES)}"
-        )
-    families = tuple(f for f in CONDITION_FAMILIES if f in names) or CONDITION_FAMILIES
-    modes = tuple(m for m in INJECTION_MODES if m in names) or INJECTION_MODES
-    if "translated" not in families:
-        raise UserError("--conditions must include translated: the verdict reads the translated conditions")
-    return families, modes
+def _owner(key: str, value) -> str | None:
+    """The protocol whose option ``key`` is (None: no protocol's); "" where ``value`` is that option's
+    default, as every protocol's fields were in a record of the flat config of old."""
+    for name, cls in all_options().items():
+        defaults = {f.name: f.default for f in fields(cls)}
+        if key in defaults:
+            default = defaults[key]
+            same = value == (list(default) if isinstance(default, tuple) else default)
+            return "" if same or value == default else name
+    return None
 
 
-def normalize_conditions(text: str) -> str:
-    """One spelling per selection (canonical order, ``all`` for everything), so that equal selections
-    give equal configs and run folder names."""
-    families, modes = _conditions(text)
-    if (families, modes) == (CONDITION_FAMILIES, INJECTION_MODES):
-        return "all"
-    return ",".join(
-        [
-            *(f for f in families if families != CONDITION_FAMILIES),
-            *(m for m in modes if modes != INJECTION_MODES),
-        ]
-    )
-
-
-def _typed(values: dict) -> dict:
+def _typed(cls: type, values: dict) -> dict:
     """Field values with their types checked by hand (a config may come from a JSON file written by
-    anyone): numbers coerced to float where a float is expected, alphas to a tuple; else a UserError."""
-    hints = typing.get_type_hints(ExperimentConfig)
+    anyone): numbers coerced to float where a float is expected, tuples of floats from lists; else a
+    UserError."""
+    hints = typing.get_type_hints(cls)
     out = dict(values)
     for name, value in values.items():
-        if name == "alphas":
+        hint = hints[name]
+        if typing.get_origin(hint) is tuple:
             ok = isinstance(value, tuple | list) and all(_is_number(a) for a in value)
             value = tuple(float(a) for a in value) if ok else value
-        elif hints[name] is float:
+        elif hint is float:
             ok = _is_number(value)
             value = float(value) if ok else value
         else:
-            ok = isinstance(value, hints[name]) and not (isinstance(value, bool) and hints[name] is not bool)
+            ok = isinstance(value, hint) and not (isinstance(value, bool) and hint is not bool)
         if not ok:
             raise UserError(f"config field {name!r} has the wrong type: {value!r}")
         out[name] = value

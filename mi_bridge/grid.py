@@ -10,20 +10,26 @@ import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mi_bridge.config import CHOICES, ExperimentConfig
+from mi_bridge.config import ExperimentConfig, all_options, choices_of
 from mi_bridge.errors import UserError
 
-GRID_FIELDS = (
+SHARED_GRID_FIELDS = (
     "sender",
     "receiver",
     "sender_revision",
     "receiver_revision",
     "sender_layer",
     "receiver_layer",
-    "position",
-    "target",
 )
-"""The config fields a sweep may vary (every other field is the same in all cells)."""
+"""The shared config fields a sweep may vary (every other field is the same in all cells)."""
+
+
+def grid_fields() -> tuple[str, ...]:
+    """Every field a sweep may vary: the shared ones and each registered protocol's ``grid_fields``."""
+    options = (name for cls in all_options().values() for name in cls.grid_fields)
+    return tuple(dict.fromkeys((*SHARED_GRID_FIELDS, *options)))
+
+
 LAYER_FIELDS = ("sender_layer", "receiver_layer")
 
 
@@ -55,7 +61,7 @@ def parse_values(name: str, text: str) -> list:
     if name in LAYER_FIELDS:
         return parse_layers(text)
     values = parse_names(text)
-    allowed = CHOICES.get(name)
+    allowed = choices_of(name)
     unknown = [v for v in values if allowed is not None and v not in allowed]
     if unknown:
         raise UserError(f"unknown {name} {unknown[0]!r} in {text!r}; choose from {', '.join(allowed)}")
@@ -76,7 +82,8 @@ class Cell:
 
 
 def cell_name(config: ExperimentConfig) -> str:
-    """``<sender>[@rev]-<receiver>[@rev]-L<ls>-L<lr>-<position>-<target>``; ``Lmid`` for a default layer."""
+    """``<sender>[@rev]-<receiver>[@rev]-L<ls>-L<lr>`` and the protocol's grid fields (split:
+    ``-<position>-<target>``); ``Lmid`` for a default layer."""
 
     def model(name: str, revision: str | None) -> str:
         return name if revision is None else f"{name}@{revision}"
@@ -89,8 +96,7 @@ def cell_name(config: ExperimentConfig) -> str:
         model(config.receiver_name, config.receiver_revision),
         layer(config.sender_layer),
         layer(config.receiver_layer),
-        config.position,
-        config.target,
+        *(str(getattr(config.options, name)) for name in config.options.grid_fields),
     )
     return "-".join(parts).replace("/", "_")
 
@@ -98,13 +104,13 @@ def cell_name(config: ExperimentConfig) -> str:
 def expand(base: ExperimentConfig, values: dict[str, list], folder: Path) -> list[Cell]:
     """Every combination of ``values`` (field -> list) on top of ``base``, each cell's run folder under
     ``folder``; a combination the config rejects is a UserError naming the cell."""
-    unknown = set(values) - set(GRID_FIELDS)
+    unknown = set(values) - set(SHARED_GRID_FIELDS) - set(base.options.grid_fields)
     if unknown:
         raise ValueError(f"not grid fields: {sorted(unknown)}")
     names = list(values)
     cells = []
     for combo in itertools.product(*(values[n] for n in names)):
-        config = replace(base, **dict(zip(names, combo, strict=True)), out=None)
+        config = base.with_values(**dict(zip(names, combo, strict=True)), out=None)
         name = cell_name(config)
         cells.append(Cell(name, replace(config, out=str(folder / name))))
     return cells

@@ -26,7 +26,7 @@ HASH_LENGTH = 8
 
 def resolved(config: ExperimentConfig, sender_layer: int, receiver_layer: int) -> ExperimentConfig:
     """``config`` with every default made explicit: model names, layers, revisions of hub models
-    (``main``), and the bridge kind; the template is resolved by the config itself. Its config.json then
+    (``main``), and the protocol's options (``resolved``); the template is resolved by the config itself. Its config.json then
     repeats the run even after a default changes."""
 
     def revision(name: str, asked: str | None) -> str | None:
@@ -41,7 +41,7 @@ def resolved(config: ExperimentConfig, sender_layer: int, receiver_layer: int) -
         receiver_layer=receiver_layer,
         sender_revision=revision(config.sender_name, config.sender_revision),
         receiver_revision=revision(config.receiver_name, config.receiver_revision),
-        bridge=config.bridge_kind,
+        options=config.options.resolved(),
     )
 
 

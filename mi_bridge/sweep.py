@@ -52,7 +52,7 @@ def build_parser() -> cli.OneLineParser:
         "--config", type=Path, help="the base config from a config.json (other flags override it)"
     )
     where = "Sweep folder; default runs/sweep-<pair>-<hash of the grid and settings> (the same command resumes it)"
-    cli.add_config_flags(parser, lists=grid.GRID_FIELDS, helps={"out": where})
+    cli.add_config_flags(parser, lists=grid.grid_fields(), helps={"out": where})
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached activations")
     parser.add_argument("--local", action="store_true", help="run the cells in this process, without Ray")
     parser.add_argument("--address", help="join this Ray cluster (e.g. auto or ray://host:10001)")
@@ -148,7 +148,7 @@ def finished(cell: grid.Cell) -> dict | None:
 
 def manifest(base: ExperimentConfig, values: dict) -> dict:
     """What a sweep folder is a sweep of (``grid.json``, and the head of ``sweep.json``)."""
-    config = {k: v for k, v in base.to_dict().items() if k not in grid.GRID_FIELDS + ("out", "extra")}
+    config = {k: v for k, v in base.to_dict().items() if k not in (*grid.grid_fields(), "out", "extra")}
     return json.loads(json.dumps({"grid": values, "config": config}))  # as read back from JSON
 
 
@@ -300,11 +300,17 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--local runs in this process: --address and --cpus-per-worker are Ray flags")
         if args.cpus_per_worker < 1 or args.max_retries < 0:
             raise UserError("--cpus-per-worker must be >= 1 and --max-retries >= 0")
-        texts = {name: getattr(args, name) for name in grid.GRID_FIELDS}
+        texts = {name: getattr(args, name) for name in grid.grid_fields()}
         base = cli.config_from_args(argparse.Namespace(**{**vars(args), **dict.fromkeys(texts)}))
+        varied = (*grid.SHARED_GRID_FIELDS, *base.options.grid_fields)
+        elsewhere = [name for name, text in texts.items() if text is not None and name not in varied]
+        if elsewhere:
+            flag = "--" + elsewhere[0].replace("_", "-")
+            raise UserError(f"{flag} is not an option of --protocol {base.protocol}")
+        record = base.to_dict()
         values = {
-            name: grid.parse_values(name, text) if text is not None else [getattr(base, name)]
-            for name, text in texts.items()
+            name: grid.parse_values(name, texts[name]) if texts[name] is not None else [record[name]]
+            for name in varied
         }
         wanted = manifest(base, values)
         folder = Path(base.out or f"runs/sweep-{base.pair}-{short_hash(wanted)}").resolve()

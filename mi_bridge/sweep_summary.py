@@ -84,7 +84,7 @@ def write_summary(folder: Path, values: dict, base: ExperimentConfig, cells, out
         }
         for cell in cells
     ]
-    base_dict = {k: v for k, v in base.to_dict().items() if k not in grid.GRID_FIELDS + ("out", "extra")}
+    base_dict = {k: v for k, v in base.to_dict().items() if k not in (*grid.grid_fields(), "out", "extra")}
     data = {"grid": values, "config": base_dict, "cells": rows}
     write_text_atomic(folder / "sweep.json", json.dumps(data, indent=2) + "\n")
     figures = heatmaps(cells, outcomes, folder)

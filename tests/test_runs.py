@@ -22,7 +22,7 @@ TINY = ["--n-items", "60", "--seeds", "2", "--alphas", "0.5,1", "--n-bootstrap",
 
 
 def name_of(**fields) -> str:
-    config = ExperimentConfig(**fields)
+    config = ExperimentConfig.from_dict(fields)
     layers = (fields.get("sender_layer", 2), fields.get("receiver_layer", 1))
     return default_name(resolved(config, *layers), "tag")
 
@@ -56,8 +56,9 @@ def test_a_default_and_its_explicit_value_name_one_folder():
     explicit = {"sender": "toy-sender", "receiver": "toy-receiver", "bridge": "ridge", "conditions": "all"}
     assert name_of() == name_of(**explicit)
     # a selection's spelling does not matter: one canonical form
-    assert ExperimentConfig(conditions="controls, translated").conditions == "translated,controls"
-    assert ExperimentConfig(conditions="translated,controls,ceilings").conditions == "all"
+    conditions = lambda text: ExperimentConfig(options={"conditions": text}).options.conditions
+    assert conditions("controls, translated") == "translated,controls"
+    assert conditions("translated,controls,ceilings") == "all"
     pythia = resolved(ExperimentConfig(pair="pythia"), 5, 11)
     assert (pythia.sender_revision, pythia.receiver_revision) == ("main", "main")
     assert name_of(pair="pythia") == name_of(pair="pythia", sender_revision="main", receiver_revision="main")
@@ -139,12 +140,8 @@ def test_the_run_folder_is_group_readable_and_config_json_holds_resolved_values(
     config = json.loads((tiny_run / "config.json").read_text())
     assert (config["sender"], config["receiver"]) == ("toy-sender", "toy-receiver")
     assert (config["sender_layer"], config["receiver_layer"]) == (2, 1)
-    assert (config["template"], config["bridge"], config["seed"], config["conditions"]) == (
-        "toy",
-        "ridge",
-        0,
-        "all",
-    )
+    assert (config["template"], config["seed"], config["conditions"]) == ("toy", 0, "all")
+    assert "bridge" not in config and "max_new_tokens" not in config  # the split protocol's options only
     assert set(config["extra"]["models"]) == {"sender", "receiver"}  # the exact checkpoints
 
 
@@ -210,12 +207,14 @@ def test_condition_families_select_and_default_to_everything():
 )
 def test_bad_condition_selections_are_one_clear_error(text, message):
     with pytest.raises(UserError, match=message):
-        ExperimentConfig(conditions=text)
+        ExperimentConfig(options={"conditions": text})
 
 
 def test_the_seed_protocol_takes_no_condition_selection_and_seeds_stay_in_range():
-    with pytest.raises(UserError, match="split protocol"):
-        ExperimentConfig(pair="pythia", protocol="seed", conditions="translated")
+    with pytest.raises(UserError, match="--conditions applies to --protocol split, not seed"):
+        ExperimentConfig.from_dict({"pair": "pythia", "protocol": "seed", "conditions": "translated"})
+    with pytest.raises(UserError, match="--bridge applies to --protocol seed, not split"):
+        ExperimentConfig.from_dict({"bridge": "sgd-l2"})
     with pytest.raises(UserError, match="seed must lie"):
         ExperimentConfig(seed=-1)
     with pytest.raises(UserError, match="seed must lie"):
@@ -366,3 +365,21 @@ def test_sweep_help_offers_ranges_for_layers_only_and_names_the_choices(capsys, 
     assert "no ranges" in lines["--sender-revision"]
     assert "of slot, final" in lines["--position"] and "of relay-slot, same-input" in lines["--target"]
     assert "Sweep folder" in lines["--out"] and "Examples:" in text
+
+
+def test_a_flat_config_of_old_still_replays_under_each_protocol():
+    """Before protocols owned their options, config.json carried every protocol's fields (at their
+    defaults, and the resolved bridge kind): such a record still loads, to the same run."""
+    shared = resolved(ExperimentConfig(n_items=40), 2, 1).to_dict()
+    split_options = {"position": "final", "target": "relay-slot", "alphas": [0.5], "conditions": "all"}
+    seed_options = {"bridge": None, "fit_corpus": None, "max_new_tokens": 64}
+    old_split = (
+        shared | split_options | seed_options | {"bridge": "ridge", "site_scan": True, "second_site": True}
+    )
+    config = ExperimentConfig.from_dict(old_split)
+    assert (config.options.position, config.options.alphas) == ("final", (0.5,))
+    assert same_run(old_split, config.with_values(position="final", alphas=(0.5,)))
+    old_seed = old_split | {"pair": "pythia", "template": "list", "protocol": "seed", "bridge": "both"}
+    old_seed |= {"position": "slot", "alphas": [0.25, 0.5, 1.0, 2.0], "max_new_tokens": 16}
+    seed = ExperimentConfig.from_dict(old_seed)
+    assert (seed.options.bridge_kinds, seed.options.max_new_tokens) == (("sgd-l2", "ridge"), 16)

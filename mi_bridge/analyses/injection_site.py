@@ -37,7 +37,9 @@ SITES = ("slot", "final")
 def analyze(ctx: AnalysisContext) -> Result:
     layer = ctx.receiver_layer
     conditions = [
-        c for c in standard_conditions(ctx.config.alphas, ("translated", "self-patch")) if c.is_injection
+        c
+        for c in standard_conditions(ctx.config.options.alphas, ("translated", "self-patch"))
+        if c.is_injection
     ]
     seed_scores = []
     for seed in ctx.seeds:

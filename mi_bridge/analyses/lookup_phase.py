@@ -31,7 +31,9 @@ SEED_PROTOCOL = "the site classes need prompts with the answers permuted among t
 
 def analyze(ctx: AnalysisContext) -> Result:
     layers = list(range(ctx.pair.receiver.cfg.n_layers))
-    translated = [c for c in standard_conditions(ctx.config.alphas, ("translated",)) if c.is_injection]
+    translated = [
+        c for c in standard_conditions(ctx.config.options.alphas, ("translated",)) if c.is_injection
+    ]
     conditions = [*SITE_CONDITIONS, *translated]
     scores = {layer: [] for layer in layers}
     for seed in ctx.seeds:
@@ -92,7 +94,7 @@ def analyze(ctx: AnalysisContext) -> Result:
         verdict = "supported"
         tail = " Wherever the receiver has already looked the answer up, no translated vector helps."
     table = Table(
-        f"Lookup phase per receiver layer ({ctx.config.position}; Δacc vs baseline, 95% CI; n={rows[0]['self_patch']['n']})",
+        f"Lookup phase per receiver layer ({ctx.config.options.position}; Δacc vs baseline, 95% CI; n={rows[0]['self_patch']['n']})",
         ("layer", "class", "self-patch", "context-free ceiling", "follow rate", "best translated"),
         [
             (

@@ -41,7 +41,7 @@ add_arguments = add_training_arguments
 def analyze(ctx: AnalysisContext) -> Result:
     options = ctx.options
     steps, lr, mode = options.train_steps, options.train_lr, options.train_mode
-    conditions = [c for c in standard_conditions(ctx.config.alphas, KINDS) if c.is_injection]
+    conditions = [c for c in standard_conditions(ctx.config.options.alphas, KINDS) if c.is_injection]
     seed_scores, curves, cosines = [], [], {"alignment": [], "usability": []}
     for seed in ctx.seeds:
         alignment, usability, history = usability_bridge(

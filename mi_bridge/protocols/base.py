@@ -4,7 +4,7 @@ A protocol is what a run does between loading the pair and publishing the run fo
 ``prepare`` (items, states, bridges) → ``conditions`` (what to evaluate) → ``evaluate`` → ``summarize``
 (results.json's sections) → ``judge`` (the verdict as a ``Result``). ``run`` chains them; the commands
 (``mi_bridge.run``, the sweep, the analyses) know only this interface, so a third protocol is a new
-subpackage (``rules.py`` and its ``Protocol``) and one ``config.register_protocol`` call. Protocols never import each other: what both use lives in
+subpackage (``options.py`` and its ``Protocol``) and one ``config.register_protocol`` call. Protocols never import each other: what both use lives in
 ``mi_bridge.core``, ``mi_bridge.bridges`` and ``mi_bridge.models``.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mi_bridge.config import ExperimentConfig, protocol_rules
+from mi_bridge.config import ExperimentConfig, protocol_options
 from mi_bridge.errors import UserError
 from mi_bridge.report.result import Result
 
@@ -99,5 +99,5 @@ class Protocol(ABC):
 
 def get_protocol(name: str) -> Protocol:
     """The protocol registered as ``name`` (``config.PROTOCOLS``), imported now."""
-    module, cls = protocol_rules(name).protocol.split(":")
+    module, cls = protocol_options(name).protocol.split(":")
     return getattr(importlib.import_module(module), cls)()

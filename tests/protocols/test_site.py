@@ -461,7 +461,8 @@ def test_a_commands_flags_round_trip_through_the_parser():
     from mi_bridge.config import ExperimentConfig
     from mi_bridge.protocols.split.verdict import command
 
-    config = ExperimentConfig(alphas=(0.5, 1.0), site_scan=False, second_site=False, k=3, device="cpu")
+    options = {"alphas": (0.5, 1.0), "site_scan": False, "second_site": False}
+    config = ExperimentConfig(k=3, device="cpu", options=options)
     line = command("mi_bridge.run", config.to_dict(), {"sender": 1, "receiver": 2}, n_items=64)
     parsed = config_from_args(build_parser("run", "").parse_args(shlex.split(line)[3:]))
     resolved = {**config.to_dict(), "sender_layer": 1, "receiver_layer": 2, "n_items": 64}

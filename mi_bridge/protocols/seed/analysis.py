@@ -114,10 +114,13 @@ def prepare_seed_context(config: ExperimentConfig, options: argparse.Namespace) 
         )
     config = record_identities(config, pair)
     sender_layer, receiver_layer = resolve_layers(config, pair)
-    # The analyses use one bridge: the first seed's, of the configured kind (sgd-l2 under "both").
-    kind = "sgd-l2" if config.bridge_kind == "both" else config.bridge_kind
+    # The analyses use one bridge: the first seed's, of the primary kind (the paper's under "both").
+    kind = config.options.bridge_kinds[0]
     run, bridges, fit = prepare_seed_run(
-        replace(config, seeds=1, bridge=kind), pair, sender_layer, receiver_layer
+        replace(config, seeds=1, options=replace(config.options, bridge=kind)),
+        pair,
+        sender_layer,
+        receiver_layer,
     )
     first = bridges[kind][0]
     return SeedProtocolContext(config, pair, sender_layer, receiver_layer, run, first, fit, options)
@@ -185,7 +188,7 @@ def seed_site(ctx: SeedProtocolContext) -> dict:
     run, config = ctx.run, ctx.config
     generated = {}
     for condition in progress.track((BASELINE, ORACLE), "seed protocol: task validity (generating)"):
-        texts = run.generate(ctx.pair.receiver, run.prompts(condition), config.max_new_tokens)
+        texts = run.generate(ctx.pair.receiver, run.prompts(condition), config.options.max_new_tokens)
         generated[condition.name] = np.array(
             [score(t, item.answer)[PRIMARY_METRIC] for t, item in zip(texts, run.items, strict=True)], float
         )

@@ -217,7 +217,7 @@ class SeedRun:
             sender_prompts = encode(  # in the sender's own tokens; its answer goes over as text
                 self.pair.sender.tokenizer, [relay_sender_prompt(item) for item in self.items]
             )
-            relays = self.generate(self.pair.sender, sender_prompts, 2 * self.config.max_new_tokens)
+            relays = self.generate(self.pair.sender, sender_prompts, 2 * self.config.options.max_new_tokens)
             return encode(
                 self.pair.receiver.tokenizer,
                 [relay_receiver_prompt(r, item) for r, item in zip(relays, self.items, strict=True)],
@@ -248,10 +248,17 @@ def run_condition(
 ) -> tuple[list[str], dict | None]:
     """Predictions of one condition run, and its injection strength (None without injection)."""
     if condition.vector is None:
-        return run.generate(run.pair.receiver, run.prompts(condition), run.config.max_new_tokens), None
+        return run.generate(
+            run.pair.receiver, run.prompts(condition), run.config.options.max_new_tokens
+        ), None
     vectors = run.vectors(condition, bridge, seed)
     predictions = run.generate(
-        run.pair.receiver, run.tokens, run.config.max_new_tokens, vectors, condition.mode, condition.alpha
+        run.pair.receiver,
+        run.tokens,
+        run.config.options.max_new_tokens,
+        vectors,
+        condition.mode,
+        condition.alpha,
     )
     return predictions, strength(run, vectors, condition)
 
@@ -321,9 +328,9 @@ def prepare_seed_run(
         encode(pair.sender.tokenizer, [prompt(item) for item in items]) if two_tokenizers else tokens
     )
     seeds = [paper_seed(i) for i in config.seed_indices]
-    kinds = ["sgd-l2", "ridge"] if config.bridge_kind == "both" else [config.bridge_kind]
+    kinds = list(config.options.bridge_kinds)
     n_texts = DEFAULT_FIT_TEXTS if config.n_fit is None else config.n_fit
-    texts, corpus = load_fit_corpus(config.fit_corpus, items, n_texts)
+    texts, corpus = load_fit_corpus(config.options.fit_corpus, items, n_texts)
     if two_tokenizers:
         sender_texts, receiver_texts = (
             encode(model.tokenizer, texts) for model in (pair.sender, pair.receiver)

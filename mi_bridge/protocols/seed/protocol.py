@@ -65,7 +65,7 @@ class SeedProtocol(Protocol):
         return outcome.evaluated["items"]
 
     def folder_tag(self, config: ExperimentConfig) -> str:
-        return f"seed-{config.bridge_kind}"
+        return f"seed-{config.options.resolved().bridge}"
 
     analysis_entry = "analyze_seed"
 

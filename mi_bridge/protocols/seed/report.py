@@ -152,7 +152,7 @@ def configuration_rows(results: dict) -> list[tuple[str, str]]:
         ("items", f"{results['n_items']} of the 396 released (SHA-256 verified)"),
         (
             "bridge",
-            f"{config['bridge'] or 'sgd-l2'}; seeds {', '.join(str(b['seed']) for b in next(iter(fit['bridges'].values())))}",
+            f"{', '.join(fit['bridges'])}; seeds {', '.join(str(b['seed']) for b in next(iter(fit['bridges'].values())))}",
         ),
         (
             "fit corpus",

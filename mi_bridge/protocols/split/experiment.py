@@ -80,7 +80,7 @@ def run_seed(
         ctx,
         sender_layer,
         receiver_layer,
-        standard_conditions(config.alphas) if conditions is None else conditions,
+        standard_conditions(config.options.alphas) if conditions is None else conditions,
     )
     sender_test = ctx.sender_test  # the sender's logits index the sender's vocabulary
     sender_choice = sender_logits.gather(1, sender_test.bridge_candidates).argmax(-1)
@@ -92,7 +92,7 @@ def run_seed(
         bridge=site.bridge,
         follow_index=test.follow_index,
         probe_correct=sender_probe(ctx, sender_layer),
-        site_scan=site_scan(ctx) if config.site_scan else {},
+        site_scan=site_scan(ctx) if config.options.site_scan else {},
     )
 
 
@@ -136,12 +136,14 @@ def evaluate_seeds(
     from the scan over all seeds."""
     seeds = [run_seed(ctx, sender_layer, receiver_layer, conditions) for ctx in contexts]
     config = contexts[0].config
-    if not (config.second_site and seeds[0].site_scan):
+    if not (config.options.second_site and seeds[0].site_scan):
         return seeds
     layer = diagnosis.second_site_layer(summarize_site_scan(config.n_bootstrap, seeds), receiver_layer)
     if layer is None:
         return seeds
-    chosen = second_site_conditions(standard_conditions(config.alphas) if conditions is None else conditions)
+    chosen = second_site_conditions(
+        standard_conditions(config.options.alphas) if conditions is None else conditions
+    )
     for ctx, seed in zip(contexts, seeds, strict=True):
         seed.second_site = run_site(ctx, sender_layer, layer, chosen)
     return seeds
@@ -215,5 +217,5 @@ def run_experiment(
     config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int, store: ActivationStore
 ) -> tuple[dict, list[SeedData]]:
     seeds = evaluate_seeds(seed_contexts(config, pair, store), sender_layer, receiver_layer)
-    conditions = standard_conditions(config.alphas)
+    conditions = standard_conditions(config.options.alphas)
     return summarize(config, seeds, conditions, receiver_layer, sender_layer), seeds

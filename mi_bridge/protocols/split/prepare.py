@@ -74,7 +74,7 @@ class SeedContext:
         return self.sender_items.subset(self.test_idx)
 
     def position(self, site: str | None = None) -> int:
-        site = site or self.config.position
+        site = site or self.config.options.position
         if site not in ("slot", "final"):
             raise UserError(f"unknown position {site!r}; choose slot or final")
         return self.items.slot_position if site == "slot" else self.items.final_position
@@ -153,7 +153,7 @@ class SeedContext:
         self, sender_layer: int, receiver_layer: int, target: str | None = None, site: str | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(x_fit, y_fit, x_test, y_test) for a bridge fitted to ``target`` at ``site``."""
-        target = target or self.config.target
+        target = target or self.config.options.target
         x = self.sender_states([sender_layer])[sender_layer]
         if target == "relay-slot":
             y = self.receiver_states([receiver_layer], "oracle", site)[receiver_layer]
@@ -180,8 +180,8 @@ class SeedContext:
             "receiver": self.pair.receiver_name,
             "sender_hook": resid_post_name(sender_layer),
             "receiver_hook": resid_post_name(receiver_layer),
-            "target": target or self.config.target,
-            "position": site or self.config.position,
+            "target": target or self.config.options.target,
+            "position": site or self.config.options.position,
             "seed": self.seed,
         }
         return LinearBridge.fit(x_fit, y_fit, seed=self.seed, metadata=metadata)

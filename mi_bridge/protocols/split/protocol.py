@@ -35,15 +35,15 @@ class SplitProtocol(Protocol):
     def conditions(self, config: ExperimentConfig) -> list:
         # The site diagnosis reads the replace-mode ceilings, whichever families are chosen.
         keep = {c.name for c in SITE_CONDITIONS}
-        chosen = (config.condition_families, config.condition_modes)
-        return select_conditions(standard_conditions(config.alphas), *chosen, keep=keep)
+        chosen = (config.options.condition_families, config.options.condition_modes)
+        return select_conditions(standard_conditions(config.options.alphas), *chosen, keep=keep)
 
     def evaluate(self, prepared, conditions: list) -> Evaluated:
         contexts, sender_layer, receiver_layer = prepared
         seeds = evaluate_seeds(contexts, sender_layer, receiver_layer, conditions)
         items = [SeedItems.of(ctx) for ctx in contexts]
         where = {"sender_layer": sender_layer, "receiver_layer": receiver_layer}
-        position = contexts[0].config.position
+        position = contexts[0].config.options.position
         return Evaluated(seeds, item_table(items, seeds, conditions, position=position, **where))
 
     def summarize(self, config: ExperimentConfig, prepared, evaluated: Evaluated, conditions: list) -> dict:
@@ -84,7 +84,7 @@ class SplitProtocol(Protocol):
         return outcome.evaluated.items
 
     def folder_tag(self, config: ExperimentConfig) -> str:
-        return f"{config.position}-{config.target}"
+        return f"{config.options.position}-{config.options.target}"
 
     analysis_entry = "analyze"
 

@@ -78,11 +78,13 @@ def summarize(
         "site_scan": summarize_site_scan(n_bootstrap, seeds),
         "sender_probe": probe,
         "decomposition": diagnosis.decomposition(validity, conditions_out, probe, site_class=site["class"]),
-        "bridge": bridge_section(config.target, [s.fit for s in seeds], [s.bridge for s in seeds]),
+        "bridge": bridge_section(config.options.target, [s.fit for s in seeds], [s.bridge for s in seeds]),
         "conditions": conditions_out,
     }
     if any(s.second_site for s in seeds):
-        results["second_site"] = summarize_second_site(n_bootstrap, seeds, validity, probe, config.target)
+        results["second_site"] = summarize_second_site(
+            n_bootstrap, seeds, validity, probe, config.options.target
+        )
     layers = {"sender": sender_layer, "receiver": receiver_layer}
     parts = verdict_parts(results, config.to_dict(), layers)
     results |= {"verdict": verdict_text(parts), "verdict_parts": parts}

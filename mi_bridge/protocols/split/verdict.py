@@ -37,13 +37,10 @@ def command(entry: str, config: dict, layers: dict | None = None, **overrides) -
     # the pair's own defaults (its template), but the pair itself against the global default
     # (--pair hf has no default models: placeholders, so that its named models are always repeated)
     names = {"sender": "-", "receiver": "-"} if values["pair"] == "hf" else {}
-    default = ExperimentConfig(pair=values["pair"], **names)
-    resolved_defaults = {
-        "sender": default.sender_name,
-        "receiver": default.receiver_name,
-        "bridge": default.bridge_kind,
-    }
-    defaults = default.to_dict() | resolved_defaults | {"pair": ExperimentConfig.pair}
+    default = ExperimentConfig(pair=values["pair"], protocol=values.get("protocol", "split"), **names)
+    resolved_defaults = {"sender": default.sender_name, "receiver": default.receiver_name}
+    defaults = default.to_dict() | default.options.resolved().to_dict() | resolved_defaults
+    defaults["pair"] = ExperimentConfig.pair
     words = ["python", "-m", *entry.split()]
     for name, value in values.items():
         if name in NOT_REPEATED or value is None or value == defaults.get(name):
