@@ -97,7 +97,7 @@ def add_config_flags(
     groups = {name: group for group, names in FIELD_GROUPS.items() for name in names}
     specs = [(ExperimentConfig, spec, groups.get(spec.name)) for spec in fields(ExperimentConfig)]
     for protocol, options in all_options().items():
-        specs += [(options, spec, f"--protocol {protocol}") for spec in fields(options)]
+        specs += [(options, spec, f"{protocol} protocol") for spec in fields(options)]
     sections: dict[str, argparse._ArgumentGroup] = {}
     for owner, spec, group in specs:
         if spec.name in NOT_FLAGS or (only is not None and spec.name not in only):
@@ -165,6 +165,12 @@ def add_overwrite_flag(parser: argparse.ArgumentParser, what: str = "run folder"
     )
 
 
+def config_flag_names() -> set[str]:
+    """Every config flag's field name: the shared fields and every registered protocol's options."""
+    shared = {f.name for f in fields(ExperimentConfig)} - set(NOT_FLAGS)
+    return shared | {f.name for options in all_options().values() for f in fields(options)}
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The config file (``--config``), overridden by every flag given."""
     data: dict = {}
@@ -178,8 +184,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         if "template" not in data and FAMILIES.get(data.get("pair", "toy"), FAMILIES["toy"]).pretrained:
             # Written before templates existed: those pretrained runs used the original form.
             data["template"] = "lives-in"
-    known = {f.name for f in fields(ExperimentConfig)} - set(NOT_FLAGS)
-    known |= {f.name for options in all_options().values() for f in fields(options)}
+    known = config_flag_names()
     for key, value in vars(args).items():
         if key in known and value is not None:  # analysis scripts add flags of their own
             data[key] = value

@@ -128,6 +128,8 @@ class SeedOffset:
     """The usability bridge's minibatches and validation split."""
     FIT_ITEMS = 50_000
     """The extra bridge-fit items drawn with ``n_fit``."""
+    KV_CHANNEL = 60_000
+    """The KV channel's early-stopping split of the fit items and its sender-side controls."""
 
 
 AUTO_DEVICE = "auto"

@@ -18,6 +18,7 @@ from mi_bridge import cli
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.store import ActivationStore
 from mi_bridge.errors import UserError
+from mi_bridge.files import write_parquet
 from mi_bridge.protocols.base import get_protocol
 from mi_bridge.report import render as report
 from mi_bridge.report.result import Result
@@ -68,13 +69,16 @@ def check_applies(module: ModuleType, protocol: str) -> None:
         raise UserError(not_applicable(module, protocol))
 
 
+ITEMS = "items"
+"""The key of a result's data under which an analysis hands back its per-item table (a pandas DataFrame,
+written to ``items.parquet``)."""
 COMMAND_FLAGS = ("config", "no_cache", "full", "overwrite")
 """Flags that do not change what an analysis computes (nor its folder's name)."""
 
 
 def script_options(options: argparse.Namespace) -> dict:
     """The scripts' own flags (e.g. the usability bridge's training settings), as JSON values."""
-    config_fields = set(ExperimentConfig.__dataclass_fields__)
+    config_fields = cli.config_flag_names() | set(ExperimentConfig.__dataclass_fields__)
     return {
         k: v
         for k, v in vars(options).items()
@@ -105,6 +109,7 @@ def analyze_and_publish(module: ModuleType, ctx, folder: Path, overwrite: bool =
     report.render_site(site)  # before any effect: what this site can show at all
     protocol = get_protocol(ctx.config.protocol)
     result = protocol.qualify(module, protocol.analysis(module)(ctx), site)
+    items = result.data.pop(ITEMS, None)  # a table, written beside results.json rather than into it
     report.render_result(result)
 
     # config.json repeats exactly this script run: the defaults made explicit, the layers that ran
@@ -120,6 +125,8 @@ def analyze_and_publish(module: ModuleType, ctx, folder: Path, overwrite: bool =
     }
 
     def write_rest(staging: Path) -> None:
+        if items is not None:
+            write_parquet(staging / "items.parquet", items)
         module.plot(result, staging / "figure.png")
         (staging / "report.md").write_text(
             report.result_markdown(result, figure="figure.png", context=report.site_line(site))

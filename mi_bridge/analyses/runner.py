@@ -43,6 +43,7 @@ ORDER = (
     "usability_bridge",
     "learning_curve",
     "injection_site",
+    "kv_channel",
 )
 
 

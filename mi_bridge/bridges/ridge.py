@@ -78,10 +78,16 @@ def heldout_errors(
 def ridge_solve(
     x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], ridge_lambda: float
 ) -> Float[Tensor, "d_in d_out"]:
-    """(X^T X + lambda I)^-1 X^T Y by a Cholesky solve (lambda > 0)."""
+    """(X^T X + lambda I)^-1 X^T Y by a Cholesky solve (lambda > 0). The Gram matrix is formed in float32
+    (fast, and what every fit so far used); where that rounding leaves it not positive-definite, as for
+    rank-deficient inputs (keys and values are projections of a narrower residual) under the weakest
+    lambda, it is formed again in float64."""
     identity = torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
     gram = (x.T.float() @ x.float()).double() + ridge_lambda * identity
-    return torch.cholesky_solve((x.T.float() @ y.float()).double(), torch.linalg.cholesky(gram))
+    factor, info = torch.linalg.cholesky_ex(gram)
+    if int(info) != 0:
+        factor = torch.linalg.cholesky(x.T.double() @ x.double() + ridge_lambda * identity)
+    return torch.cholesky_solve((x.T.float() @ y.float()).double(), factor)
 
 
 def select_lambda(

@@ -140,6 +140,8 @@ def test_every_script_runs_end_to_end_on_a_tiny_configuration(tmp_path):
         "20",
         "--curve-sizes",
         "16,32",
+        "--kv-epochs",
+        "2",
         "--out",
         str(out),
     ]
