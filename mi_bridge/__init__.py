@@ -12,16 +12,23 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Condition": "core.evaluate",
     "ExperimentConfig": "config",
+    "KVFuser": "bridges.kv_fuser",
+    "KVLinearBridge": "bridges.kv",
+    "LayerMap": "bridges.kv",
+    "LearnedPrefix": "bridges.kv_fuser",
     "LinearBridge": "bridges.ridge",
     "ModelPair": "models.loading",
     "RunResult": "run",
     "TaskItems": "models.task",
-    "UserError": "config",
+    "UserError": "errors",
     "apply_injection": "core.inject",
+    "capture_kv": "runtime.kv_entries",
     "capture_resid_post": "core.capture",
+    "delivered_cache": "runtime.kv_entries",
     "evaluate_conditions": "core.evaluate",
     "fit_quality": "bridges.ridge",
     "fit_report": "bridges.ridge",
+    "gate_hooks": "runtime.kv_entries",
     "inject_residual": "core.inject",
     "load_bridge": "bridges.base",
     "load_model": "api",
@@ -36,6 +43,7 @@ _PUBLIC = {
     "score": "core.evaluate",
     "select_conditions": "core.evaluate",
     "standard_conditions": "core.evaluate",
+    "train_kv_source": "bridges.kv_training",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -93,7 +94,7 @@ class Bridge(ABC):
         are checked, and every ``expect`` entry (e.g. sender, receiver, sender_hook, receiver_hook) must
         equal the bridge's own metadata."""
         _import_kinds()
-        meta, tensors = _read(folder)
+        meta, tensors = read_saved(folder)
         kind = meta.get("kind", "ridge")  # bridges saved before kinds existed are ridge bridges
         if kind not in BRIDGES:
             raise UserError(f"bridge in {folder} is of unknown kind {kind!r} (known: {', '.join(BRIDGES)})")
@@ -116,7 +117,8 @@ class Bridge(ABC):
         return variant.from_saved(tensors, meta, metadata)
 
 
-def _read(folder: Path) -> tuple[dict, dict[str, Tensor]]:
+def read_saved(folder: Path) -> tuple[dict, dict[str, Tensor]]:
+    """A saved bridge's JSON and tensors, its checksum verified (any kind); one line when unreadable."""
     try:
         meta = json.loads((folder / "bridge.json").read_text())
         if not isinstance(meta, dict):
@@ -134,6 +136,10 @@ def _read(folder: Path) -> tuple[dict, dict[str, Tensor]]:
 
 BRIDGES: dict[str, type[Bridge]] = {}
 """Every kind by name (``register``); ``load`` looks a saved bridge's kind up here."""
+FAMILIES: dict[str, Callable[[Path, dict | None], object]] = {}
+"""Kinds that are not one state-to-state map (the KV family: keys and values per receiver layer), by
+name, with their loaders (``register_family``); they save the same two files, so ``load_bridge`` reads
+any of them."""
 
 
 def register(variant: type[Bridge]) -> type[Bridge]:
@@ -141,7 +147,15 @@ def register(variant: type[Bridge]) -> type[Bridge]:
     return variant
 
 
+def register_family(variant: type) -> type:
+    """Register a kind with its own shapes (``kind`` and a ``load(folder, expect)`` classmethod)."""
+    FAMILIES[variant.kind] = variant.load
+    return variant
+
+
 def _import_kinds() -> None:
+    import mi_bridge.bridges.kv
+    import mi_bridge.bridges.kv_fuser
     import mi_bridge.bridges.ridge
     import mi_bridge.bridges.sgd_l2  # noqa: F401 (the kinds register themselves on import)
 
@@ -154,6 +168,8 @@ def bridge_kind(kind: str) -> type[Bridge]:
     return BRIDGES[kind]
 
 
-def load_bridge(folder: Path, expect: dict | None = None) -> Bridge:
-    """A saved bridge of any kind."""
-    return Bridge.load(folder, expect)
+def load_bridge(folder: Path, expect: dict | None = None) -> Bridge | Any:
+    """A saved bridge of any kind, the KV family's included."""
+    _import_kinds()
+    kind = read_saved(folder)[0].get("kind")
+    return FAMILIES[kind](folder, expect) if kind in FAMILIES else Bridge.load(folder, expect)

@@ -31,7 +31,7 @@ from jaxtyping import Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 
-from mi_bridge.bridges.base import _read
+from mi_bridge.bridges.base import read_saved, register_family
 from mi_bridge.bridges.metrics import fit_quality
 from mi_bridge.bridges.ridge import TENSOR_NAMES, LinearBridge
 from mi_bridge.errors import UserError
@@ -106,6 +106,7 @@ def real_positions(
     return flat.reshape(-1, flat.shape[-1]) if mask is None else flat[mask.bool()]
 
 
+@register_family
 @dataclass
 class KVLinearBridge:
     """Per receiver layer, a ridge map of keys and one of values from the sender layer ``sender_layers[j]``."""
@@ -248,7 +249,7 @@ def save_kv(folder: Path, kind: str, tensors: dict[str, Tensor], numbers: dict, 
 def read_kv(folder: Path, kind: str, expect: dict | None = None) -> tuple[dict, dict[str, Tensor]]:
     """A saved bridge's JSON and tensors (read and checksummed by ``bridges.base``), refused in one line
     when of another kind, not finite, or fitted for other ``expect`` metadata."""
-    meta, tensors = _read(folder)
+    meta, tensors = read_saved(folder)
     if meta.get("kind") != kind:
         raise UserError(f"bridge in {folder} is a {meta.get('kind')} bridge, not a {kind} bridge")
     bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from mi_bridge.bridges.base import load_bridge
 from mi_bridge.bridges.kv import KVLinearBridge, LayerMap, paired_caches, require_same_tokenizer
 from mi_bridge.bridges.kv_fuser import KVFuser, LearnedPrefix
 from mi_bridge.bridges.kv_training import KVItems, KVRecipe, answer_logits, heldout_loss, train_kv_source
@@ -102,6 +103,7 @@ def test_the_linear_bridge_saves_and_loads_as_itself(tmp_path):
     bridge.save(tmp_path)
     loaded = KVLinearBridge.load(tmp_path, expect={"sender": "s"})
     assert loaded.layer_map == bridge.layer_map and loaded.sender_layers == bridge.sender_layers
+    assert isinstance(load_bridge(tmp_path), KVLinearBridge)  # the registry reads every kind back
     for (k, v), (k2, v2) in zip(loaded(sender), bridge(sender), strict=True):
         assert torch.equal(k, k2) and torch.equal(v, v2)
     with pytest.raises(UserError, match="fitted for sender='s', not 'x'"):
@@ -232,6 +234,7 @@ def test_training_through_the_frozen_receiver_lowers_the_loss_reproducibly(pair,
     source.metadata = {"sender": "tiny"}
     source.save(tmp_path)
     loaded = type(source).load(tmp_path, expect={"sender": "tiny"})
+    assert type(load_bridge(tmp_path, expect={"sender": "tiny"})) is type(source)
     with torch.no_grad():
         torch.testing.assert_close(
             answer_logits(loaded, receiver, heldout, sender),
