@@ -4,6 +4,8 @@
     .venv/bin/python -m benchmarks.bench --skip-retrain  # without retraining the toy pair
     .venv/bin/python -m benchmarks.bench --decoding --baseline-rev b84ebc6
         # TransformerLens 4 against 3.9 and decoding against Hugging Face (benchmarks/decoding.py)
+    .venv/bin/python -m benchmarks.bench --kv
+        # KV-fuser training steps per second, batched against a one-item loop (benchmarks/kv_channel.py)
 
 Every comparison is measured in this one run, against a naive implementation, with several
 repetitions interleaved (fast, naive, fast, naive, ...) and medians. Pythia architectures use random weights (speed does not depend on the
@@ -311,7 +313,7 @@ def toy_sweep(repeats: int) -> dict:
         site_vectors(seed, layer),
         seed.seed,
     )
-    conditions = standard_conditions(config.alphas)
+    conditions = standard_conditions(config.options.alphas)
 
     def sweep(**sizing) -> dict[str, torch.Tensor]:
         return logits_by_condition(
@@ -544,10 +546,17 @@ def main() -> int:
         from benchmarks import decoding
 
         return decoding.main([a for a in sys.argv[1:] if a != "--decoding"])
+    if "--kv" in sys.argv[1:]:  # KV-fuser training steps per second: benchmarks/kv_channel.py
+        from benchmarks import kv_channel
+
+        return kv_channel.main([a for a in sys.argv[1:] if a != "--kv"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-retrain", action="store_true", help="do not retrain the toy pair")
     parser.add_argument(
         "--decoding", action="store_true", help="run benchmarks/decoding.py instead (its flags follow)"
+    )
+    parser.add_argument(
+        "--kv", action="store_true", help="run benchmarks/kv_channel.py instead (its flags follow)"
     )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
