@@ -9,6 +9,7 @@ import shlex
 from collections.abc import Sequence
 
 from mi_bridge.config import ExperimentConfig
+from mi_bridge.families import family
 from mi_bridge.protocols.split.diagnosis import (
     best_translated,
     ceiling,
@@ -35,8 +36,9 @@ def command(entry: str, config: dict, layers: dict | None = None, **overrides) -
     )
     values = {**config, **resolved, **overrides}
     # the pair's own defaults (its template), but the pair itself against the global default
-    # (--pair hf has no default models: placeholders, so that its named models are always repeated)
-    names = {"sender": "-", "receiver": "-"} if values["pair"] == "hf" else {}
+    # (a family without default models, e.g. --pair hf: placeholders, so that its named models are
+    # always repeated)
+    names = {"sender": "-", "receiver": "-"} if None in family(values["pair"]).models else {}
     default = ExperimentConfig(pair=values["pair"], protocol=values.get("protocol", "split"), **names)
     resolved_defaults = {"sender": default.sender_name, "receiver": default.receiver_name}
     defaults = default.to_dict() | default.options.resolved().to_dict() | resolved_defaults
