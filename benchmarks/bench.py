@@ -541,6 +541,20 @@ def retrain() -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def stamp() -> dict:
+    """When and on what a benchmark ran (every results file starts with it)."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+    }
+
+
 def main() -> int:
     if "--decoding" in sys.argv[1:]:  # its own sections and environments: benchmarks/decoding.py
         from benchmarks import decoding
@@ -560,17 +574,7 @@ def main() -> int:
     )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    results: dict = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
-        "load_average": {},
-    }
+    results: dict = stamp() | {"load_average": {}}
 
     def section(name: str, run: Callable[[], dict]) -> None:
         console.print(f"{name} ...")

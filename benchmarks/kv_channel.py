@@ -15,16 +15,15 @@ benchmarks/results_kv.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.bench import stamp
 from mi_bridge.bridges.kv import KVLinearBridge, paired_caches
 from mi_bridge.bridges.kv_fuser import KVFuser
 from mi_bridge.bridges.kv_training import KVItems, answer_loss, frozen
@@ -98,17 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    results = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformer_lens": TL_VERSION,
-        },
-    }
+    results = stamp()
+    results["machine"]["transformer_lens"] = TL_VERSION
     for name in args.pairs.split(","):
         measured = measure(name, 4 * BATCH, args.steps, args.repeats)
         if measured is not None:
