@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_bridge.bridges.kv_fuser import KVSource
+from mi_bridge.core.progress import track
 from mi_bridge.runtime.backend import HookedModel
 from mi_bridge.runtime.kv_cache import run_tokens
 from mi_bridge.runtime.kv_entries import capture_kv, delivered_cache, gate_hooks
@@ -111,8 +112,10 @@ def train_kv_source(
     sender: HookedModel | None = None,
     recipe: KVRecipe | None = None,
     seed: int = 0,
+    description: str | None = None,
 ) -> TrainingLog:
-    """Train ``source`` in place on ``fit``, early-stopped on ``heldout``; returns the losses."""
+    """Train ``source`` in place on ``fit``, early-stopped on ``heldout``; returns the losses. A
+    ``description`` shows a progress bar over the epochs."""
     recipe = recipe or KVRecipe()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(
@@ -121,7 +124,8 @@ def train_kv_source(
     log = TrainingLog(heldout_loss=[heldout_loss(source, receiver, heldout, sender, recipe.batch_size)])
     best_state, waited = copy.deepcopy(source.state_dict()), 0
     with frozen(receiver, sender):
-        for epoch in range(1, recipe.max_epochs + 1):
+        epochs = range(1, recipe.max_epochs + 1)
+        for epoch in epochs if description is None else track(epochs, description):
             order, losses = torch.randperm(len(fit), generator=generator), []
             for start in range(0, len(fit), recipe.batch_size):
                 batch = fit.rows(order[start : start + recipe.batch_size])
