@@ -182,7 +182,14 @@ def run_seed_kv(seed: SeedContext, settings: KVSettings, batch_size: int) -> See
     logs = {}
     for name, source, reads in ((FUSER, fuser, sender), (PREFIX, prefix, None)):
         log = train_kv_source(
-            source, receiver, train, held, sender=reads, recipe=settings.recipe(), seed=seed.seed
+            source,
+            receiver,
+            train,
+            held,
+            sender=reads,
+            recipe=settings.recipe(),
+            seed=seed.seed,
+            description=f"seed {seed.seed}: training the {name} (epochs, early-stopped)",
         )
         logs[name] = asdict(log) | {"n_trainable": source.n_trainable()}
 
