@@ -20,8 +20,8 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from mi_bridge.config import FIELD_GROUPS, ExperimentConfig, all_options, choices_of
-from mi_bridge.core.progress import error, one_line_errors  # noqa: F401 (the commands' wrapper)
+from mi_bridge.config import FIELD_GROUPS, ExperimentConfig, all_options, choices_of, current_record
+from mi_bridge.core.progress import error, one_line_errors, warn  # noqa: F401 (the commands' wrapper)
 from mi_bridge.errors import UserError
 from mi_bridge.families import FAMILIES
 from mi_bridge.files import publish_folder, write_json
@@ -181,9 +181,18 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
             raise UserError(f"cannot read config {args.config}: {err}") from None
         if not isinstance(data, dict):
             raise UserError(f"config {args.config} is not a JSON object")
-        if "template" not in data and FAMILIES.get(data.get("pair", "toy"), FAMILIES["toy"]).pretrained:
+        pair = FAMILIES.get(data.get("pair", ExperimentConfig.pair), FAMILIES[ExperimentConfig.pair])
+        if "template" not in data and pair.pretrained:
             # Written before templates existed: those pretrained runs used the original form.
             data["template"] = "lives-in"
+        if getattr(args, "protocol", None) is not None:  # the protocol that will run reads the record
+            data["protocol"] = args.protocol
+        data, dropped = current_record(data)
+        if dropped:
+            warn(
+                f"config {args.config}: {', '.join(dropped)} dropped: options of another protocol, recorded "
+                "when config.json carried every protocol's fields"
+            )
     known = config_flag_names()
     for key, value in vars(args).items():
         if key in known and value is not None:  # analysis scripts add flags of their own

@@ -12,22 +12,12 @@ import torch
 from mi_bridge.errors import UserError
 from mi_bridge.families import PAIRS, TEMPLATES, family
 
-CONDITION_FAMILIES = ("translated", "controls", "ceilings")
-"""Families of injected conditions (the split protocol's ``--conditions`` picks among them): the bridge's
-output, the controls (random, shuffled, mean) and the receiver's own states (self-patch and the
-context-free ceilings); their vector kinds are in ``core/conditions.py``."""
-INJECTION_MODES = ("add", "replace", "rescale", "rescale-add")
-"""The injection modes (``core/inject.py``)."""
 DTYPES = ("float32", "bfloat16", "float16")
-PROTOCOLS: dict[str, str] = {
-    "split": "mi_bridge.protocols.split",
-    "seed": "mi_bridge.protocols.seed",
-}
+PROTOCOLS: dict[str, str] = {"split": "mi_bridge.protocols.split", "seed": "mi_bridge.protocols.seed"}
 """The one registry of protocols: each name's package. Its ``options.Options`` (a ``ProtocolOptions``,
-light: no torch) holds the protocol's own fields, checks them and names the ``Protocol`` that runs it.
-Both are imported by name only when asked for, so bad input is refused before torch and TransformerLens
-load. A new protocol is its package and one ``register_protocol`` call; nothing here branches on a
-protocol's name."""
+light: no TransformerLens) holds the protocol's own fields, checks them and names the ``Protocol`` that
+runs it, imported only when asked for. A new protocol is its package and one ``register_protocol`` call;
+nothing here branches on a protocol's name."""
 
 CHOICES = {"pair": PAIRS, "dtype": DTYPES, "protocol": PROTOCOLS, "template": TEMPLATES}
 """The allowed values of the shared fields that take one of a few names (a protocol's own are its
@@ -42,8 +32,7 @@ FIELD_GROUPS = {
     }.items()
 }
 """The shared fields by concern: ``--help`` shows them in these groups and each protocol's options in a
-group of its own, while ``config.json`` stays flat (one key per field), so every earlier run folder still
-loads with ``--config``."""
+group of its own, while ``config.json`` stays flat (one key per field)."""
 
 
 def register_protocol(name: str, package: str) -> None:
@@ -103,8 +92,16 @@ def protocol_options(name: str) -> type[ProtocolOptions]:
 
 
 def all_options() -> dict[str, type[ProtocolOptions]]:
-    """Every registered protocol's options class by protocol name."""
-    return {name: protocol_options(name) for name in PROTOCOLS}
+    """Every registered protocol's options class by protocol name. An option named like a shared field
+    or like another protocol's option is refused: each is one flag and one key of config.json."""
+    options = {name: protocol_options(name) for name in PROTOCOLS}
+    taken = {f.name: "the shared config" for f in fields(ExperimentConfig)}
+    for name, cls in options.items():
+        for spec in fields(cls):
+            if spec.name in taken:
+                raise UserError(f"protocol {name}'s option {spec.name!r} clashes with {taken[spec.name]}'s")
+            taken[spec.name] = f"protocol {name}"
+    return options
 
 
 def choices_of(name: str) -> tuple[str, ...] | None:
@@ -288,16 +285,6 @@ class ExperimentConfig:
         return self.receiver or self.family.models[1]
 
     @property
-    def one_tokenizer_reason(self) -> str | None:
-        """Why this run needs sender and receiver to share one tokenizer (None: it does not)."""
-        return self.options.one_tokenizer_reason(self)
-
-    @property
-    def layer_depth(self) -> float | None:
-        """The default layers' relative depth under the protocol (None: ``models.default_layer``'s rule)."""
-        return self.options.layer_depth
-
-    @property
     def seed_indices(self) -> range:
         """The seeds a run draws with: ``seeds`` of them from the base ``seed``."""
         return range(self.seed, self.seed + self.seeds)
@@ -322,12 +309,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
-        """The config a flat record describes (config.json, flags, API keywords). Keys another protocol
-        owns are refused, except in records written before protocols owned their options: those carried
-        every protocol's fields, at their defaults or at the values in the protocol's ``legacy``."""
-        protocol = data.get("protocol", cls.protocol)
-        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
-            raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        """The config a flat record describes (flags, API keywords, a config.json read through
+        ``current_record``); a key that another protocol owns is refused in one line."""
+        protocol = _protocol_of(data)
         own = protocol_options(protocol)
         shared_names = {f.name for f in fields(cls)} - {"options"}
         own_names = {f.name for f in fields(own)}
@@ -337,13 +321,8 @@ class ExperimentConfig:
                 shared[key] = value
             elif key in own_names:
                 options[key] = value
-            elif key in own.legacy and value == own.legacy[key]:
-                continue
-            elif (owner := _owner(key, value)) is not None:
-                if owner:
-                    raise UserError(
-                        f"--{key.replace('_', '-')} applies to --protocol {owner}, not {protocol}"
-                    )
+            elif (owner := _owner(key)) is not None:
+                raise UserError(f"--{key.replace('_', '-')} applies to --protocol {owner}, not {protocol}")
             else:
                 unknown.append(key)
         if unknown:
@@ -351,16 +330,40 @@ class ExperimentConfig:
         return cls(**_typed(cls, shared), options=options)
 
 
-def _owner(key: str, value) -> str | None:
-    """The protocol whose option ``key`` is (None: no protocol's); "" where ``value`` is that option's
-    default, as every protocol's fields were in a record of the flat config of old."""
-    for name, cls in all_options().items():
-        defaults = {f.name: f.default for f in fields(cls)}
-        if key in defaults:
-            default = defaults[key]
-            same = value == (list(default) if isinstance(default, tuple) else default)
-            return "" if same or value == default else name
-    return None
+def current_record(data: dict) -> tuple[dict, list[str]]:
+    """A recorded config.json, of this version or an earlier one, in the current layout, and the keys
+    dropped from it whose value mattered. Before protocols owned their options a record carried every
+    protocol's fields (and the split protocol's bridge kind): the keys that another protocol owns, and
+    the protocol's ``legacy`` keys, are dropped; those that held a value other than their default are
+    returned, so that the caller can say so."""
+    own = protocol_options(_protocol_of(data))
+    kept, dropped = {}, []
+    for key, value in data.items():
+        owner = None if key in {f.name for f in fields(own)} else _owner(key)
+        if key in own.legacy and value == own.legacy[key]:
+            continue
+        if owner is None:
+            kept[key] = value
+        elif not _is_default(protocol_options(owner), key, value):
+            dropped.append(key)
+    return kept, dropped
+
+
+def _protocol_of(data: dict) -> str:
+    protocol = data.get("protocol", ExperimentConfig.protocol)
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    return protocol
+
+
+def _owner(key: str) -> str | None:
+    """The protocol whose option ``key`` is (None: no protocol's)."""
+    return next((name for name, cls in all_options().items() if key in {f.name for f in fields(cls)}), None)
+
+
+def _is_default(cls: type[ProtocolOptions], key: str, value) -> bool:
+    default = {f.name: f.default for f in fields(cls)}[key]
+    return value == default or (isinstance(default, tuple) and value == list(default))
 
 
 def _typed(cls: type, values: dict) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mi_bridge import cli
-from mi_bridge.config import ExperimentConfig
+from mi_bridge.config import ExperimentConfig, current_record
 from mi_bridge.errors import UserError
 from mi_bridge.files import refuse_existing
 from mi_bridge.models.packaged import is_packaged
@@ -67,7 +67,7 @@ def same_run(recorded: dict, config: ExperimentConfig) -> bool:
     """Whether a run folder's config.json records a run of ``config``: both with their defaults made
     explicit, a layer left to its default (``None``) taking the other side's value."""
     try:
-        before = ExperimentConfig.from_dict(recorded)
+        before = ExperimentConfig.from_dict(current_record(recorded)[0])
     except UserError:
         return False
 

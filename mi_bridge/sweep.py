@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mi_bridge import cli, grid
-from mi_bridge.config import ExperimentConfig
+from mi_bridge.config import ExperimentConfig, current_record
 from mi_bridge.core.device import AUTO, device_type
 from mi_bridge.core.progress import console
 from mi_bridge.errors import UserError
@@ -160,7 +160,10 @@ def check_sweep_folder(folder: Path, wanted: dict, overwrite: bool) -> None:
     for name in ("grid.json", "sweep.json"):
         if (folder / name).is_file():
             recorded = json.loads((folder / name).read_text())
-            if {"grid": recorded.get("grid"), "config": recorded.get("config")} == wanted:
+            config = recorded.get("config")
+            if isinstance(config, dict):  # a sweep of an earlier version recorded every protocol's fields
+                config = current_record(config)[0]
+            if {"grid": recorded.get("grid"), "config": config} == wanted:
                 return
             break
     raise UserError(

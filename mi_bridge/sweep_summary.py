@@ -36,7 +36,7 @@ def heatmaps(cells: list[grid.Cell], outcomes: dict, folder: Path) -> list[str]:
                     (c.receiver_name, c.receiver_revision),
                 )
             )
-            title += f" {c.position} {c.target}"
+            title += "".join(f" {getattr(c.options, name)}" for name in c.options.grid_fields)
             panels.setdefault(title, {})[(numbers["layers"]["sender"], numbers["layers"]["receiver"])] = (
                 numbers
             )

@@ -36,9 +36,9 @@ def resolves(dotted: str) -> bool:
                 if not rest:
                     return True
                 text = path.read_text()
-                return bool(
-                    re.search(rf"(?m)^(?:def|class) {rest[0]}\b|^{rest[0]}\b\s*[:=]|\b{rest[0]}\b", text)
-                )
+                name = rest[0]  # defined at the top, imported there, or a lazy public name ("name": "module")
+                top = rf"(?m)^(?:def|class) {name}\b|^{name}\b\s*[:=]|^from \S+ import .*\b{name}\b|^\s+\"{name}\":"
+                return bool(re.search(top, text))
     return False
 
 

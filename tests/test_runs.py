@@ -11,7 +11,7 @@ import pytest
 
 from mi_bridge import sweep
 from mi_bridge.analyses import runner
-from mi_bridge.config import ExperimentConfig
+from mi_bridge.config import ExperimentConfig, current_record
 from mi_bridge.core.conditions import FAMILIES, VECTOR_KINDS, select_conditions, standard_conditions
 from mi_bridge.errors import UserError
 from mi_bridge.files import publish_folder
@@ -53,7 +53,7 @@ def test_default_folder_names_differ_in_every_setting_that_changes_results():
 
 
 def test_a_default_and_its_explicit_value_name_one_folder():
-    explicit = {"sender": "toy-sender", "receiver": "toy-receiver", "bridge": "ridge", "conditions": "all"}
+    explicit = {"sender": "toy-sender", "receiver": "toy-receiver", "conditions": "all"}
     assert name_of() == name_of(**explicit)
     # a selection's spelling does not matter: one canonical form
     conditions = lambda text: ExperimentConfig(options={"conditions": text}).options.conditions
@@ -368,18 +368,33 @@ def test_sweep_help_offers_ranges_for_layers_only_and_names_the_choices(capsys, 
 
 
 def test_a_flat_config_of_old_still_replays_under_each_protocol():
-    """Before protocols owned their options, config.json carried every protocol's fields (at their
-    defaults, and the resolved bridge kind): such a record still loads, to the same run."""
+    """Before protocols owned their options, config.json carried every protocol's fields (and the split
+    protocol's resolved bridge kind): such a record still loads, to the same run; another protocol's
+    fields are dropped, and those that held a non-default value are named."""
     shared = resolved(ExperimentConfig(n_items=40), 2, 1).to_dict()
     split_options = {"position": "final", "target": "relay-slot", "alphas": [0.5], "conditions": "all"}
     seed_options = {"bridge": None, "fit_corpus": None, "max_new_tokens": 64}
     old_split = (
         shared | split_options | seed_options | {"bridge": "ridge", "site_scan": True, "second_site": True}
     )
-    config = ExperimentConfig.from_dict(old_split)
-    assert (config.options.position, config.options.alphas) == ("final", (0.5,))
+    record, dropped = current_record(old_split)
+    config = ExperimentConfig.from_dict(record)
+    assert (config.options.position, config.options.alphas, dropped) == ("final", (0.5,), [])
     assert same_run(old_split, config.with_values(position="final", alphas=(0.5,)))
     old_seed = old_split | {"pair": "pythia", "template": "list", "protocol": "seed", "bridge": "both"}
-    old_seed |= {"position": "slot", "alphas": [0.25, 0.5, 1.0, 2.0], "max_new_tokens": 16}
-    seed = ExperimentConfig.from_dict(old_seed)
+    old_seed |= {"position": "final", "alphas": [0.25, 0.5, 1.0, 2.0], "max_new_tokens": 16}
+    record, dropped = current_record(old_seed)
+    seed = ExperimentConfig.from_dict(record)
     assert (seed.options.bridge_kinds, seed.options.max_new_tokens) == (("sgd-l2", "ridge"), 16)
+    assert dropped == ["position"]  # recorded, though the seed protocol never read it
+    # as a flag or an API keyword, another protocol's option is refused even at its default
+    with pytest.raises(UserError, match="--position applies to --protocol split, not seed"):
+        ExperimentConfig.from_dict({"pair": "pythia", "protocol": "seed", "position": "slot"})
+
+
+def test_an_option_named_like_a_shared_field_or_another_protocols_is_refused(monkeypatch):
+    from mi_bridge import config as config_module
+
+    monkeypatch.setitem(config_module.PROTOCOLS, "clash", "tests.protocols.clash_protocol")
+    with pytest.raises(UserError, match="protocol clash's option 'k' clashes with the shared config's"):
+        config_module.all_options()

@@ -60,7 +60,7 @@ def applies(module: ModuleType, protocol: str) -> bool:
 
 
 def not_applicable(module: ModuleType, protocol: str) -> str:
-    return f"{module.NAME} does not apply under --protocol {protocol}: {module.SEED_PROTOCOL}"
+    return f"{module.NAME} does not apply under --protocol {protocol}: {get_protocol(protocol).not_applicable(module)}"
 
 
 def check_applies(module: ModuleType, protocol: str) -> None:

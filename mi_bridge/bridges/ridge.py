@@ -132,7 +132,10 @@ class LinearBridge(Bridge):
         seed: int = 0,
         metadata: dict | None = None,
     ) -> LinearBridge:
-        x, y = x.double().cpu(), y.double().cpu()  # the closed-form fit runs on the CPU (mi_bridge.device)
+        x, y = (
+            x.double().cpu(),
+            y.double().cpu(),
+        )  # the closed-form fit runs on the CPU (mi_bridge.core.device)
         x_norm, y_norm = Standardizer.fit(x), Standardizer.fit(y)
         xs, ys = x_norm(x), y_norm(y)
         ridge_lambda = select_lambda(xs, ys, validation_fraction=validation_fraction, seed=seed)

@@ -6,7 +6,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from mi_bridge.config import CONDITION_FAMILIES, INJECTION_MODES
+CONDITION_FAMILIES = ("translated", "controls", "ceilings")
+"""Families of injected conditions (the split protocol's ``--conditions`` picks among them): the bridge's
+output, the controls (random, shuffled, mean) and the receiver's own states (self-patch and the
+context-free ceilings); their vector kinds are ``FAMILIES`` below."""
+INJECTION_MODES = ("add", "replace", "rescale", "rescale-add")
+"""The injection modes (``core/inject.py``)."""
 
 VECTOR_KINDS = (
     "translated",
@@ -27,7 +32,7 @@ FAMILIES = {
     "controls": ("random", "shuffled", "mean"),
     "ceilings": ("self-patch", "counterfactual self-patch", "context-free self-patch"),
 }
-"""The vector kinds of each family that ``--conditions`` names (``config.CONDITION_FAMILIES``)."""
+"""The vector kinds of each family that ``--conditions`` names (``CONDITION_FAMILIES``)."""
 
 
 @dataclass(frozen=True)

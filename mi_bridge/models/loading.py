@@ -89,7 +89,7 @@ def default_layer(pair: str, role: str, n_layers: int, depth: float | None = Non
 def choose_layer(config: ExperimentConfig, role: str, name: str, n_layers: int) -> int:
     """The configured layer of ``role`` (default: ``default_layer``); out of range is a user error."""
     value = getattr(config, f"{role}_layer")
-    layer = default_layer(config.pair, role, n_layers, config.layer_depth) if value is None else value
+    layer = default_layer(config.pair, role, n_layers, config.options.layer_depth) if value is None else value
     if not 0 <= layer < n_layers:
         raise UserError(f"{role} layer {layer} is out of range: {name} has layers 0..{n_layers - 1}")
     return layer
@@ -136,7 +136,7 @@ def pair_languages(
     refused in one line (the seed protocol's every-position replacement, states paired by token)."""
     if sender_tokenizer.get_vocab() == receiver_tokenizer.get_vocab():
         return english_language(receiver_tokenizer, config.template), None
-    if (reason := config.one_tokenizer_reason) is not None:
+    if (reason := config.options.one_tokenizer_reason(config)) is not None:
         raise UserError(f"the two models tokenize differently: {reason}")
     return (
         english_language(receiver_tokenizer, config.template, also=sender_tokenizer),

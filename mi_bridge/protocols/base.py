@@ -82,6 +82,10 @@ class Protocol(ABC):
         """``module``'s entry point for this protocol, or None where the script does not apply."""
         return getattr(module, self.analysis_entry, None) if self.analysis_entry else None
 
+    def not_applicable(self, module) -> str:
+        """Why ``module`` does not run under this protocol (asked where ``analysis`` is None)."""
+        return f"it defines no {self.analysis_entry or 'entry'} for the {self.name} protocol"
+
     def analysis_context(self, config: ExperimentConfig, options, store=None) -> Any:
         """What the analysis scripts read: the loaded pair, the layers, the items."""
         raise UserError(f"the analyses are not built for the {self.name} protocol")

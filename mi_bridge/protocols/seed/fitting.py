@@ -71,7 +71,7 @@ def fit_bridges(
 ) -> tuple[dict[str, list[FittedBridge]], dict]:
     """Every bridge kind for every seed, on the first 90% of the pairs; fit quality on the last 10%
     (the paper's held-out split), beside the receiver-mean predictor in the same spaces. The SGD bridge
-    trains on ``device``; the ridge bridge is fitted on the CPU (mi_bridge.device)."""
+    trains on ``device``; the ridge bridge is fitted on the CPU (mi_bridge.core.device)."""
     n_val = max(1, int(len(x) * 0.1))
     y_fit, y_val = y[:-n_val], y[-n_val:]  # each kind fits and scores on the same split itself
     out: dict[str, list[FittedBridge]] = {kind: [] for kind in kinds}

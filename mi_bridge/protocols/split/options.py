@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mi_bridge.config import CONDITION_FAMILIES, INJECTION_MODES, ExperimentConfig, ProtocolOptions
+from mi_bridge.config import ExperimentConfig, ProtocolOptions
+from mi_bridge.core.conditions import CONDITION_FAMILIES, INJECTION_MODES
 from mi_bridge.errors import UserError
 
 POSITIONS = ("slot", "final")
