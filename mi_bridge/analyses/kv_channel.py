@@ -206,22 +206,29 @@ def _condition(name: str) -> Condition:
 
 
 def plot(result: Result, path) -> None:
+    """Δ accuracy and Δ log p(answer) per condition (a trained source can raise log p by adaptation
+    alone: its shuffled control and the learned prefix show how much), and the attention mass on the
+    delivered positions per layer."""
     conditions = result.data["conditions"]
-    with saved_figure(path, 1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.2, 1]}) as (fig, axes):
-        names = [c["name"] for c in conditions]
-        values = [c["delta_accuracy"] for c in conditions]
-        errors = error_bars(values, [c["delta_accuracy_ci"] for c in conditions])
-        axes[0].barh(range(len(names)), values, xerr=errors, color="tab:blue", alpha=0.7)
-        axes[0].set_yticks(range(len(names)), names, fontsize=7)
-        axes[0].axvline(0, color="black", linewidth=0.8)
-        axes[0].invert_yaxis()
-        axes[0].set_xlabel("Δ accuracy vs baseline (95% CI, two-level bootstrap)")
+    names = [c["name"] for c in conditions]
+    with saved_figure(path, 1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1, 1, 1]}) as (fig, axes):
+        for ax, metric, label in (
+            (axes[0], "accuracy", "Δ accuracy"),
+            (axes[1], "logprob", "Δ log p(answer)"),
+        ):
+            values = [c[f"delta_{metric}"] for c in conditions]
+            errors = error_bars(values, [c[f"delta_{metric}_ci"] for c in conditions])
+            ax.barh(range(len(names)), values, xerr=errors, color="tab:blue", alpha=0.7)
+            ax.set_yticks(range(len(names)), names if ax is axes[0] else [], fontsize=7)
+            ax.axvline(0, color="black", linewidth=0.8)
+            ax.invert_yaxis()
+            ax.set_xlabel(f"{label} vs baseline (95% CI, two-level bootstrap)")
         for name, mass in result.data["attention_mass"].items():
             if " " not in name or name in (*CEILINGS, PREFIX, f"{FUSER} shuffled"):
-                axes[1].plot(mass, marker=".", label=name)
-        axes[1].set_xlabel("receiver layer")
-        axes[1].set_ylabel("attention on delivered positions")
-        axes[1].legend(fontsize=7)
+                axes[2].plot(mass, marker=".", label=name)
+        axes[2].set_xlabel("receiver layer")
+        axes[2].set_ylabel("attention of the answer position on delivered positions")
+        axes[2].legend(fontsize=7)
         fig.suptitle("KV channel: the sender's cache as a prefix of the receiver's")
 
 
