@@ -100,6 +100,12 @@ def analyze(ctx: AnalysisContext) -> Result:
     verdict, explanation = judge(
         ctx, kv, versus_prefix, versus_shuffled, holm_p, best_residual, self_reference, first["layer_map"]
     )
+    heldout = [r.fit["ridge_heldout"] for r in runs]
+    explanation += (
+        f" The {LINEAR} map's fit on held-out items (normalized cosine, mean over layers and seeds): keys "
+        f"{np.mean([h['keys']['normalized_cosine'] for h in heldout]):.3f}, values "
+        f"{np.mean([h['values']['normalized_cosine'] for h in heldout]):.3f}."
+    )
     cpu_minutes = [r.cpu_seconds / 60 for r in runs]
     explanation += (
         f" CPU time per seed: {', '.join(f'{m:.1f}' for m in cpu_minutes)} min (wall "

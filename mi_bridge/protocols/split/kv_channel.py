@@ -154,6 +154,8 @@ class SeedKV:
     attention_mass: dict[str, list[float]]
     """Mean attention of the receiver's last position on the delivered positions, per layer."""
     fit: dict
+    """The layer map, the ridge map's fit quality of keys and values (``ridge``: on the fit items it was
+    fitted on; ``ridge_heldout``: on the held-out items) and each trained source's training log."""
     cpu_seconds: float
     wall_seconds: float
 
@@ -194,7 +196,7 @@ def run_seed_kv(seed: SeedContext, settings: KVSettings, batch_size: int) -> See
         logs[name] = asdict(log) | {"n_trainable": source.n_trainable()}
 
     with torch.no_grad():
-        sender_test = capture_kv(sender, test.sender_tokens)
+        sender_test, receiver_test = paired_caches(sender, receiver, test.sender_tokens)
         mean = [tuple(t.mean(0, keepdim=True) for t in pair) for pair in sender_fit]
         inputs = {
             "": sender_test,
@@ -204,7 +206,7 @@ def run_seed_kv(seed: SeedContext, settings: KVSettings, batch_size: int) -> See
         }
         with_b = torch.cat([test.sender_tokens, seed.greedy_b()[seed.test_idx, None]], dim=1)
         deliveries: dict[str, Callable[[Tensor], tuple[list[KV], Tensor | None]]] = {
-            READS_P: lambda rows: (capture_kv(receiver, test.sender_tokens[rows]), None),
+            READS_P: lambda rows: (_rows(receiver_test, rows), None),
             READS_PB: lambda rows: (capture_kv(receiver, with_b[rows]), None),
         }
         for control, entries in inputs.items():
@@ -219,6 +221,7 @@ def run_seed_kv(seed: SeedContext, settings: KVSettings, batch_size: int) -> See
         "layer_map": str(layer_map),
         "sender_layers": list(bridge.sender_layers),
         "ridge": bridge.score(sender_fit, receiver_fit),
+        "ridge_heldout": bridge.score(sender_test, receiver_test),
         "training": logs,
     }
     return SeedKV(scores, mass, fit_report, time.process_time() - cpu, time.perf_counter() - wall)
