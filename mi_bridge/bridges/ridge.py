@@ -84,8 +84,9 @@ def ridge_solve(
     lambda, it is formed again in float64."""
     identity = torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
     gram = (x.T.float() @ x.float()).double() + ridge_lambda * identity
-    factor, info = torch.linalg.cholesky_ex(gram)
-    if int(info) != 0:
+    try:
+        factor = torch.linalg.cholesky(gram)
+    except torch.linalg.LinAlgError:
         factor = torch.linalg.cholesky(x.T.double() @ x.double() + ridge_lambda * identity)
     return torch.cholesky_solve((x.T.float() @ y.float()).double(), factor)
 
