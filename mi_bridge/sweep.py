@@ -32,6 +32,7 @@ from mi_bridge.core.device import AUTO, device_type
 from mi_bridge.core.progress import console
 from mi_bridge.errors import UserError
 from mi_bridge.files import holds_something, remove_folder, write_text_atomic
+from mi_bridge.protocols.base import get_protocol
 from mi_bridge.run_folder import same_run, short_hash
 from mi_bridge.sweep_summary import write_summary
 
@@ -81,31 +82,9 @@ class Outcome:
     error: str | None = None
 
 
-def key_numbers(results: dict) -> dict:
-    """The cell's numbers in sweep.json: resolved layers, site class, and (Δ accuracy with its CI) the
-    translated condition and the context-free ceiling as the decomposition reads them (the best
-    surviving translated condition with its Holm p, else the best by mean; the one context-free ceiling,
-    ``diagnosis.ceiling``), and the normalized cosine. A seed-protocol run has only its layers."""
-    from mi_bridge.protocols.split.diagnosis import best_translated, ceiling, holm_p
-
-    numbers = {"layers": results["layers"]}
-    if "site" not in results:
-        return numbers
-    numbers["site_class"] = results["site"]["class"]
-    conditions = results["conditions"]
-    chosen = {
-        "translated": best_translated(conditions),
-        "context_free": ceiling(conditions),
-    }
-    for key, summary in chosen.items():
-        numbers[key] = {
-            "condition": summary["name"],
-            "mean": summary["delta_accuracy"],
-            "ci": summary["delta_accuracy_ci"],
-        }
-    numbers["translated"]["holm_p"] = holm_p(chosen["translated"], conditions)
-    numbers["normalized_cosine"] = {"mean": results["bridge"]["normalized_cosine"]["mean"]}
-    return numbers
+def key_numbers(results: dict, protocol: str) -> dict:
+    """A cell's numbers in sweep.json and its heatmaps, as its protocol reads its results."""
+    return get_protocol(protocol).sweep_numbers(results)
 
 
 def run_cell(config: ExperimentConfig, pair, use_cache: bool) -> dict:
@@ -115,7 +94,7 @@ def run_cell(config: ExperimentConfig, pair, use_cache: bool) -> dict:
 
     run = compute(config, pair, use_cache)
     publish(run, Path(config.out))
-    return key_numbers(run.results)
+    return key_numbers(run.results, config.protocol)
 
 
 class PairWorker:
@@ -337,7 +316,7 @@ def sweep(cells: list[grid.Cell], values: dict, base: ExperimentConfig, folder: 
     for cell in cells if not args.overwrite else ():
         results = finished(cell)
         if results is not None:
-            outcomes[cell.name] = Outcome("done", numbers=key_numbers(results))
+            outcomes[cell.name] = Outcome("done", numbers=key_numbers(results, cell.config.protocol))
     pending = [cell for cell in cells if outcomes[cell.name].status == "pending"]
     # Ray first: a cluster that cannot be joined is one line, before anything is written
     started_ray = bool(pending) and not args.local and start_ray(args.address)

@@ -153,7 +153,7 @@ def test_a_killed_worker_costs_one_retry_and_the_grid_completes(killed_sweep):
     assert sorted(row["attempts"] for row in rows.values()) == [1, 1, 1, 2]
     for name, row in rows.items():
         results = json.loads((out / name / "results.json").read_text())
-        assert row["numbers"] == sweep.key_numbers(results)
+        assert row["numbers"] == sweep.key_numbers(results, "split")
         assert row["numbers"]["layers"]["receiver"] == int(name.split("-L")[-1].split("-")[0])
     assert {f"heatmap_{m}.png" for m in sweep_summary.METRICS} <= {p.name for p in out.iterdir()}
 

@@ -82,6 +82,10 @@ class Protocol(ABC):
         """``module``'s entry point for this protocol, or None where the script does not apply."""
         return getattr(module, self.analysis_entry, None) if self.analysis_entry else None
 
+    def sweep_numbers(self, results: dict) -> dict:
+        """A run's numbers in a sweep's summary (sweep.json, its heatmaps): at least its resolved layers."""
+        return {"layers": results["layers"]}
+
     def not_applicable(self, module) -> str:
         """Why ``module`` does not run under this protocol (asked where ``analysis`` is None)."""
         return f"it defines no {self.analysis_entry or 'entry'} for the {self.name} protocol"

@@ -88,6 +88,29 @@ class SplitProtocol(Protocol):
 
     analysis_entry = "analyze"
 
+    def sweep_numbers(self, results: dict) -> dict:
+        """Resolved layers, site class, and (Δ accuracy with its CI) the translated condition and the
+        context-free ceiling as the decomposition reads them (the best surviving translated condition
+        with its Holm p, else the best by mean; the one context-free ceiling, ``diagnosis.ceiling``),
+        and the normalized cosine."""
+        from mi_bridge.protocols.split.diagnosis import best_translated, ceiling, holm_p
+
+        numbers = super().sweep_numbers(results)
+        if "site" not in results:
+            return numbers
+        numbers["site_class"] = results["site"]["class"]
+        conditions = results["conditions"]
+        chosen = {"translated": best_translated(conditions), "context_free": ceiling(conditions)}
+        for key, summary in chosen.items():
+            numbers[key] = {
+                "condition": summary["name"],
+                "mean": summary["delta_accuracy"],
+                "ci": summary["delta_accuracy_ci"],
+            }
+        numbers["translated"]["holm_p"] = holm_p(chosen["translated"], conditions)
+        numbers["normalized_cosine"] = {"mean": results["bridge"]["normalized_cosine"]["mean"]}
+        return numbers
+
     def analysis_context(self, config: ExperimentConfig, options, store=None):
         from mi_bridge.protocols.split.analysis import prepare_split_context
 
