@@ -321,7 +321,7 @@ class ExperimentConfig:
                 shared[key] = value
             elif key in own_names:
                 options[key] = value
-            elif (owner := _owner(key)) is not None:
+            elif (owner := _option_owners().get(key)) is not None:
                 raise UserError(f"--{key.replace('_', '-')} applies to --protocol {owner}, not {protocol}")
             else:
                 unknown.append(key)
@@ -336,10 +336,11 @@ def current_record(data: dict) -> tuple[dict, list[str]]:
     protocol's fields (and the split protocol's bridge kind): the keys that another protocol owns, and
     the protocol's ``legacy`` keys, are dropped; those that held a value other than their default are
     returned, so that the caller can say so."""
-    own = protocol_options(_protocol_of(data))
+    protocol = _protocol_of(data)
+    own, owners = protocol_options(protocol), _option_owners()
     kept, dropped = {}, []
     for key, value in data.items():
-        owner = None if key in {f.name for f in fields(own)} else _owner(key)
+        owner = None if owners.get(key) == protocol else owners.get(key)
         if key in own.legacy and value == own.legacy[key]:
             continue
         if owner is None:
@@ -356,9 +357,9 @@ def _protocol_of(data: dict) -> str:
     return protocol
 
 
-def _owner(key: str) -> str | None:
-    """The protocol whose option ``key`` is (None: no protocol's)."""
-    return next((name for name, cls in all_options().items() if key in {f.name for f in fields(cls)}), None)
+def _option_owners() -> dict[str, str]:
+    """Every protocol's option names, each with its protocol (``all_options`` keeps them distinct)."""
+    return {spec.name: name for name, cls in all_options().items() for spec in fields(cls)}
 
 
 def _is_default(cls: type[ProtocolOptions], key: str, value) -> bool:

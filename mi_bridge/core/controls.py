@@ -12,8 +12,8 @@ from torch import Tensor
 from mi_bridge.config import SeedOffset
 
 
-def random_like(vectors: Float[Tensor, "n d"], generator: torch.Generator) -> Float[Tensor, "n d"]:
-    """Random directions with each row's norm."""
+def random_like(vectors: Float[Tensor, "*n d"], generator: torch.Generator) -> Float[Tensor, "*n d"]:
+    """Random directions with each row's norm (a row: the last dimension, whatever the leading ones)."""
     direction = torch.randn(vectors.shape, generator=generator)
     return direction / direction.norm(dim=-1, keepdim=True) * vectors.norm(dim=-1, keepdim=True)
 

@@ -45,7 +45,7 @@ from mi_bridge.bridges.kv import KVLinearBridge, LayerMap, paired_caches
 from mi_bridge.bridges.kv_fuser import KVFuser, KVSource, LearnedPrefix
 from mi_bridge.bridges.kv_training import KVItems, KVRecipe, train_kv_source
 from mi_bridge.config import SeedOffset
-from mi_bridge.core.controls import derangement
+from mi_bridge.core.controls import derangement, random_like
 from mi_bridge.core.evaluate import ItemScores, score
 from mi_bridge.core.progress import track
 from mi_bridge.errors import UserError
@@ -202,7 +202,7 @@ def run_seed_kv(seed: SeedContext, settings: KVSettings, batch_size: int) -> See
             "": sender_test,
             "shuffled": _rows(sender_test, derangement(len(test), generator)),
             "mean": [tuple(t.expand(len(test), *t.shape[1:]) for t in pair) for pair in mean],
-            "random": [tuple(_random_like(t, generator) for t in pair) for pair in sender_test],
+            "random": [tuple(random_like(t.cpu(), generator).to(t) for t in pair) for pair in sender_test],
         }
         with_b = torch.cat([test.sender_tokens, seed.greedy_b()[seed.test_idx, None]], dim=1)
         deliveries: dict[str, Callable[[Tensor], tuple[list[KV], Tensor | None]]] = {
@@ -297,11 +297,3 @@ def _sourced(source: KVSource, sender: list[KV] | None):
 
 def _rows(entries: list[KV], rows: Tensor) -> list[KV]:
     return [(keys[rows], values[rows]) for keys, values in entries]
-
-
-def _random_like(
-    tensor: Float[Tensor, "n pos heads d_head"], generator: torch.Generator
-) -> Float[Tensor, "n pos heads d_head"]:
-    """Random entries with the norm of each (item, position, head) vector of ``tensor``."""
-    direction = torch.randn(tensor.shape, generator=generator).to(tensor)
-    return direction / direction.norm(dim=-1, keepdim=True) * tensor.norm(dim=-1, keepdim=True)
