@@ -69,6 +69,11 @@ class ProtocolOptions:
         return self
 
     def to_dict(self) -> dict:
+        """The record of these options in config.json (a protocol may leave out what is at its default)."""
+        return self.every_field()
+
+    def every_field(self) -> dict:
+        """Every field with its value (tuples as lists, as JSON has them)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod

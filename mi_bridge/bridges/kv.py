@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from mi_bridge.bridges.base import read_saved, register_family
+from mi_bridge.bridges.layer_map import LayerMap
 from mi_bridge.bridges.metrics import fit_quality
 from mi_bridge.bridges.ridge import TENSOR_NAMES, LinearBridge
 from mi_bridge.errors import UserError
@@ -39,38 +40,10 @@ from mi_bridge.files import sha256_file, write_atomic
 from mi_bridge.runtime.backend import HookedModel
 from mi_bridge.runtime.kv_entries import KV, capture_kv
 
-LAYER_MAPS = ("last-aligned", "identity", "shift:K")
 SenderKV = Sequence[tuple[Float[Tensor, "batch pos n_kv_sender d_sender_head"], Tensor]]
 ReceiverKV = Sequence[tuple[Float[Tensor, "batch pos n_kv_receiver d_receiver_head"], Tensor]]
 """Per-layer (keys, values) of ``runtime.kv_entries`` on each side of a bridge (own axis names: the two
 models' heads differ)."""
-
-
-@dataclass(frozen=True)
-class LayerMap:
-    """Receiver layer j reads sender layer j + offset, clamped to the sender's layers. ``last-aligned``
-    (C2C's default): offset n_sender - n_receiver, so the last layers meet; ``identity``: offset 0;
-    ``shift:K``: offset K."""
-
-    name: str = "last-aligned"
-    shift: int = 0
-
-    @classmethod
-    def parse(cls, spec: str) -> LayerMap:
-        if spec in ("last-aligned", "identity"):
-            return cls(spec)
-        prefix, _, number = spec.partition(":")
-        if prefix == "shift" and number.lstrip("-").isdigit():
-            return cls("shift", int(number))
-        raise UserError(f"unknown layer map {spec!r} (known: {', '.join(LAYER_MAPS)})")
-
-    def __str__(self) -> str:
-        return f"shift:{self.shift}" if self.name == "shift" else self.name
-
-    def sender_layers(self, n_sender: int, n_receiver: int) -> tuple[int, ...]:
-        """The sender layer read by each receiver layer 0 .. n_receiver - 1."""
-        offset = {"last-aligned": n_sender - n_receiver, "identity": 0}.get(self.name, self.shift)
-        return tuple(min(max(j + offset, 0), n_sender - 1) for j in range(n_receiver))
 
 
 def vocabulary(model: HookedModel) -> dict[str, int] | int:

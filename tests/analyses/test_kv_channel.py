@@ -4,12 +4,10 @@ reads the learned prefix, the ceiling and the self-pair trap. The plumbing itsel
 planted maps, batching) is tested in tests/models/test_kv_delivery.py and tests/bridges/test_kv.py."""
 
 import json
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
-from mi_bridge.analyses import kv_channel
 from mi_bridge.analyses.runner import main
 from mi_bridge.protocols.split.kv_channel import (
     CEILINGS,
@@ -20,6 +18,7 @@ from mi_bridge.protocols.split.kv_channel import (
     PREFIX,
     SENDER_READING,
 )
+from mi_bridge.protocols.split.kv_summary import judge
 from mi_bridge.report.result import TRANSFER_VERDICTS
 
 TINY = ["--n-items", "40", "--seeds", "2", "--n-bootstrap", "200", "--alphas", "1", "--kv-epochs", "2"]
@@ -34,11 +33,12 @@ def test_the_kv_channel_runs_every_condition_on_the_same_items(tmp_path):
     assert analysis["verdict"] in TRANSFER_VERDICTS
     assert analysis["explanation"].startswith("Task validity:")  # validity before any effect
     data = analysis["data"]
-    names = [c["name"] for c in data["conditions"]]
-    assert names[: len(KV_CONDITIONS)] == list(KV_CONDITIONS)
-    assert names[-2:] == ["text relay", "oracle"] and names[len(KV_CONDITIONS)].startswith("translated")
-    n_test = data["conditions"][0]["n"]
-    assert n_test == 2 * 20 and all(c["n"] == n_test for c in data["conditions"])
+    assert list(data["conditions"]) == ["text relay", "oracle", *KV_CONDITIONS]
+    assert data["best_residual"]["name"].startswith("translated")
+    n_test = data["conditions"]["oracle"]["n"]
+    assert n_test == 2 * 20 and all(c["n"] == n_test for c in data["conditions"].values())
+    (site,) = data["sites"].values()  # the configured site: the same sources read after it only
+    assert site["band"].startswith("after L") and list(site["conditions"]) == list(KV_CONDITIONS)
     assert set(data["versus_prefix"]) == set(SENDER_READING) == set(data["holm_p_versus_prefix"])
     n_layers = len(data["fits"][0]["sender_layers"])
     assert all(len(mass) == n_layers for mass in data["attention_mass"].values())
@@ -50,7 +50,8 @@ def test_the_kv_channel_runs_every_condition_on_the_same_items(tmp_path):
     items = pd.read_parquet(out / "items.parquet")
     expected = {*PLAIN_PROMPTS, *KV_CONDITIONS}
     assert expected <= set(items["condition"].astype(str))
-    assert (items.groupby("condition", observed=True).size() == n_test).all()  # one row per item and seed
+    per_part = items.groupby(["part", "condition"], observed=True).size()
+    assert (per_part == n_test).all()  # one row per item and seed
     assert "analysis" in results and "items" not in analysis["data"]  # the table is beside, not inside
     assert "learned prefix" in (out / "report.md").read_text()
 
@@ -59,7 +60,7 @@ def test_the_kv_channel_is_refused_in_one_line_where_it_is_not_built(capsys, tmp
     assert main(["kv_channel", "--pair", "pythia", "--protocol", "seed", "--out", str(tmp_path / "s")]) == 2
     assert "kv_channel does not apply under --protocol seed" in capsys.readouterr().err
     assert main(["kv_channel", "--kv-layer-map", "sideways", "--out", str(tmp_path / "m")]) == 2
-    assert "layer map" in capsys.readouterr().err
+    assert "--kv-layer-map: unknown layer map 'sideways'" in capsys.readouterr().err
     assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
 
 
@@ -73,15 +74,25 @@ HELPS, NOTHING = summary(0.2, 0.1, 0.3, 1e-4), summary(0.0, -0.1, 0.1)
 def verdict(*, ceiling=HELPS, fuser=HELPS, prefix=NOTHING, beyond_prefix=HELPS, self_reference=False):
     kv = {name: NOTHING for name in KV_CONDITIONS} | {"oracle": summary(0.6, 0.5, 0.7)}
     kv |= {CEILINGS[1]: ceiling, FUSER: fuser, PREFIX: prefix}
-    versus_prefix = {LINEAR: NOTHING, FUSER: beyond_prefix}
-    versus_shuffled = {LINEAR: NOTHING, FUSER: HELPS}
-    holm_p = {LINEAR: 1.0, FUSER: 2e-4 if beyond_prefix is HELPS else 1.0}
-    ctx = SimpleNamespace(config=SimpleNamespace(min_oracle_gap=0.25), receiver_layer=3)
-    residual = {"name": "translated replace"} | NOTHING
-    label, text = kv_channel.judge(
-        ctx, kv, versus_prefix, versus_shuffled, holm_p, residual, self_reference, "shift:2"
-    )
-    return label, text
+    section = {
+        "conditions": kv,
+        "versus_prefix": {LINEAR: NOTHING, FUSER: beyond_prefix},
+        "versus_shuffled": {LINEAR: NOTHING, FUSER: HELPS},
+        "holm_p_versus_prefix": {LINEAR: 1.0, FUSER: 2e-4 if beyond_prefix is HELPS else 1.0},
+        "layer_map": "shift:2",
+        "self_reference": self_reference,
+        "sites": {
+            "3": {
+                "band": "after L3",
+                "conditions": kv,
+                "versus_prefix": {FUSER: NOTHING},
+                "residual": {"name": "translated replace"} | NOTHING,
+            }
+        },
+        "heldout_normalized_cosine": {"keys": 0.9, "values": 0.8},
+        "cpu_minutes_per_seed": [1.0],
+    }
+    return judge(section, 0.25)
 
 
 def test_the_sender_helps_only_beyond_the_learned_prefix():

@@ -150,3 +150,28 @@ def test_entries_of_the_wrong_shape_or_depth_are_refused(model):
     wrong = [(k[..., :4], v[..., :4]) for k, v in entries]
     with pytest.raises(ValueError, match="delivered"):
         delivered_cache(model, wrong)
+
+
+def test_a_site_band_leaves_every_layer_up_to_the_site_as_the_receiver_alone(model):
+    """``band_gates(n, L)``: only the layers after L read the delivered positions, so the residual stream
+    up to L's output is the receiver's without the prefix, and later layers do change."""
+    from mi_bridge.protocols.split.kv_channel import band_gates
+
+    prompt, tail = draw((2, 5), seed=7), draw((2, 3), seed=8)
+    site, n_layers = 0, model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+    with torch.no_grad():
+        cache = delivered_cache(model, capture_kv(model, prompt))
+        _, alone = model.run_with_cache(tail, names_filter=lambda name: name in names)
+        seen = {}
+        record = lambda act, hook: seen.__setitem__(hook.name, act.detach().clone())
+        hooks = [(name, record) for name in names] + gate_hooks(band_gates(n_layers, site), cache.length)
+        with model.hooks(fwd_hooks=hooks):
+            run_tokens(model, tail, cache)
+    for layer, name in enumerate(names):
+        difference = (seen[name] - alone[name]).abs().max()
+        if layer <= site:
+            assert difference < ATOL, (layer, difference)
+        else:
+            assert difference > 1e-3, layer
+    assert band_gates(n_layers, None).eq(0).all()

@@ -1,5 +1,6 @@
 """The split run's figure.png: Δ accuracy per condition, one panel per injected vector kind (the second
-site beside the requested one), and the receiver's lookup phase per layer from the site scan."""
+site beside the requested one), the receiver's lookup phase per layer from the site scan, and with
+``--kv-channel`` the KV channel's panels (``kv_summary.kv_panels``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mi_bridge.protocols.split.diagnosis import of_vector
+from mi_bridge.protocols.split.diagnosis import best_translated, of_vector
 from mi_bridge.report.render import saved_figure
 from mi_bridge.stats import error_bars
 
@@ -106,15 +107,16 @@ def conditions_figure(results: dict, path: Path) -> None:
         (site["self_patch"]["mean"], "tab:green", ":", "self-patch (replace)"),
         (site["context_free"]["mean"], "tab:red", "-.", "context-free ceiling (replace)"),
     ]
-    ncols, scanned = 2, bool(results.get("site_scan"))
-    nrows = (len(kinds) + ncols - 1) // ncols + scanned
-    size = (10, 2.3 * nrows + 0.6)
+    ncols, scanned, kv = 2, bool(results.get("site_scan")), results.get("kv_channel")
+    below = scanned + bool(kv)  # rows of their own, unshared: the lookup panel, the KV channel
+    nrows = (len(kinds) + ncols - 1) // ncols + below
+    size = (10, 2.3 * nrows + 0.6 + 2.0 * bool(kv))
     with saved_figure(path, nrows, ncols, figsize=size, sharex=True, squeeze=False) as (fig, axes):
-        if scanned:  # the lookup panel gets a row of its own, unshared
+        if below:
             grid = axes[-1, 0].get_gridspec()
-            for ax in axes[-1]:
+            for ax in axes[-below:].flat:
                 ax.remove()
-        panels = list(axes[:-1].flat if scanned else axes.flat)
+        panels = list(axes[:-below].flat if below else axes.flat)
         for ax, kind in zip(panels, kinds, strict=False):
             condition_panel(ax, conditions, second, kind, references)
         spare = panels[len(kinds) :]
@@ -127,9 +129,15 @@ def conditions_figure(results: dict, path: Path) -> None:
         legend_ax = spare[0] if spare else panels[0]
         legend_ax.legend(handles, labels, loc="center", fontsize=8, title=title, title_fontsize=8)
         if scanned:
-            lookup_panel(fig.add_subplot(grid[-1, :]), results)
+            lookup_panel(fig.add_subplot(grid[nrows - below, :]), results)
+        if kv:
+            from mi_bridge.protocols.split.kv_summary import kv_panels
+
+            cells = grid[nrows - 1, :].subgridspec(1, 3, wspace=0.3)
+            kv_panels([fig.add_subplot(cells[0, i]) for i in range(3)], kv, [best_translated(conditions)])
         fig.suptitle(
             f"{results['models']['sender']['name']} → {results['models']['receiver']['name']}, "
-            f"site {site['class']} (receiver layer {site['layer']})",
+            f"site {site['class']} (receiver layer {site['layer']})"
+            + (f"; KV channel: {kv['verdict']}" if kv else ""),
             fontsize=10,
         )

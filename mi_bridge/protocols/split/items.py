@@ -147,7 +147,13 @@ def item_table(
         frames.append(
             layer_table(items, scan, [BASELINE, *SITE_CONDITIONS], part="site scan", layer=layer, **where)
         )
-    frame = pd.concat(frames, ignore_index=True)
+    return typed(pd.concat(frames, ignore_index=True))
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table of ``layer_table`` parts in the columns' order and types (layers as integers, text as
+    categories)."""
+    frame = frame.reset_index(drop=True)
     for name in ("sender_layer", "layer"):
         frame[name] = frame[name].astype("int64")
     return frame[list(COLUMNS)].astype({name: "category" for name in CATEGORIES})

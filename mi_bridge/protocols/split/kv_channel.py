@@ -27,15 +27,20 @@ Per seed, on the same items and split as the residual bridges:
 
 Every condition's answer logits are scored like the residual conditions (``core.evaluate.score``), and the
 attention mass the receiver's last position puts on the delivered positions is recorded per layer.
+
+Sites. A cache is read by every layer, so a residual site does not restrict it by itself. Per site of the
+run (receiver layer L), the same fitted and trained sources are also read only by the layers after L
+(the others' gates closed, ``band_gates``): the layers a residual injection at L reaches, so that the KV
+channel stands beside the residual bridge at that site on the same footing. The sources are trained once,
+on the full cache; a band is their ablation, not a source trained for the band.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 
 import torch
 from jaxtyping import Float, Int
@@ -74,7 +79,7 @@ PLAIN_PROMPTS = {"baseline": "placeholder", "text relay": "relay", "oracle": "or
 
 @dataclass(frozen=True)
 class KVSettings:
-    """The channel's own options (``add_kv_arguments``)."""
+    """The channel's options (the split protocol's ``kv_*`` fields)."""
 
     layer_map: str = "last-aligned"
     rank: int = 8
@@ -84,66 +89,38 @@ class KVSettings:
     patience: int = 3
     heldout_fraction: float = 0.2
 
+    @classmethod
+    def of(cls, options) -> KVSettings:
+        """From the split protocol's options (``config.options``)."""
+        return cls(
+            layer_map=options.kv_layer_map,
+            rank=options.kv_rank,
+            epochs=options.kv_epochs,
+            learning_rate=options.kv_lr,
+            train_batch=options.kv_train_batch,
+            patience=options.kv_patience,
+        )
+
     def recipe(self) -> KVRecipe:
         return KVRecipe(self.epochs, self.train_batch, self.learning_rate, 0.0, self.patience)
 
 
-def add_kv_arguments(parser: argparse.ArgumentParser) -> None:
-    """The channel's flags; a bad value is refused by the parser, before any folder or model."""
-    default = KVSettings()
-    group = parser.add_argument_group("KV channel")
-    group.add_argument(
-        "--kv-layer-map",
-        type=_layer_map,
-        default=default.layer_map,
-        help="which sender layer feeds each receiver layer: last-aligned (C2C's), identity or shift:K "
-        f"(receiver layer j reads sender layer j+K, clamped) (default: {default.layer_map})",
-    )
-    counts = (
-        ("--kv-rank", default.rank, "the fuser's low-rank correction"),
-        ("--kv-epochs", default.epochs, "the most training epochs"),
-        ("--kv-train-batch", default.train_batch, "items per training step"),
-        ("--kv-patience", default.patience, "epochs without a better held-out loss before training stops"),
-    )
-    for flag, value, what in counts:
-        group.add_argument(flag, type=_positive(int), default=value, help=f"{what} (default: {value})")
-    group.add_argument(
-        "--kv-lr",
-        type=_positive(float),
-        default=default.learning_rate,
-        help=f"AdamW learning rate (default: {default.learning_rate:g})",
-    )
+FULL_DEPTH = "every layer"
+"""The band of the full cache: every receiver layer reads the delivered positions (what is trained)."""
 
 
-def _layer_map(text: str) -> str:
-    try:
-        return str(LayerMap.parse(text))
-    except UserError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+def after_site(layer: int) -> str:
+    """The band of a site at receiver layer ``layer``: only the layers after it read the delivered
+    positions, the layers a residual injection at that site reaches (``resid_post`` of ``layer``)."""
+    return f"after L{layer}"
 
 
-def _positive(kind: type) -> Callable[[str], float]:
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not value > 0:
-            raise argparse.ArgumentTypeError(f"not a positive {kind.__name__}: {text!r}")
-        return value
-
-    return parse
-
-
-def kv_settings(options: argparse.Namespace) -> KVSettings:
-    return KVSettings(
-        layer_map=options.kv_layer_map,
-        rank=options.kv_rank,
-        epochs=options.kv_epochs,
-        learning_rate=options.kv_lr,
-        train_batch=options.kv_train_batch,
-        patience=options.kv_patience,
-    )
+def band_gates(n_layers: int, after: int | None) -> Float[Tensor, " n_layers"]:
+    """Log gates that close every layer up to ``after`` (None: all open)."""
+    gates = torch.zeros(n_layers)
+    if after is not None:
+        gates[: after + 1] = -torch.inf
+    return gates
 
 
 @dataclass
@@ -151,6 +128,7 @@ class SeedKV:
     """One seed's KV channel: per-item scores and attention mass per condition, and how it was fitted."""
 
     scores: dict[str, ItemScores]
+    """The plain prompts and every delivered cache read by every receiver layer (``FULL_DEPTH``)."""
     attention_mass: dict[str, list[float]]
     """Mean attention of the receiver's last position on the delivered positions, per layer."""
     fit: dict
@@ -158,10 +136,17 @@ class SeedKV:
     fitted on; ``ridge_heldout``: on the held-out items) and each trained source's training log."""
     cpu_seconds: float
     wall_seconds: float
+    sites: dict[int, dict[str, ItemScores]] = field(default_factory=dict)
+    """Per site (receiver layer), every delivered cache read only by the layers after it (``after_site``)."""
+    sources: dict[str, object] = field(default_factory=dict)
+    """The fitted map and the trained fuser and prefix, by condition name (saved with a run)."""
 
 
-def run_seed_kv(seed: SeedContext, settings: KVSettings, batch_size: int) -> SeedKV:
-    """The KV channel's conditions on one seed's held-out items (module docstring)."""
+def run_seed_kv(
+    seed: SeedContext, settings: KVSettings, batch_size: int, sites: Sequence[int] = ()
+) -> SeedKV:
+    """The KV channel's conditions on one seed's held-out items (module docstring), read by every receiver
+    layer and, per receiver layer in ``sites``, by the layers after it only (the same trained sources)."""
     if seed.pair.sender_language is not seed.pair.language:
         raise UserError(
             "the KV channel needs one tokenizer: the sender's cache of P is mapped onto the receiver's cache "
@@ -217,6 +202,10 @@ def run_seed_kv(seed: SeedContext, settings: KVSettings, batch_size: int) -> See
             deliveries[FUSER + suffix] = _sourced(fuser, entries)
         deliveries[PREFIX] = _sourced(prefix, None)
         scores, mass = evaluate_kv(seed, test, deliveries, batch_size)
+        by_site = {
+            layer: evaluate_kv(seed, test, deliveries, batch_size, after=layer, plain=False)[0]
+            for layer in sites
+        }
     fit_report = {
         "layer_map": str(layer_map),
         "sender_layers": list(bridge.sender_layers),
@@ -224,7 +213,9 @@ def run_seed_kv(seed: SeedContext, settings: KVSettings, batch_size: int) -> See
         "ridge_heldout": bridge.score(sender_test, receiver_test),
         "training": logs,
     }
-    return SeedKV(scores, mass, fit_report, time.process_time() - cpu, time.perf_counter() - wall)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    sources = {LINEAR: bridge, FUSER: fuser, PREFIX: prefix}
+    return SeedKV(scores, mass, fit_report, cpu, wall, by_site, sources)
 
 
 def seed_items(seed: SeedContext) -> KVItems:
@@ -238,21 +229,29 @@ def evaluate_kv(
     test: KVItems,
     deliveries: dict[str, Callable[[Tensor], tuple[list[KV], Tensor | None]]],
     batch_size: int,
+    after: int | None = None,
+    plain: bool = True,
 ) -> tuple[dict[str, ItemScores], dict[str, list[float]]]:
-    """Per-item scores of the plain prompts (baseline, text relay, oracle) and of every delivered cache,
-    with the attention mass on the delivered positions."""
+    """Per-item scores of the plain prompts (baseline, text relay, oracle; with ``plain``) and of every
+    delivered cache, with the attention mass on the delivered positions; ``after``: only the receiver
+    layers after it read the delivered positions (the others' gates closed, ``band_gates``)."""
     receiver, held_out = seed.pair.receiver, seed.test
     prompts = seed.test_prompts()
     n, scores, mass = len(test), {}, {}
     batches = [torch.arange(n)[i : i + batch_size] for i in range(0, n, batch_size)]
     score_of = lambda logits: score(logits, held_out.answer_candidates, held_out.gold_index)
-    for name, prompt in PLAIN_PROMPTS.items():
+    for name, prompt in PLAIN_PROMPTS.items() if plain else ():
         tokens = prompts[prompt]
         scores[name] = score_of(torch.cat([receiver(tokens[rows])[:, -1] for rows in batches]))
-    for name, delivery in track(deliveries.items(), f"seed {seed.seed}: KV conditions", len(deliveries)):
+    band = None if after is None else band_gates(receiver.cfg.n_layers, after)
+    where = "" if after is None else f", read {after_site(after)}"
+    described = f"seed {seed.seed}: KV conditions{where}"
+    for name, delivery in track(deliveries.items(), described, len(deliveries)):
         logits, layer_mass = [], []
         for rows in batches:
             entries, log_gates = delivery(rows)
+            if band is not None:
+                log_gates = band if log_gates is None else log_gates + band.to(log_gates)
             out, attended = _delivered_logits(receiver, entries, log_gates, test.receiver_tokens[rows])
             logits.append(out)
             layer_mass.append(attended * len(rows))

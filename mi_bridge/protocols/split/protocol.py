@@ -13,7 +13,7 @@ from mi_bridge.core.evaluate import select_conditions, standard_conditions
 from mi_bridge.protocols.base import Outcome, Protocol
 from mi_bridge.protocols.split import figure, report
 from mi_bridge.protocols.split.experiment import SITE_CONDITIONS, SeedData, evaluate_seeds, summarize
-from mi_bridge.protocols.split.items import SeedItems, item_table
+from mi_bridge.protocols.split.items import SeedItems, item_table, typed
 from mi_bridge.protocols.split.prepare import seed_contexts
 from mi_bridge.report.result import Result
 
@@ -24,6 +24,8 @@ class Evaluated:
 
     seeds: list[SeedData]
     items: pd.DataFrame
+    kv: list | None = None
+    """Per seed, the KV channel's ``SeedKV`` (with ``--kv-channel``)."""
 
 
 class SplitProtocol(Protocol):
@@ -44,11 +46,23 @@ class SplitProtocol(Protocol):
         items = [SeedItems.of(ctx) for ctx in contexts]
         where = {"sender_layer": sender_layer, "receiver_layer": receiver_layer}
         position = contexts[0].config.options.position
-        return Evaluated(seeds, item_table(items, seeds, conditions, position=position, **where))
+        table = item_table(items, seeds, conditions, position=position, **where)
+        if not contexts[0].config.options.kv_channel:
+            return Evaluated(seeds, table)
+        from mi_bridge.protocols.split.kv_run import kv_item_table, run_kv
+
+        kv = run_kv(contexts, seeds, receiver_layer)
+        table = pd.concat([table, kv_item_table(items, kv, sender_layer, receiver_layer, position)])
+        return Evaluated(seeds, typed(table), kv)
 
     def summarize(self, config: ExperimentConfig, prepared, evaluated: Evaluated, conditions: list) -> dict:
         _, sender_layer, receiver_layer = prepared
-        return summarize(config, evaluated.seeds, conditions, receiver_layer, sender_layer)
+        results = summarize(config, evaluated.seeds, conditions, receiver_layer, sender_layer)
+        if evaluated.kv is not None:
+            from mi_bridge.protocols.split.kv_run import summarize_kv
+
+            results["kv_channel"] = summarize_kv(config, results, evaluated.kv)
+        return results
 
     def judge(self, results: dict) -> Result:
         return report.transfer_result(results)
@@ -78,6 +92,11 @@ class SplitProtocol(Protocol):
             if seed.second_site is not None:  # the second site's own bridge, fitted to its layer
                 seed.second_site.bridge.save(
                     staging / "bridge" / f"second-site-L{seed.second_site.layer}" / f"seed{index}"
+                )
+        for seed, kv in zip(outcome.evaluated.seeds, outcome.evaluated.kv or (), strict=False):
+            for name, source in kv.sources.items():
+                source.save(
+                    staging / "bridge" / name.replace(" ", "-") / f"seed{seed.bridge.metadata['seed']}"
                 )
 
     def item_table(self, outcome: Outcome) -> pd.DataFrame:

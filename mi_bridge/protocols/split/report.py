@@ -253,6 +253,15 @@ def transfer_result(results: dict) -> Result:
                 family=diagnosis.family_of,
             )
         )
+    kv = results.get("kv_channel")
+    if kv:
+        from mi_bridge.protocols.split.kv_summary import kv_tables
+
+        verdict = Table(
+            "KV channel (the second channel)", (f"verdict: {kv['verdict']}",), [(kv["explanation"],)]
+        )
+        tables.append(verdict)
+        tables += kv_tables(kv)
     parts = results.get("verdict_parts")
     label = diagnosis.verdict_label(results)
     return Result("transfer", diagnosis.HYPOTHESIS, label, results["verdict"], tables, results, parts)

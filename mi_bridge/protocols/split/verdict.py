@@ -20,6 +20,7 @@ from mi_bridge.protocols.split.diagnosis import (
     surviving_translated,
     verdict_label,
 )
+from mi_bridge.protocols.split.options import KV_DEFAULTS
 from mi_bridge.stats import FAMILY_ALPHA, fmt_delta, fmt_estimate, fmt_rate
 
 NOT_REPEATED = ("out", "extra")
@@ -41,7 +42,7 @@ def command(entry: str, config: dict, layers: dict | None = None, **overrides) -
     names = {"sender": "-", "receiver": "-"} if None in family(values["pair"]).models else {}
     default = ExperimentConfig(pair=values["pair"], protocol=values.get("protocol", "split"), **names)
     resolved_defaults = {"sender": default.sender_name, "receiver": default.receiver_name}
-    defaults = default.to_dict() | default.options.resolved().to_dict() | resolved_defaults
+    defaults = default.to_dict() | default.options.resolved().every_field() | resolved_defaults
     defaults["pair"] = ExperimentConfig.pair
     words = ["python", "-m", *entry.split()]
     for name, value in values.items():
@@ -137,7 +138,9 @@ def why(
 def next_steps(results: dict, config: dict, layers: dict) -> list[dict]:
     """Commands to run next, each with what it answers."""
     run = lambda **o: command("mi_bridge.run", config, layers, **o)
-    analyses = lambda names, **o: command(f"mi_bridge.analyses {names}", config, layers, **o)
+    # the residual analyses do not read the KV channel's options: their commands leave them out
+    residual_only = {k: v for k, v in config.items() if k not in KV_DEFAULTS}
+    analyses = lambda names, **o: command(f"mi_bridge.analyses {names}", residual_only, layers, **o)
     if not results["validity"]["valid"]:
         calibrate = command("mi_bridge.calibrate", {k: config[k] for k in CALIBRATE_FLAGS})
         return [{"command": calibrate, "why": "find a template and k at which the receiver uses B"}]

@@ -1,0 +1,78 @@
+"""The KV channel inside a split-protocol run (``--kv-channel``): per seed, the channel on the full cache
+and at each site of the run (the requested one and the second site, where the run has one), its per-item
+rows for ``items.parquet`` and its ``kv_channel`` section of results.json, beside the residual bridges of
+the same run (``kv_summary``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from mi_bridge.config import ExperimentConfig
+from mi_bridge.protocols.split import diagnosis
+from mi_bridge.protocols.split.experiment import SeedData
+from mi_bridge.protocols.split.items import SeedItems, layer_table
+from mi_bridge.protocols.split.kv_channel import (
+    FULL_DEPTH,
+    KV_CONDITIONS,
+    PLAIN_PROMPTS,
+    KVSettings,
+    SeedKV,
+    after_site,
+    run_seed_kv,
+)
+from mi_bridge.protocols.split.kv_summary import kv_condition, kv_section
+from mi_bridge.protocols.split.prepare import SeedContext
+
+
+def site_layers(seeds: Sequence[SeedData], receiver_layer: int) -> list[int]:
+    """The run's sites: the requested receiver layer, then the second site's layer where there is one."""
+    second = seeds[0].second_site
+    return [receiver_layer] + ([second.layer] if second is not None else [])
+
+
+def run_kv(contexts: Sequence[SeedContext], seeds: Sequence[SeedData], receiver_layer: int) -> list[SeedKV]:
+    """Every seed's KV channel, on the same items and split as its residual bridges."""
+    config = contexts[0].config
+    settings, sites = KVSettings.of(config.options), site_layers(seeds, receiver_layer)
+    return [run_seed_kv(ctx, settings, config.batch_size, sites) for ctx in contexts]
+
+
+def kv_item_table(
+    items: Sequence[SeedItems], runs: Sequence[SeedKV], sender_layer: int, receiver_layer: int, position: str
+) -> pd.DataFrame:
+    """The channel's per-item rows: ``part`` = ``kv channel, every layer`` (with the plain prompts, at the
+    requested receiver layer) and ``kv channel, after L<j>`` per site (at that site's layer)."""
+    where = {"sender_layer": sender_layer, "position": position}
+    full = [kv_condition(name) for name in (*PLAIN_PROMPTS, *KV_CONDITIONS)]
+    frames = [
+        layer_table(
+            items,
+            [r.scores for r in runs],
+            full,
+            part=f"kv channel, {FULL_DEPTH}",
+            layer=receiver_layer,
+            **where,
+        )
+    ]
+    delivered = [kv_condition(name) for name in KV_CONDITIONS]
+    for layer in runs[0].sites:
+        scores = [r.sites[layer] for r in runs]
+        frames.append(
+            layer_table(
+                items, scores, delivered, part=f"kv channel, {after_site(layer)}", layer=layer, **where
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarize_kv(config: ExperimentConfig, results: dict, runs: Sequence[SeedKV]) -> dict:
+    """results.json's ``kv_channel``, each site beside the best residual bridge there (the translated
+    condition the run's decomposition reads at that site)."""
+    residual = {results["site"]["layer"]: diagnosis.best_translated(results["conditions"])}
+    second = results.get("second_site")
+    if second:
+        residual[second["layer"]] = diagnosis.best_translated(second["conditions"])
+    same_model = config.sender_name == config.receiver_name
+    return kv_section(config.n_bootstrap, config.min_oracle_gap, runs, residual, same_model)

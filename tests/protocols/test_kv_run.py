@@ -1,0 +1,89 @@
+"""The KV channel inside a split-protocol run (``--kv-channel``): a section of results.json, report.md and
+figure.png, per-item rows in items.parquet at both sites, its trained sources saved beside the residual
+bridges, and the residual numbers exactly those of the same run without it. Without the flag the record,
+and so the run folder's name, is what it was before the channel existed."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from mi_bridge.bridges.base import load_bridge
+from mi_bridge.config import ExperimentConfig
+from mi_bridge.protocols.split.kv_channel import FULL_DEPTH, KV_CONDITIONS, LINEAR, PREFIX, SENDER_READING
+from mi_bridge.report.result import TRANSFER_VERDICTS
+from mi_bridge.run import main
+from mi_bridge.run_folder import default_name, resolved
+
+TINY = ["--n-items", "40", "--seeds", "2", "--n-bootstrap", "200", "--alphas", "1"]
+KV = ["--kv-channel", "--kv-epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kv-runs")
+    assert main([*TINY, "--out", str(root / "plain")]) == 0
+    assert main([*TINY, *KV, "--out", str(root / "kv")]) == 0
+    return root / "plain", root / "kv"
+
+
+def results_of(folder):
+    return json.loads((folder / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_kv_channel_is_a_section_of_the_run_at_both_sites(runs):
+    _, folder = runs
+    results = results_of(folder)
+    kv = results["kv_channel"]
+    assert kv["verdict"] in TRANSFER_VERDICTS and kv["explanation"].startswith("Task validity:")
+    assert set(kv["versus_prefix"]) == set(SENDER_READING) == set(kv["holm_p_versus_prefix"])
+    sites = [results["site"]["layer"], results["second_site"]["layer"]]
+    assert [int(layer) for layer in kv["sites"]] == sites  # the requested site, then the second site
+    for layer, site in kv["sites"].items():
+        assert site["band"] == f"after L{layer}" and list(site["conditions"]) == list(KV_CONDITIONS)
+        assert site["residual"]["vector"] == "translated"  # the best residual bridge at that site
+    items = pd.read_parquet(folder / "items.parquet")
+    parts = set(items["part"].astype(str))
+    assert {f"kv channel, {FULL_DEPTH}", *(f"kv channel, after L{layer}" for layer in sites)} <= parts
+    n_test = kv["conditions"]["oracle"]["n"]
+    kv_rows = items[items["part"].astype(str).str.startswith("kv channel")]
+    assert (kv_rows.groupby(["part", "condition"], observed=True).size() == n_test).all()
+    report = (folder / "report.md").read_text()
+    assert "KV channel (the second channel)" in report and "KV channel per site" in report
+    assert (folder / "figure.png").stat().st_size > 0
+    for name in (LINEAR, "kv-fuser", PREFIX):
+        loaded = load_bridge(folder / "bridge" / name.replace(" ", "-") / "seed0")
+        assert loaded.kind == name.replace("learned ", "kv-")
+    record = json.loads((folder / "config.json").read_text())
+    assert record["kv_channel"] is True and record["kv_epochs"] == 2
+
+
+@pytest.mark.slow
+def test_the_kv_channel_leaves_the_residual_numbers_exactly_as_they_were(runs):
+    plain, kv = (results_of(folder) for folder in runs)
+    for section in ("validity", "site", "site_scan", "decomposition", "bridge", "conditions", "second_site"):
+        assert plain[section] == kv[section], section
+    for part in ("result", "why"):
+        assert plain["verdict_parts"][part] == kv["verdict_parts"][part]
+    # the suggested commands repeat the run with the channel; the residual analyses do not take it
+    commands = [step["command"] for step in kv["verdict_parts"]["next"]]
+    assert all(("--kv-" in c) == c.startswith("python -m mi_bridge.run") for c in commands), commands
+    before, after = (pd.read_parquet(folder / "items.parquet") for folder in runs)
+    residual = after[~after["part"].astype(str).str.startswith("kv channel")]
+    pd.testing.assert_frame_equal(before, residual.reset_index(drop=True), check_categorical=False)
+
+
+def test_without_the_channel_the_record_and_folder_name_are_as_before_it():
+    record = ExperimentConfig().to_dict()
+    assert not any(key.startswith("kv_") for key in record)
+    # the default toy run's folder name, as written before the KV options existed (90534c7)
+    assert default_name(resolved(ExperimentConfig(), 2, 1), "slot-relay-slot") == PINNED
+    with_channel = default_name(
+        resolved(ExperimentConfig(options={"kv_channel": True}), 2, 1), "slot-relay-slot"
+    )
+    with_rank = ExperimentConfig(options={"kv_channel": True, "kv_rank": 4})
+    assert len({PINNED, with_channel, default_name(resolved(with_rank, 2, 1), "slot-relay-slot")}) == 3
+
+
+PINNED = "toy-toy-sender-toy-receiver-L2-L1-slot-relay-slot-692995c6"
