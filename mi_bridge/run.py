@@ -5,6 +5,7 @@ Examples:
     HF_HUB_OFFLINE=1 python -m mi_bridge.run --pair pythia    # pythia-160m -> pythia-410m
     python -m mi_bridge.run --config runs/<run>/config.json --out runs/again   # repeat a run
     python -m mi_bridge.run --seed 3 --conditions translated,controls          # other seeds, fewer conditions
+    python -m mi_bridge.run --kv-channel                      # also the KV-cache channel (docs/kv_channel.md)
 """
 
 from __future__ import annotations

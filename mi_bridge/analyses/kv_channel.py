@@ -35,6 +35,7 @@ from mi_bridge.protocols.split.kv_channel import (
     after_site,
     run_seed_kv,
 )
+from mi_bridge.protocols.split.kv_run import one_model, site_bands
 from mi_bridge.protocols.split.kv_summary import kv_condition, kv_panels, kv_section, kv_tables
 from mi_bridge.report.render import saved_figure
 from mi_bridge.report.result import Result
@@ -55,7 +56,8 @@ def analyze(ctx: AnalysisContext) -> Result:
     residual = [c for c in standard_conditions(ctx.config.options.alphas, ("translated",)) if c.is_injection]
     residual_scores, runs, frames = [], [], []
     for seed in ctx.seeds:
-        run = run_seed_kv(seed, settings, ctx.config.batch_size, sites=(ctx.receiver_layer,))
+        sites = site_bands([ctx.receiver_layer], ctx.pair.receiver.cfg.n_layers)
+        run = run_seed_kv(seed, settings, ctx.config.batch_size, sites)
         vectors = {"translated": translated_vectors(seed, ctx.sender_layer, ctx.receiver_layer)}
         injected = evaluate_on_test(ctx, seed, vectors, residual)
         residual_scores.append(injected | {RESIDUAL_BASELINE: injected["baseline"]})
@@ -73,24 +75,23 @@ def analyze(ctx: AnalysisContext) -> Result:
                 **where,
             )
         )
-        site = [kv_condition(name) for name in KV_CONDITIONS]
-        frames.append(
-            layer_table(
-                [SeedItems.of(seed)],
-                [run.sites[ctx.receiver_layer]],
-                site,
-                part=f"kv channel, {after_site(ctx.receiver_layer)}",
-                layer=ctx.receiver_layer,
-                **where,
+        for layer, scores in run.sites.items():
+            frames.append(
+                layer_table(
+                    [SeedItems.of(seed)],
+                    [scores],
+                    [kv_condition(name) for name in KV_CONDITIONS],
+                    part=f"kv channel, {after_site(layer)}",
+                    layer=layer,
+                    **where,
+                )
             )
-        )
     best_residual = max(
         (summarize_condition(n_boot, residual_scores, c, baseline=RESIDUAL_BASELINE) for c in residual),
         key=lambda s: s["delta_accuracy"],
     )
-    same_model = ctx.pair.sender_name == ctx.pair.receiver_name
     section = kv_section(
-        n_boot, ctx.config.min_oracle_gap, runs, {ctx.receiver_layer: best_residual}, same_model
+        n_boot, ctx.config.min_oracle_gap, runs, {ctx.receiver_layer: best_residual}, one_model(ctx.config)
     )
     data = section | {
         "best_residual": best_residual,

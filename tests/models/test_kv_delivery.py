@@ -164,8 +164,11 @@ def test_a_site_band_leaves_every_layer_up_to_the_site_as_the_receiver_alone(mod
         cache = delivered_cache(model, capture_kv(model, prompt))
         _, alone = model.run_with_cache(tail, names_filter=lambda name: name in names)
         seen = {}
-        record = lambda act, hook: seen.__setitem__(hook.name, act.detach().clone())
-        hooks = [(name, record) for name in names] + gate_hooks(band_gates(n_layers, site), cache.length)
+        # TL 4 reports a hook by its alias name: the name is bound here, not read off the hook
+        record = lambda name: lambda act, hook: seen.__setitem__(name, act.detach().clone())
+        hooks = [(name, record(name)) for name in names] + gate_hooks(
+            band_gates(n_layers, site), cache.length
+        )
         with model.hooks(fwd_hooks=hooks):
             run_tokens(model, tail, cache)
     for layer, name in enumerate(names):

@@ -10,7 +10,7 @@ import pytest
 
 from mi_bridge.bridges.base import load_bridge
 from mi_bridge.config import ExperimentConfig
-from mi_bridge.protocols.split.kv_channel import FULL_DEPTH, KV_CONDITIONS, LINEAR, PREFIX, SENDER_READING
+from mi_bridge.protocols.split.kv_channel import FULL_DEPTH, KV_CONDITIONS, SENDER_READING
 from mi_bridge.report.result import TRANSFER_VERDICTS
 from mi_bridge.run import main
 from mi_bridge.run_folder import default_name, resolved
@@ -52,9 +52,8 @@ def test_the_kv_channel_is_a_section_of_the_run_at_both_sites(runs):
     report = (folder / "report.md").read_text()
     assert "KV channel (the second channel)" in report and "KV channel per site" in report
     assert (folder / "figure.png").stat().st_size > 0
-    for name in (LINEAR, "kv-fuser", PREFIX):
-        loaded = load_bridge(folder / "bridge" / name.replace(" ", "-") / "seed0")
-        assert loaded.kind == name.replace("learned ", "kv-")
+    for kind in ("kv-linear", "kv-fuser", "kv-prefix"):  # the map, the fuser, the learned prefix
+        assert load_bridge(folder / "bridge" / kind / "seed0").kind == kind
     record = json.loads((folder / "config.json").read_text())
     assert record["kv_channel"] is True and record["kv_epochs"] == 2
 
@@ -87,3 +86,13 @@ def test_without_the_channel_the_record_and_folder_name_are_as_before_it():
 
 
 PINNED = "toy-toy-sender-toy-receiver-L2-L1-slot-relay-slot-692995c6"
+
+
+def test_a_site_at_the_last_layer_has_no_band_and_a_self_pair_is_one_checkpoint():
+    from mi_bridge.protocols.split.kv_run import one_model, site_bands
+
+    assert site_bands([1, 0], 4) == [1, 0] and site_bands([3, 1], 4) == [1]
+    same = ExperimentConfig(pair="smollm2")
+    assert one_model(same)
+    assert not one_model(same.with_values(sender_revision="step1000"))  # two checkpoints of one model
+    assert not one_model(ExperimentConfig())  # the toy pair: two models

@@ -207,6 +207,7 @@ def run_seed_kv(
             for layer in sites
         }
     fit_report = {
+        "seed": seed.seed,
         "layer_map": str(layer_map),
         "sender_layers": list(bridge.sender_layers),
         "ridge": bridge.score(sender_fit, receiver_fit),

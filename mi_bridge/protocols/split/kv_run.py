@@ -32,10 +32,17 @@ def site_layers(seeds: Sequence[SeedData], receiver_layer: int) -> list[int]:
     return [receiver_layer] + ([second.layer] if second is not None else [])
 
 
+def site_bands(layers: Sequence[int], n_layers: int) -> list[int]:
+    """The sites that have a band: a site at the receiver's last layer has no layer after it (its
+    residual injection reaches the unembedding only), so the channel has no per-site reading there."""
+    return [layer for layer in layers if layer < n_layers - 1]
+
+
 def run_kv(contexts: Sequence[SeedContext], seeds: Sequence[SeedData], receiver_layer: int) -> list[SeedKV]:
     """Every seed's KV channel, on the same items and split as its residual bridges."""
     config = contexts[0].config
-    settings, sites = KVSettings.of(config.options), site_layers(seeds, receiver_layer)
+    n_layers = contexts[0].pair.receiver.cfg.n_layers
+    settings, sites = KVSettings.of(config.options), site_bands(site_layers(seeds, receiver_layer), n_layers)
     return [run_seed_kv(ctx, settings, config.batch_size, sites) for ctx in contexts]
 
 
@@ -74,5 +81,9 @@ def summarize_kv(config: ExperimentConfig, results: dict, runs: Sequence[SeedKV]
     second = results.get("second_site")
     if second:
         residual[second["layer"]] = diagnosis.best_translated(second["conditions"])
-    same_model = config.sender_name == config.receiver_name
-    return kv_section(config.n_bootstrap, config.min_oracle_gap, runs, residual, same_model)
+    return kv_section(config.n_bootstrap, config.min_oracle_gap, runs, residual, one_model(config))
+
+
+def one_model(config: ExperimentConfig) -> bool:
+    """Whether sender and receiver are one checkpoint (name and revision): the self-pair of the trap."""
+    return (config.sender_name, config.sender_revision) == (config.receiver_name, config.receiver_revision)

@@ -74,6 +74,7 @@ def kv_section(
         if layer in runs[0].sites:
             band = against(n_boot, [r.scores | r.sites[layer] for r in runs], plain=False)
             sites[str(layer)] = band | {"band": after_site(layer), "residual": best_residual}
+    no_band = [layer for layer in residual if layer not in runs[0].sites]
     first = runs[0].fit
     self_reference = same_model and all(s == j for j, s in enumerate(first["sender_layers"]))
     heldout = [r.fit["ridge_heldout"] for r in runs]
@@ -81,6 +82,7 @@ def kv_section(
         "layer_map": first["layer_map"],
         "self_reference": self_reference,
         "sites": sites,
+        "sites_without_band": no_band,
         "attention_mass": {
             name: np.mean([r.attention_mass[name] for r in runs], axis=0).tolist() for name in KV_CONDITIONS
         },
@@ -122,6 +124,10 @@ def judge(section: dict, min_oracle_gap: float) -> tuple[str, str]:
             f" Read only {site['band']}: {FUSER} {fmt_delta(site['conditions'][FUSER])}, beyond the prefix "
             f"{fmt_delta(site['versus_prefix'][FUSER])}; the best residual bridge at receiver layer {layer} "
             f"('{site['residual']['name']}'): {fmt_delta(site['residual'])}."
+        )
+    for layer in section.get("sites_without_band", ()):
+        numbers += (
+            f" Receiver layer {layer} is the last: no layer reads after it, so it has no per-site band."
         )
     cosine = section["heldout_normalized_cosine"]
     numbers += (
@@ -218,14 +224,14 @@ def kv_tables(section: dict, extra_rows: Sequence[dict] = ()) -> list[Table]:
             ("seed", "source", "trained numbers", "epochs run", "best epoch", "held-out loss: start → best"),
             [
                 (
-                    str(index),
+                    str(fit["seed"]),
                     name,
                     f"{log['n_trainable']:,}",
                     str(len(log["fit_loss"])),
                     str(log["best_epoch"]),
                     f"{log['heldout_loss'][0]:.3f} → {log['heldout_loss'][log['best_epoch']]:.3f}",
                 )
-                for index, fit in enumerate(section["fits"])
+                for fit in section["fits"]
                 for name, log in fit["training"].items()
             ],
             in_terminal=False,

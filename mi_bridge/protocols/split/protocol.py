@@ -94,10 +94,8 @@ class SplitProtocol(Protocol):
                     staging / "bridge" / f"second-site-L{seed.second_site.layer}" / f"seed{index}"
                 )
         for seed, kv in zip(outcome.evaluated.seeds, outcome.evaluated.kv or (), strict=False):
-            for name, source in kv.sources.items():
-                source.save(
-                    staging / "bridge" / name.replace(" ", "-") / f"seed{seed.bridge.metadata['seed']}"
-                )
+            for source in kv.sources.values():  # by kind: kv-linear, kv-fuser, kv-prefix
+                source.save(staging / "bridge" / source.kind / f"seed{seed.bridge.metadata['seed']}")
 
     def item_table(self, outcome: Outcome) -> pd.DataFrame:
         return outcome.evaluated.items
