@@ -60,6 +60,9 @@ class ProtocolOptions:
     def validate(self, config: ExperimentConfig) -> None:
         """Raise ``UserError`` for what this protocol cannot run (called after the shared checks)."""
 
+    def check_run(self) -> None:
+        """Raise ``UserError`` for options that ``python -m mi_bridge.run`` would ignore."""
+
     def one_tokenizer_reason(self, config: ExperimentConfig) -> str | None:
         """Why this run needs sender and receiver to share one tokenizer (None: it does not)."""
         return None
@@ -68,8 +71,7 @@ class ProtocolOptions:
         """These options with every default made explicit (what a run folder's config.json records)."""
         return self
 
-    def to_dict(self) -> dict:
-        """The record of these options in config.json (a protocol may leave out what is at its default)."""
+    def to_dict(self) -> dict:  # the record in config.json (a protocol may leave out some defaults)
         return self.every_field()
 
     def every_field(self) -> dict:

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = build_parser().parse_args(argv)
         config = cli.config_from_args(args)
+        config.options.check_run()
         from mi_bridge.models.loading import check_pair, load_pair
 
         checked = check_pair(config)  # every input check (without TransformerLens), before any work

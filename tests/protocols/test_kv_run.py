@@ -96,3 +96,9 @@ def test_a_site_at_the_last_layer_has_no_band_and_a_self_pair_is_one_checkpoint(
     assert one_model(same)
     assert not one_model(same.with_values(sender_revision="step1000"))  # two checkpoints of one model
     assert not one_model(ExperimentConfig())  # the toy pair: two models
+
+
+def test_a_kv_option_without_the_channel_is_refused_in_one_line(tmp_path, capsys):
+    assert main(["--kv-rank", "4", "--out", str(tmp_path / "run")]) == 2
+    assert "--kv-rank applies to the KV channel: add --kv-channel" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

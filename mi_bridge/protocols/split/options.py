@@ -98,6 +98,16 @@ class Options(ProtocolOptions):
                 f"and {config.n_test} test items; each needs at least 8"
             )
 
+    def check_run(self) -> None:
+        if self.kv_channel:
+            return
+        changed = [name for name, default in KV_DEFAULTS.items() if getattr(self, name) != default]
+        if changed:
+            flag = "--" + changed[0].replace("_", "-")
+            raise UserError(
+                f"{flag} applies to the KV channel: add --kv-channel (or run the kv_channel analysis)"
+            )
+
     def one_tokenizer_reason(self, config: ExperimentConfig) -> str | None:
         if self.target == "same-input":
             return "--target same-input pairs their states token by token (use --target relay-slot)"
