@@ -29,14 +29,11 @@ from mi_bridge.protocols.split.experiment import summarize_condition
 from mi_bridge.protocols.split.items import SeedItems, layer_table
 from mi_bridge.protocols.split.kv_channel import (
     FULL_DEPTH,
-    KV_CONDITIONS,
-    PLAIN_PROMPTS,
     KVSettings,
-    after_site,
     run_seed_kv,
 )
-from mi_bridge.protocols.split.kv_run import one_model, site_bands
-from mi_bridge.protocols.split.kv_summary import kv_condition, kv_panels, kv_section, kv_tables
+from mi_bridge.protocols.split.kv_run import kv_item_table, one_model, site_bands
+from mi_bridge.protocols.split.kv_summary import kv_panels, kv_section, kv_tables
 from mi_bridge.report.render import saved_figure
 from mi_bridge.report.result import Result
 
@@ -54,38 +51,26 @@ def analyze(ctx: AnalysisContext) -> Result:
     settings = KVSettings.of(ctx.config.options)
     n_boot = ctx.config.n_bootstrap
     residual = [c for c in standard_conditions(ctx.config.options.alphas, ("translated",)) if c.is_injection]
-    residual_scores, runs, frames = [], [], []
+    residual_scores, runs = [], []
+    sites = site_bands([ctx.receiver_layer], ctx.pair.receiver.cfg.n_layers)
     for seed in ctx.seeds:
-        sites = site_bands([ctx.receiver_layer], ctx.pair.receiver.cfg.n_layers)
-        run = run_seed_kv(seed, settings, ctx.config.batch_size, sites)
+        runs.append(run_seed_kv(seed, settings, ctx.config.batch_size, sites))
         vectors = {"translated": translated_vectors(seed, ctx.sender_layer, ctx.receiver_layer)}
         injected = evaluate_on_test(ctx, seed, vectors, residual)
         residual_scores.append(injected | {RESIDUAL_BASELINE: injected["baseline"]})
-        runs.append(run)
-        where = {"sender_layer": ctx.sender_layer, "position": ctx.config.options.position}
-        scores = run.scores | {c.name: injected[c.name] for c in residual}
-        conditions = [kv_condition(name) for name in (*PLAIN_PROMPTS, *KV_CONDITIONS)] + residual
-        frames.append(
-            layer_table(
-                [SeedItems.of(seed)],
-                [scores],
-                conditions,
-                part=f"kv channel, {FULL_DEPTH}",
-                layer=ctx.receiver_layer,
-                **where,
-            )
-        )
-        for layer, scores in run.sites.items():
-            frames.append(
-                layer_table(
-                    [SeedItems.of(seed)],
-                    [scores],
-                    [kv_condition(name) for name in KV_CONDITIONS],
-                    part=f"kv channel, {after_site(layer)}",
-                    layer=layer,
-                    **where,
-                )
-            )
+    items, position = [SeedItems.of(seed) for seed in ctx.seeds], ctx.config.options.position
+    frames = [
+        kv_item_table(items, runs, ctx.sender_layer, ctx.receiver_layer, position),
+        layer_table(  # the residual bridge beside the channel, at the same site
+            items,
+            residual_scores,
+            residual,
+            part=f"kv channel, {FULL_DEPTH}",
+            layer=ctx.receiver_layer,
+            sender_layer=ctx.sender_layer,
+            position=position,
+        ),
+    ]
     best_residual = max(
         (summarize_condition(n_boot, residual_scores, c, baseline=RESIDUAL_BASELINE) for c in residual),
         key=lambda s: s["delta_accuracy"],
