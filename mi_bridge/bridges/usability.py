@@ -13,11 +13,11 @@ from dataclasses import replace as dataclass_replace
 import torch
 
 from mi_bridge.bridges.ridge import LinearBridge, Standardizer
-from mi_bridge.config import SeedOffset
 from mi_bridge.core.capture import answer_logits, batches
 from mi_bridge.core.device import model_device
 from mi_bridge.core.inject import MODES, inject_residual
 from mi_bridge.runtime.backend import residual_at
+from mi_bridge.seeds import SeedOffset
 
 
 def add_training_arguments(parser) -> None:

@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_bridge.config import SeedOffset
+from mi_bridge.seeds import SeedOffset
 
 
 def random_like(vectors: Float[Tensor, "*n d"], generator: torch.Generator) -> Float[Tensor, "*n d"]:

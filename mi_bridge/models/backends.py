@@ -27,11 +27,14 @@ def load_from_hf(
     processing: bool = True,
     n_devices: int = 1,
     revision: str | None = None,
+    table_name: str | None = None,
 ) -> HookedModel:
     """A hooked model of the Hugging Face causal LM ``hf_model``, in eval mode.
 
     ``name``: the checkpoint's folder (holding its ``config.json``) or, under TL 3, a TransformerLens
-    model name. ``tokenizer``: its Hugging Face tokenizer (loaded with ``add_bos_token=True``), or None
+    model name. ``table_name``: under TL 3, the entry of TransformerLens' table whose config the folder's
+    weights load under, where TL 3 cannot convert the folder alone (Gemma 3); TL 4 reads the folder.
+    ``tokenizer``: its Hugging Face tokenizer (loaded with ``add_bos_token=True``), or None
     for a model without one (the toy pair). ``processing``: HookedTransformer's load-time processing
     (``from_pretrained``'s defaults); off, the weights run as they are (``from_pretrained_no_processing``).
     Under TL 4 the bridge wraps ``hf_model`` itself and rewrites its weights: pass a copy to keep one.
@@ -40,7 +43,9 @@ def load_from_hf(
     model).
     """
     if HOOKED_TRANSFORMER:
-        return _hooked_transformer(hf_model, tokenizer, name, device, dtype, processing, n_devices)
+        return _hooked_transformer(
+            hf_model, tokenizer, table_name or name, device, dtype, processing, n_devices
+        )
     if n_devices > 1:
         from transformer_lens import TransformerBridge
 

@@ -159,7 +159,8 @@ def load_model(
     if spec.folder is not None and packaged.is_packaged(spec.name):
         exact = packaged.identity(spec.name, dtype)
         packaged.check_weights(spec.name)
-        return hooked_from_folder(spec.folder, device, dtype, n_devices), exact
+        table_name = packaged.PACKAGED[spec.name.lower()].transformer_lens_name
+        return hooked_from_folder(spec.folder, device, dtype, n_devices, table_name), exact
     if spec.folder is not None:  # a local folder, or a hub snapshot TransformerLens' table does not list
         model = hooked_from_folder(spec.folder, device, dtype, n_devices)
         if spec.repository is None:
@@ -188,18 +189,27 @@ def load_model(
     return model.eval(), identity.pretrained_identity(spec.repository, spec.revision, commit, dtype)
 
 
-def hooked_from_folder(folder: Path, device: str, dtype: str, n_devices: int = 1) -> HookedModel:
+def hooked_from_folder(
+    folder: Path, device: str, dtype: str, n_devices: int = 1, table_name: str | None = None
+) -> HookedModel:
     """A hooked model of the Hugging Face checkpoint in ``folder``, processed as
     ``HookedTransformer.from_pretrained`` processes a hub model (folded norms, centred writing weights and
-    unembedding): through TransformerLens 3's own config and weight converters, which take a local path,
-    or TransformerLens 4's bridge in compatibility mode (``mi_bridge.models.backends``)."""
+    unembedding): through TransformerLens 3's own config and weight converters, which take a local path
+    (or, given ``table_name``, that entry of its table: Gemma 3's config is known by name only), or
+    TransformerLens 4's bridge in compatibility mode (``mi_bridge.models.backends``)."""
     from transformers import AutoModelForCausalLM
 
     try:  # not a causal LM, or an architecture TransformerLens has no converter for: one line
         hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         tokenizer = hf_tokenizer(str(folder), None)
         return load_from_hf(
-            hf_model, tokenizer, name=str(folder), device=device, dtype=dtype, n_devices=n_devices
+            hf_model,
+            tokenizer,
+            name=str(folder),
+            device=device,
+            dtype=dtype,
+            n_devices=n_devices,
+            table_name=table_name,
         )
     except Exception as err:  # each library and version raises its own kind here
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]

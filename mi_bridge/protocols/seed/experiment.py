@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_bridge.config import ExperimentConfig, SeedOffset
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.core import progress
 from mi_bridge.core.capture import batches
 from mi_bridge.core.controls import random_like, same_length_derangement
@@ -61,6 +61,7 @@ from mi_bridge.protocols.seed.task import (
     relay_receiver_prompt,
     relay_sender_prompt,
 )
+from mi_bridge.seeds import SeedOffset
 
 DEFAULT_FIT_TEXTS = 5000
 """The paper's fit corpus size (WikiText-103 texts)."""

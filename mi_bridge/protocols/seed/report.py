@@ -144,10 +144,11 @@ def configuration_rows(results: dict) -> list[tuple[str, str]]:
     )
     return [
         ("protocol", "seed (arXiv 2606.03280 as released)"),
+        ("variant", results.get("variant", "every position")),
         ("sender → receiver", f"{models['sender']['name']} → {models['receiver']['name']}"),
         (
             "layers",
-            f"{resid_post_name(layers['sender'])} → {resid_post_name(layers['receiver'])} (every position, prefill)",
+            f"{resid_post_name(layers['sender'])} → {resid_post_name(layers['receiver'])} (prefill)",
         ),
         ("items", f"{results['n_items']} of the 396 released (SHA-256 verified)"),
         (

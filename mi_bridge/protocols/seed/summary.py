@@ -19,6 +19,14 @@ from mi_bridge.protocols.seed.task import (
 )
 from mi_bridge.stats import mean_with_ci, sign_test_p
 
+EVERY_POSITION = "every position (as released: the models share one tokenizer)"
+LAST_TOKEN = (
+    "last token (the models tokenize differently: the bridge is fitted on the states after each whole "
+    "text and adds the translated last-token state; the conditions that replace every prompt position "
+    "with the sender's state at the same token are undefined and were not run)"
+)
+"""results.json's ``variant``: which of the seed protocol's two forms ran."""
+
 
 def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun) -> dict:
     """Per condition (runs averaged per item, so n counts items): every metric's mean with CI, the paired
@@ -68,6 +76,7 @@ def summarize(config: ExperimentConfig, outcomes, strengths, meta, run: SeedRun)
     }
     return {
         "protocol": "seed",
+        "variant": LAST_TOKEN if run.two_tokenizers else EVERY_POSITION,
         "audit": audit_section,
         "conditions": rows,
         "published_source": published["source"],

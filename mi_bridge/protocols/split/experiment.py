@@ -15,7 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mi_bridge.bridges.ridge import LinearBridge, fit_report
-from mi_bridge.config import ExperimentConfig, SeedOffset
+from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.controls import derangement, random_like
 from mi_bridge.core.evaluate import (
     BASELINE,
@@ -36,6 +36,7 @@ from mi_bridge.protocols.split.summary import (  # re-exported: the analyses rea
     summarize_conditions,
     summarize_site_scan,
 )
+from mi_bridge.seeds import SeedOffset
 
 __all__ = ["SITE_CONDITIONS", "summarize", "summarize_condition", "summarize_conditions"]
 

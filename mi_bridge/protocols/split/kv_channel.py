@@ -49,7 +49,6 @@ from torch import Tensor
 from mi_bridge.bridges.kv import KVLinearBridge, LayerMap, paired_caches
 from mi_bridge.bridges.kv_fuser import KVFuser, KVSource, LearnedPrefix
 from mi_bridge.bridges.kv_training import KVItems, KVRecipe, train_kv_source
-from mi_bridge.config import SeedOffset
 from mi_bridge.core.controls import derangement, random_like
 from mi_bridge.core.evaluate import ItemScores, score
 from mi_bridge.core.progress import track
@@ -57,6 +56,7 @@ from mi_bridge.errors import UserError
 from mi_bridge.protocols.split.prepare import SeedContext
 from mi_bridge.runtime.kv_cache import run_tokens
 from mi_bridge.runtime.kv_entries import KV, capture_kv, delivered_cache, gate_hooks
+from mi_bridge.seeds import SeedOffset
 
 READS_P, READS_PB = "receiver reads P", "receiver reads P + B"
 CEILINGS = (READS_P, READS_PB)

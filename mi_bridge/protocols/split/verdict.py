@@ -71,6 +71,30 @@ def site_result(label: str, layer: int, site_class: str, conditions: Sequence[di
     )
 
 
+FIT_MARGIN = 0.2
+"""A bridge *fits* when its held-out normalized cosine beats every trivial predictor's (the receiver's
+training-mean state, a bridge fitted on shuffled pairs; both near 0) by at least this much, on the same
+held-out items. Bridges that transfer sit well above it (toy pair at L2 -> L1: 0.328; SmolLM2 29 -> 14:
+0.499), the failed fit of SmolLM2 14 -> 14 below it (0.045)."""
+
+
+def fit_words(bridge: dict) -> str:
+    """Whether the bridge fits, graded against its own trivial predictors and the stated threshold, with
+    the numbers a reader needs to check it."""
+    own, centered = bridge["normalized_cosine"]["mean"], bridge["centered_cosine"]["mean"]
+    controls = {
+        name.replace("_", " "): metrics["normalized_cosine"]["mean"]
+        for name, metrics in bridge["trivial_predictors"].items()
+    }
+    best_name, best = max(controls.items(), key=lambda item: item[1])
+    fits = own - best >= FIT_MARGIN
+    return (
+        f"the bridge {'fits' if fits else 'does not fit'} (held-out normalized cosine {own:.3f}, centered "
+        f"{centered:.3f}, against {best:.3f} for the best trivial predictor, {best_name}; a fit needs "
+        f"≥ {FIT_MARGIN} above every trivial predictor)"
+    )
+
+
 SITE_REASONS = {
     "post-lookup": "the receiver's own state there carries the answer it looked up, not B (follow rate {follow}), "
     "so no vector from the sender can help",
@@ -121,10 +145,8 @@ def why(
             )
         )
         return (
-            f"The sender carries B (probe {probe}) and the bridge fits (normalized cosine "
-            f"{bridge['normalized_cosine']['mean']:.3f}, centered {bridge['centered_cosine']['mean']:.3f}), but no "
-            f"translated condition survives the Holm correction at layer {layer}: the signal is lost in the "
-            f"translation.{power}"
+            f"The sender carries B (probe {probe}) and {fit_words(bridge)}, but no translated condition "
+            f"survives the Holm correction at layer {layer}: the signal is lost in the translation.{power}"
         )
     share = (
         stages["translation"]["value"] / stages["site"]["value"] if stages["site"]["value"] else float("nan")
