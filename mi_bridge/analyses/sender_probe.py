@@ -11,13 +11,14 @@ sender's own hop-1 accuracy (its next-token choice among the k) is the reference
 import sys
 
 import numpy as np
+from scipy import stats
 
 from mi_bridge.analyses.common import run_script
 from mi_bridge.protocols.split.analysis import AnalysisContext
 from mi_bridge.protocols.split.experiment import sender_probe
 from mi_bridge.report.render import saved_figure
 from mi_bridge.report.result import Result, Table
-from mi_bridge.stats import fmt_estimate, rate_with_ci
+from mi_bridge.stats import FAMILY_ALPHA, fmt_estimate, holm, rate_with_ci
 
 NAME = "sender_probe"
 HYPOTHESIS = "No sender layer carries B linearly at the prompt's last token."
@@ -35,25 +36,37 @@ def analyze(ctx: AnalysisContext) -> Result:
             per_layer[layer].append(sender_probe(seed, layer).numpy())
     # pooled over every held-out item of every seed, exact binomial interval (as the run's sender stage)
     rates = {layer: rate_with_ci(np.concatenate(values)) for layer, values in per_layer.items()}
-    carrying = [layer for layer, r in rates.items() if r["ci"][0] > chance]
+    # above chance: a one-sided exact binomial test per layer, Holm-corrected over the layers
+    p_values = [
+        stats.binomtest(round(r["mean"] * r["n"]), r["n"], chance, alternative="greater").pvalue
+        for r in rates.values()
+    ]
+    holm_p = dict(zip(rates, holm(p_values), strict=True))
+    carrying = [layer for layer in rates if holm_p[layer] < FAMILY_ALPHA]
     best = max(rates, key=lambda layer: rates[layer]["mean"])
     n = rates[best]["n"]
     verdict = "not supported" if carrying else "supported"
     explanation = (
-        f"The probe reads B above chance ({chance:.3f}, the exact 95% interval above it) at "
+        f"The probe reads B above chance ({chance:.3f}; one-sided exact binomial test, Holm over the layers, "
+        f"family-wise α = {FAMILY_ALPHA}) at "
         f"{len(carrying)} of {len(layers)} sender layers"
         + (f" ({', '.join(f'L{layer}' for layer in carrying)})" if carrying else "")
         + f"; best L{best}: {fmt_estimate(rates[best]['mean'], rates[best]['ci'], signed=False)} "
-        f"(n={n} held-out items over {len(ctx.seeds)} seed(s)). The run's sender layer L{ctx.sender_layer}: "
+        f"(n={n} held-out items pooled over {len(ctx.seeds)} seed(s)). The run's sender layer L{ctx.sender_layer}: "
         f"{fmt_estimate(rates[ctx.sender_layer]['mean'], rates[ctx.sender_layer]['ci'], signed=False)}."
     )
     rows = [
-        (f"L{layer}", fmt_estimate(r["mean"], r["ci"], signed=False), "yes" if layer in carrying else "")
+        (
+            f"L{layer}",
+            fmt_estimate(r["mean"], r["ci"], signed=False),
+            f"{holm_p[layer]:.2g}",
+            "yes" if layer in carrying else "",
+        )
         for layer, r in rates.items()
     ]
     table = Table(
         f"Linear probe for B per sender layer (k-way, chance {chance:.3f}; exact 95% CI)",
-        ("sender layer", "probe accuracy", "above chance"),
+        ("sender layer", "probe accuracy", "Holm p (vs chance)", "above chance"),
         rows,
     )
     data = {
@@ -62,6 +75,7 @@ def analyze(ctx: AnalysisContext) -> Result:
         "ci": [rates[layer]["ci"] for layer in layers],
         "n": n,
         "chance": chance,
+        "holm_p": [holm_p[layer] for layer in layers],
         "carrying": carrying,
         "run_sender_layer": ctx.sender_layer,
     }
@@ -76,6 +90,7 @@ def plot(result: Result, path) -> None:
         ax.plot(data["layers"], accuracy, marker="o", label="probe accuracy (held-out)")
         ax.axhline(data["chance"], color="grey", linestyle="--", label=f"chance ({data['chance']:.2f})")
         ax.axvline(data["run_sender_layer"], color="black", linewidth=0.8, label="the run's sender layer")
+        ax.set_xticks(data["layers"][:: max(1, len(data["layers"]) // 15)])
         ax.set_xlabel("sender layer (resid_post, last prompt token)")
         ax.set_ylabel("k-way accuracy")
         ax.set_ylim(0, 1)

