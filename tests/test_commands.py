@@ -62,4 +62,8 @@ def test_every_report_under_docs_is_current_or_says_which_version_made_it():
     for report in sorted((ROOT / "docs").rglob("report.md")):
         text = report.read_text()
         current = any(label in text for label in ("transfer helps", "no transfer", "untestable here"))
+        # an analysis's report: its own verdict labels, beside the site diagnosis every analysis carries
+        current |= "**Site: " in text and any(
+            f"**Verdict: {label}" in text for label in ("supported", "not supported", "inconclusive")
+        )
         assert current or text.startswith("> **Produced by"), report.relative_to(ROOT)

@@ -20,12 +20,18 @@ from mi_bridge.config import ExperimentConfig
 from mi_bridge.errors import UserError
 from mi_bridge.models import packaged
 from mi_bridge.models.loading import ModelPair, pair_languages
+from mi_bridge.runtime.backend import HOOKED_TRANSFORMER
 from tests.conftest import fetched
 
 pytestmark = pytest.mark.slow
 
 GEMMA = packaged.PACKAGED["gemma3-270m"]
 SMOLLM2 = packaged.PACKAGED["smollm2-135m"]
+once_per_ci = pytest.mark.skipif(
+    HOOKED_TRANSFORMER,
+    reason="a whole run on the pair: once per CI, under TransformerLens 4 (what `pip install .` gets); "
+    "the oracle tests run under both, and the committed docs runs ran under TransformerLens 3.9",
+)
 LOGIT_TOLERANCE = 1e-4
 """Log-probabilities over Gemma's 262,144 tokens, hooked against Hugging Face (measured: 3.2e-5 at most
 under either backend). The hooked model folds the RMSNorm weights into the next matrices, so raw logits
@@ -196,6 +202,7 @@ def reversed_pair(pair: ModelPair) -> ModelPair:
     )
 
 
+@once_per_ci
 def test_calibrate_runs_in_both_directions(forward_pair):
     config = ExperimentConfig(pair="smollm2-gemma3", n_items=16, n_bootstrap=200, extra={"seed": 0})
     for pair in (forward_pair, reversed_pair(forward_pair)):
@@ -205,6 +212,7 @@ def test_calibrate_runs_in_both_directions(forward_pair):
         assert row["oracle_minus_baseline"]["mean"] > 0  # both real receivers use the entity in the slot
 
 
+@once_per_ci
 def test_the_split_protocol_runs_in_both_directions(forward_pair):
     flags = dict(n_items=16, seeds=1, n_bootstrap=200, site_scan=False, second_site=False, alphas=[1.0])
     for pair, sender, receiver in (
@@ -231,6 +239,7 @@ def test_the_hf_family_takes_the_packaged_names(models_cache):
     assert (checked.sender_layer, checked.receiver_layer) == (14, 8)  # the hf family: middle layers
 
 
+@once_per_ci
 def test_the_seed_protocol_runs_its_last_token_variant_and_names_it(forward_pair):
     result = mi_bridge.run_experiment(
         pair="smollm2-gemma3",

@@ -83,13 +83,19 @@ def fit_grade(bridge: dict) -> tuple[bool, str]:
     """Whether the bridge fits, graded against its shuffled-pairs control and ``FIT_MARGIN``, and the
     numbers a reader needs to check it."""
     own, centered = bridge["normalized_cosine"]["mean"], bridge["centered_cosine"]["mean"]
-    shuffled = bridge["trivial_predictors"]["shuffled_pairs"]["normalized_cosine"]["mean"]
-    best = max(m["normalized_cosine"]["mean"] for m in bridge["trivial_predictors"].values())
+    trivial = {
+        name: m["normalized_cosine"]["mean"] for name, m in bridge.get("trivial_predictors", {}).items()
+    }
+    if "shuffled_pairs" not in trivial:  # a record without its controls cannot grade the fit
+        return (
+            False,
+            f"held-out normalized cosine {own:.3f}, centered {centered:.3f}; no trivial predictor recorded",
+        )
     numbers = (
-        f"held-out normalized cosine {own:.3f}, centered {centered:.3f}, against {shuffled:.3f} for a bridge "
-        f"fitted on shuffled pairs; a fit needs {FIT_MARGIN} above every trivial predictor"
+        f"held-out normalized cosine {own:.3f}, centered {centered:.3f}, against {trivial['shuffled_pairs']:.3f} "
+        f"for a bridge fitted on shuffled pairs; a fit needs {FIT_MARGIN} above every trivial predictor"
     )
-    return own - best >= FIT_MARGIN, numbers
+    return own - max(trivial.values()) >= FIT_MARGIN, numbers
 
 
 SITE_REASONS = {
