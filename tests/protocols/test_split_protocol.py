@@ -256,7 +256,11 @@ def planted_run_results(
         "validity": VALIDITY,
         "site": site,
         "site_scan": [],
-        "bridge": {"normalized_cosine": cosine, "centered_cosine": cosine},
+        "bridge": {
+            "normalized_cosine": cosine,
+            "centered_cosine": cosine,
+            "trivial_predictors": {"shuffled_pairs": {"normalized_cosine": {"mean": 0.0}}},
+        },
         "conditions": conditions,
         "decomposition": diagnosis.decomposition(VALIDITY, conditions, probe, site_class=site_class),
     }
@@ -420,7 +424,11 @@ def second_site_section(label: str, translated: dict) -> dict:
         "label": label,
         "site": site,
         "decomposition": diagnosis.decomposition(VALIDITY, conditions, probe, site_class="pre-lookup"),
-        "bridge": {"normalized_cosine": {"mean": 0.6}, "centered_cosine": {"mean": 0.6}},
+        "bridge": {
+            "normalized_cosine": {"mean": 0.6},
+            "centered_cosine": {"mean": 0.6},
+            "trivial_predictors": {"shuffled_pairs": {"normalized_cosine": {"mean": 0.0}}},
+        },
         "conditions": conditions,
     }
 
