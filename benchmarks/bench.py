@@ -43,8 +43,9 @@ from mi_bridge.core.evaluate import Condition, condition_logits, standard_condit
 from mi_bridge.core.inject import run_with_injection
 from mi_bridge.files import write_text_atomic
 from mi_bridge.models.language import toy_language
+from mi_bridge.models.sources.toy import load_toy_model
 from mi_bridge.models.task import TaskItems, sample_items
-from mi_bridge.models.toy import TOY_MODELS, folder_name, load_toy_model, shipped_folder
+from mi_bridge.models.toy import TOY_MODELS, folder_name, shipped_folder
 from mi_bridge.protocols.split.experiment import SITE_CONDITIONS
 from mi_bridge.runtime.backend import HookedModel
 

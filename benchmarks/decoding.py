@@ -111,17 +111,16 @@ def throughput_worker(batch: int, new_tokens: int, repeats: int) -> dict:
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
     from mi_bridge.core.generate import greedy_generate, left_pad
-    from mi_bridge.models.backends import load_from_hf
     from mi_bridge.protocols.seed.experiment import encode
     from mi_bridge.protocols.seed.task import load_eval, prompt
-    from mi_bridge.runtime.backend import TL_VERSION
+    from mi_bridge.runtime.backend import BACKEND
     from tests.hf_cache import PYTHIA_14M_CONFIG, build_pythia_cache
 
     home = Path(os.environ["HF_HOME"])
     folder = build_pythia_cache(home, TOKENIZER_FILE, "bench/31m", config=PYTHIA_14M_CONFIG | PYTHIA_31M)
     hf = GPTNeoXForCausalLM.from_pretrained(folder).eval()  # HF's default attention, as a user gets it
     tokenizer = AutoTokenizer.from_pretrained(folder, add_bos_token=True)
-    model = load_from_hf(copy.deepcopy(hf), tokenizer, name=str(folder), processing=False)
+    model = BACKEND.from_hf(copy.deepcopy(hf), tokenizer, name=str(folder), processing=False)
     prompts = encode(tokenizer, [prompt(item) for item in load_eval()[:batch]])
     tokens, mask = left_pad(prompts, pad_id=tokenizer.pad_token_id or 0)
 
@@ -154,7 +153,7 @@ def throughput_worker(batch: int, new_tokens: int, repeats: int) -> dict:
     agree = all(outputs["ours"][row] == outputs["hf"][row] for row in full_rows)
     rate = {name: batch * new_tokens / statistics.median(t) for name, t in times.items()}
     return {
-        "transformer_lens": TL_VERSION,
+        "transformer_lens": BACKEND.version,
         "batch": batch,
         "new_tokens": new_tokens,
         "prompt_lengths": [min(map(len, prompts)), max(map(len, prompts))],
@@ -185,9 +184,9 @@ def worker(argv: list[str]) -> None:
     elif args.kind == "throughput":
         out = throughput_worker(args.batch, args.max_new_tokens, args.repeats)
     else:
-        from mi_bridge.runtime.backend import TL_VERSION
+        from mi_bridge.runtime.backend import BACKEND
 
-        out = {"transformer_lens": TL_VERSION}
+        out = {"transformer_lens": BACKEND.version}
     print(json.dumps(out))
 
 

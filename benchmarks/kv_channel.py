@@ -32,11 +32,11 @@ from mi_bridge.errors import UserError
 from mi_bridge.files import write_text_atomic
 from mi_bridge.models.loading import load_pair
 from mi_bridge.models.task import sample_items
-from mi_bridge.runtime.backend import TL_VERSION
+from mi_bridge.runtime.backend import BACKEND
 
 HERE = Path(__file__).parent
 BATCH = 16
-"""Items per step of the batched loop (``KVRecipe``'s default)."""
+"""Items per step of the batched loop (``KVOptions.train_batch``'s default)."""
 
 
 def pair_items(pair_name: str, n_items: int):
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     results = stamp()
-    results["machine"]["transformer_lens"] = TL_VERSION
+    results["machine"]["transformer_lens"] = BACKEND.version
     for name in args.pairs.split(","):
         measured = measure(name, 4 * BATCH, args.steps, args.repeats)
         if measured is not None:

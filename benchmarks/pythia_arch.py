@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mi_bridge.models.language import load_neox_tokenizer, pythia_language
 from mi_bridge.models.task import TaskItems, sample_items
 from mi_bridge.runtime.backend import HookedModel
+from tests.helpers import load_neox_tokenizer, pythia_language
 
 TOKENIZER = Path(__file__).resolve().parent.parent / "tests" / "data" / "gpt-neox-20b-tokenizer.json"
 PYTHIA = {  # (n_layers, d_model, n_heads): the published Pythia architectures

@@ -9,8 +9,7 @@ from mi_bridge.config import DTYPES, ExperimentConfig
 from mi_bridge.core import progress
 from mi_bridge.core.device import resolve_device
 from mi_bridge.errors import UserError
-from mi_bridge.models import loading, specs
-from mi_bridge.models.toy import TOY_MODELS
+from mi_bridge.models import loading, sources
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -28,12 +27,10 @@ def load_model(
     points are TransformerLens' (``blocks.{L}.hook_resid_post``)."""
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if name in TOY_MODELS:
-        if revision is not None:
-            raise UserError(f"{name} is a toy model; it takes no revision")
-        spec = specs.toy_spec(name)
-    else:
-        spec = specs.pretrained_spec(name, revision)
+    toy = sources.TOY.claims(name)
+    if toy and revision is not None:
+        raise UserError(f"{name} is a toy model; it takes no revision")
+    spec = sources.spec_of(name, revision, toy=toy)
     return loading.load_model(spec, resolve_device(device), dtype)[0]
 
 

@@ -20,7 +20,7 @@ from mi_bridge import cli
 from mi_bridge.core import progress
 from mi_bridge.core.store import max_bytes
 from mi_bridge.files import cache_root
-from mi_bridge.models.identity import describe
+from mi_bridge.models.sources.identity import describe
 
 PARTS = {"activations": "activations", "models": "toy"}
 

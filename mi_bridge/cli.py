@@ -20,7 +20,14 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from mi_bridge.config import FIELD_GROUPS, ExperimentConfig, all_options, choices_of, current_record
+from mi_bridge.config import (
+    FIELD_GROUPS,
+    ExperimentConfig,
+    all_options,
+    choices_of,
+    current_record,
+    option_specs,
+)
 from mi_bridge.core.progress import error, one_line_errors, warn  # noqa: F401 (the commands' wrapper)
 from mi_bridge.errors import UserError
 from mi_bridge.families import FAMILIES
@@ -95,28 +102,30 @@ def add_config_flags(
     as text (a sweep's list or range, parsed by ``mi_bridge.grid``). Each protocol's options are a group
     of their own: a protocol registered later brings its flags with it."""
     groups = {name: group for group, names in FIELD_GROUPS.items() for name in names}
-    specs = [(ExperimentConfig, spec, groups.get(spec.name)) for spec in fields(ExperimentConfig)]
+    specs = [(spec.name, ExperimentConfig, spec, groups.get(spec.name)) for spec in fields(ExperimentConfig)]
     for protocol, options in all_options().items():
-        specs += [(options, spec, f"{protocol} protocol") for spec in fields(options)]
+        specs += [
+            (name, owner, spec, f"{protocol} protocol") for name, owner, spec, _ in option_specs(options)
+        ]
     sections: dict[str, argparse._ArgumentGroup] = {}
-    for owner, spec, group in specs:
-        if spec.name in NOT_FLAGS or (only is not None and spec.name not in only):
+    for name, owner, spec, group in specs:
+        if name in NOT_FLAGS or (only is not None and name not in only):
             continue
         if group not in sections:
             sections[group] = parser.add_argument_group(group)
         section = sections[group]
         default = spec.default if spec.default is not MISSING else spec.default_factory()
-        help_text = (helps or {}).get(spec.name) or field_docs(owner).get(spec.name, "")
+        help_text = (helps or {}).get(name) or field_docs(owner).get(spec.name, "")
         if default is not None:
             help_text += f" (default: {_default_text(default)})"
-        flag = "--" + spec.name.replace("_", "-")
+        flag = "--" + name.replace("_", "-")
         kind = _flag_type(typing.get_type_hints(owner)[spec.name])
-        if spec.name in lists:
-            section.add_argument(flag, type=str, help=f"{help_text} {sweep_note(spec.name, kind)}")
+        if name in lists:
+            section.add_argument(flag, type=str, help=f"{help_text} {sweep_note(name, kind)}")
         elif kind is None:
             section.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            section.add_argument(flag, type=kind, choices=choices_of(spec.name), help=help_text)
+            section.add_argument(flag, type=kind, choices=choices_of(name), help=help_text)
 
 
 def sweep_note(name: str, kind) -> str:
@@ -166,9 +175,10 @@ def add_overwrite_flag(parser: argparse.ArgumentParser, what: str = "run folder"
 
 
 def config_flag_names() -> set[str]:
-    """Every config flag's field name: the shared fields and every registered protocol's options."""
+    """Every config flag's name (its dest): the shared fields and every registered protocol's options (an
+    option group's as ``<group>_<field>``)."""
     shared = {f.name for f in fields(ExperimentConfig)} - set(NOT_FLAGS)
-    return shared | {f.name for options in all_options().values() for f in fields(options)}
+    return shared | {name for options in all_options().values() for name, *_ in option_specs(options)}
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
@@ -225,9 +235,13 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             return "unknown"
 
+    from mi_bridge.runtime.backend import BACKEND  # the backend reports its own version
+
     return {
         "python": platform.python_version(),
-        **{name: version(name) for name in ("torch", "transformer-lens", "transformers", "mi_bridge")},
+        "torch": version("torch"),
+        **BACKEND.provenance(),
+        **{name: version(name) for name in ("transformers", "mi_bridge")},
         "git_revision": git_revision(),
     }
 

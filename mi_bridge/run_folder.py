@@ -15,8 +15,7 @@ from mi_bridge import cli
 from mi_bridge.config import ExperimentConfig, current_record
 from mi_bridge.errors import UserError
 from mi_bridge.files import refuse_existing
-from mi_bridge.models.packaged import is_packaged
-from mi_bridge.models.specs import local_folder
+from mi_bridge.models.sources import source_for
 
 NOT_HASHED = ("out", "extra")
 """Config fields that do not change what a run computes: where it is written, and the notes (identities,
@@ -30,7 +29,7 @@ def resolved(config: ExperimentConfig, sender_layer: int, receiver_layer: int) -
     repeats the run even after a default changes."""
 
     def revision(name: str, asked: str | None) -> str | None:
-        takes_one = config.family.pretrained and not is_packaged(name) and local_folder(name) is None
+        takes_one = config.family.pretrained and source_for(name).takes_revision
         return asked or ("main" if takes_one else None)
 
     return replace(

@@ -22,11 +22,20 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from mi_bridge.models.language import TOY_WORDS  # noqa: E402
-from mi_bridge.runtime.backend import TL_MAJOR  # noqa: E402
+from mi_bridge.runtime.backend import BACKEND  # noqa: E402
 
 tl3_only = pytest.mark.skipif(
-    TL_MAJOR >= 4, reason="builds or trains a HookedTransformer directly, which TransformerLens 4 removed"
+    BACKEND.major >= 4,
+    reason="builds or trains a HookedTransformer directly, which TransformerLens 4 removed",
 )
+
+once_per_ci = pytest.mark.skipif(
+    BACKEND.major < 4,
+    reason="its subject is not the TransformerLens backend (packaging, sweeps, command lines, run folders, "
+    "cache keys): CI runs it once, in the TransformerLens 4 suite (what `pip install .` gets)",
+)
+"""For the slow tests whose outcome cannot depend on which backend runs the models: the second suite
+would repeat them at no gain (CI runs the whole suite under each TransformerLens version)."""
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformerConfig
@@ -99,7 +108,7 @@ def make_cfg(**overrides) -> "HookedTransformerConfig":
 def tiny_model():
     """A tiny Pythia-architecture model on the installed backend: TL 3's ``HookedTransformer`` of
     ``make_cfg()``, or under TL 4 a GPT-NeoX of the same shape in a ``TransformerBridge``."""
-    if TL_MAJOR >= 4:
+    if BACKEND.major >= 4:
         return tiny_bridge()
     from transformer_lens import HookedTransformer
 
@@ -112,8 +121,6 @@ def tiny_bridge(seed: int = 0):
     """``make_cfg()``'s shape as a Hugging Face GPT-NeoX (random weights from ``seed``), loaded through the
     backend seam without processing."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    from mi_bridge.models.backends import load_from_hf
 
     torch.manual_seed(seed)
     config = GPTNeoXConfig(
@@ -129,12 +136,12 @@ def tiny_bridge(seed: int = 0):
         tie_word_embeddings=False,
         architectures=["GPTNeoXForCausalLM"],
     )
-    return load_from_hf(GPTNeoXForCausalLM(config).eval(), None, name="tiny-neox", processing=False)
+    return BACKEND.from_hf(GPTNeoXForCausalLM(config).eval(), None, name="tiny-neox", processing=False)
 
 
 @pytest.fixture(scope="session")
 def neox_tokenizer():
-    from mi_bridge.models.language import load_neox_tokenizer
+    from tests.helpers import load_neox_tokenizer
 
     if not TOKENIZER_FILE.exists():
         pytest.fail(f"the GPT-NeoX tokenizer is expected at {TOKENIZER_FILE} (it ships with the repository)")

@@ -198,17 +198,20 @@ def test_help_lists_every_config_field_once_with_its_default(capsys, monkeypatch
     from dataclasses import MISSING, fields
 
     from mi_bridge.cli import NOT_FLAGS
-    from mi_bridge.config import ExperimentConfig, all_options
+    from mi_bridge.config import ExperimentConfig, all_options, option_specs
 
     with pytest.raises(SystemExit):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     text = text[: text.index(" Examples: ")]  # the flags, without the examples after them
-    specs = [*fields(ExperimentConfig), *(s for options in all_options().values() for s in fields(options))]
-    for spec in specs:
-        if spec.name in NOT_FLAGS:
+    specs = [(spec.name, spec) for spec in fields(ExperimentConfig)]
+    specs += [
+        (name, spec) for options in all_options().values() for name, _, spec, _ in option_specs(options)
+    ]
+    for name, spec in specs:
+        if name in NOT_FLAGS:
             continue
-        flag = "--" + spec.name.replace("_", "-")
+        flag = "--" + name.replace("_", "-")
         assert text.count(f" {flag} ") + text.count(f" {flag},") == 1, flag
         options = text.index("options:")
         help_start = min(

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import once_per_ci
+
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
     *sorted((ROOT / "mi_bridge").rglob("*.py")),
@@ -42,6 +44,7 @@ def resolves(dotted: str) -> bool:
     return False
 
 
+@once_per_ci
 @pytest.mark.parametrize("module", told_commands())
 def test_every_command_users_are_told_to_run_answers_help(module):
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)

@@ -117,11 +117,11 @@ def _hf_self_patch_logits(hf, tokens, donor_tokens, layer: int, position: int) -
 def test_gpt_neox_logits_and_a_self_patch_match_hugging_face(pythia_cache, device):
     from transformers import AutoModelForCausalLM
 
+    from mi_bridge.api import load_model as load_pretrained
     from mi_bridge.core.capture import capture_resid_post
     from mi_bridge.core.inject import run_with_injection
-    from mi_bridge.models.language import pythia_language
-    from mi_bridge.models.loading import load_pretrained
     from mi_bridge.models.task import sample_items
+    from tests.helpers import pythia_language
 
     ours = load_pretrained("pythia-14m", device)
     hf = AutoModelForCausalLM.from_pretrained(pythia_cache).to(device).eval()
@@ -143,9 +143,9 @@ def test_gpt_neox_logits_and_a_self_patch_match_hugging_face(pythia_cache, devic
 @pytest.mark.gpu
 @CUDA
 def test_bfloat16_stays_within_rounding_of_float32_on_cuda(pythia_cache):
-    from mi_bridge.models.language import pythia_language
-    from mi_bridge.models.loading import load_pretrained
+    from mi_bridge.api import load_model as load_pretrained
     from mi_bridge.models.task import sample_items
+    from tests.helpers import pythia_language
 
     full = load_pretrained("pythia-14m", "cuda")
     half = load_pretrained("pythia-14m", "cuda", dtype="bfloat16")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_bench
-from tests.conftest import tl3_only
+from tests.conftest import once_per_ci, tl3_only
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,7 @@ def dry_run_check(tmp_path, *, wheels: str, only: str, timeout: int, **settings:
     )
 
 
+@once_per_ci
 def test_the_real_install_step_installs_a_carried_wheel_and_the_results_come_back_in_out(tmp_path):
     """The dry run's install step is the GPU run's (the same line, the real function): one pip call for
     the missing wheels, the imports, `pip check`; results_gpu.json and the log bundle land in $OUT."""

@@ -22,7 +22,7 @@ from mi_bridge.errors import UserError
 from mi_bridge.files import write_atomic
 from mi_bridge.models.toy import TOY_MODELS
 from mi_bridge.run import build_parser, main
-from tests.conftest import tl3_only
+from tests.conftest import once_per_ci, tl3_only
 
 TINY = ["--n-items", "40", "--seeds", "1", "--alphas", "1", "--n-bootstrap", "200"]
 RESULT_KEYS = ("validity", "bridge", "conditions", "verdict")
@@ -146,6 +146,7 @@ def test_a_run_killed_midway_reruns_to_the_same_results(private_cache, cold_run,
     assert not list(tmp_path.glob(".killed.partial-*"))  # a killed run's staging folder is swept away
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_no_run_folder(private_cache, tmp_path):
     out = tmp_path / "interrupted"
@@ -279,6 +280,7 @@ BAD_FLAGS = {
 CASES = [(flag, value) for flag, values in BAD_FLAGS.items() for value in values]
 
 
+@once_per_ci
 @pytest.mark.parametrize(("flag", "value"), CASES, ids=[f"{f}={v!r}" for f, v in CASES])
 def test_every_flag_rejects_bad_values_with_one_line(flag, value, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -353,6 +355,7 @@ tokens = st.one_of(
 )
 
 
+@once_per_ci
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(tokens, max_size=8))
 def test_fuzzed_command_lines_parse_or_fail_clearly(argv):
@@ -370,6 +373,7 @@ json_values = st.recursive(
 config_keys = st.sampled_from([f for f in ExperimentConfig().to_dict()] + ["bogus"])
 
 
+@once_per_ci
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(config_keys, json_values, max_size=6))
 def test_fuzzed_config_dicts_load_or_fail_clearly(data):

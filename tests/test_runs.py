@@ -17,6 +17,7 @@ from mi_bridge.errors import UserError
 from mi_bridge.files import publish_folder
 from mi_bridge.run import main
 from mi_bridge.run_folder import default_name, resolved, same_run
+from tests.conftest import once_per_ci
 
 TINY = ["--n-items", "60", "--seeds", "2", "--alphas", "0.5,1", "--n-bootstrap", "200"]
 
@@ -159,6 +160,7 @@ def test_config_json_repeats_the_run_after_a_default_changes(tiny_run, tmp_path,
         assert first[key] == second[key], key
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_the_default_folder_is_named_by_the_settings(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -222,6 +224,7 @@ def test_the_seed_protocol_takes_no_condition_selection_and_seeds_stay_in_range(
     assert list(ExperimentConfig(seed=4, seeds=2).seed_indices) == [4, 5]
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_a_base_seed_shifts_every_seed_index(tiny_run, tmp_path):
     """--seed 1 --seeds 1 is exactly seed 1 of a two-seed run: same items, split, bridge and controls."""
@@ -235,6 +238,7 @@ def test_a_base_seed_shifts_every_seed_index(tiny_run, tmp_path):
     assert {p.name for p in (out / "bridge").iterdir() if not p.name.startswith("second-site")} == {"seed1"}
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_fewer_condition_families_run_and_report(tmp_path):
     out = tmp_path / "few"
@@ -304,6 +308,7 @@ SWEEP = [
 ]
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_a_sweep_resumes_its_own_folder_and_refuses_another_grid(tmp_path, capsys):
     out = tmp_path / "sweep"

@@ -17,6 +17,7 @@ from mi_bridge import grid, sweep, sweep_summary
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.errors import UserError
 from mi_bridge.run import main as run_main
+from tests.conftest import once_per_ci
 
 TINY = ["--n-items", "40", "--seeds", "1", "--alphas", "1", "--n-bootstrap", "200", "--no-site-scan"]
 GRID = ["--receiver-layer", "0-3"]
@@ -144,6 +145,7 @@ def cells(out: Path) -> dict:
     return {c["name"]: c for c in json.loads((out / "sweep.json").read_text())["cells"]}
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_a_killed_worker_costs_one_retry_and_the_grid_completes(killed_sweep):
     out, codes = killed_sweep
@@ -166,6 +168,7 @@ def snapshot(folder: Path) -> dict:
     }
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_a_rerun_recomputes_only_the_unfinished_cell(killed_sweep, local_ray):
     out, _ = killed_sweep
@@ -186,6 +189,7 @@ def test_a_rerun_recomputes_only_the_unfinished_cell(killed_sweep, local_ray):
     assert {**after, "versions": None} == {**before, "versions": None}  # another worker, the same numbers
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_a_cell_equals_mi_bridge_run_bit_for_bit(killed_sweep, tmp_path):
     out, _ = killed_sweep

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import once_per_ci
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = once_per_ci
 TINY = ["--n-items", "40", "--seeds", "1", "--n-bootstrap", "100", "--no-cache"]
 
 

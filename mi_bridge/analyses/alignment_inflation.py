@@ -23,7 +23,7 @@ from mi_bridge.stats import bootstrap_statistic
 
 NAME = "alignment_inflation"
 HYPOTHESIS = "A cosine of 0.97 mostly reflects shared anisotropy, not item-specific content."
-SEED_PROTOCOL = "the seed run itself reports the paper's normalized cosine beside the receiver-mean direction in the same L2-normalized space (results.json, bridge_fit); the shuffled-pair and identity predictors are built on the split protocol's items"
+NOT_FOR_SEED_PROTOCOL = "the seed run itself reports the paper's normalized cosine beside the receiver-mean direction in the same L2-normalized space (results.json, bridge_fit); the shuffled-pair and identity predictors are built on the split protocol's items"
 """Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 
 

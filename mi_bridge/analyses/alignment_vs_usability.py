@@ -22,7 +22,7 @@ from mi_bridge.stats import bootstrap_statistic
 
 NAME = "alignment_vs_usability"
 HYPOTHESIS = "Per-item alignment does not predict per-item benefit."
-SEED_PROTOCOL = "not built for the seed protocol: it would pair a per-item alignment (averaged over the prompt positions) with the per-item Δ log p(answer) of mi_bridge.protocols.seed.analysis"
+NOT_FOR_SEED_PROTOCOL = "not built for the seed protocol: it would pair a per-item alignment (averaged over the prompt positions) with the per-item Δ log p(answer) of mi_bridge.protocols.seed.analysis"
 """Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 SITE_DEPENDENT = True
 """Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""

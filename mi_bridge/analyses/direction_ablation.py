@@ -25,7 +25,7 @@ from mi_bridge.stats import error_bars, fmt_delta, helps
 
 NAME = "direction_ablation"
 HYPOTHESIS = "Only the part of the translated vector that lies along the receiver's own state carries B."
-SEED_PROTOCOL = "not built for the seed protocol: its parts (along the receiver's own state, inside its principal subspace) could be defined per position as norm_ablation's swaps are; under this protocol the own state is no injection, so the 'parallel' part reads differently"
+NOT_FOR_SEED_PROTOCOL = "not built for the seed protocol: its parts (along the receiver's own state, inside its principal subspace) could be defined per position as norm_ablation's swaps are; under this protocol the own state is no injection, so the 'parallel' part reads differently"
 """Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 PAIRS = (("parallel", "orthogonal"), ("top-k subspace", "complement"), ("item-specific", "mean"))
 SITE_DEPENDENT = True

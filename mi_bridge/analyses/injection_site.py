@@ -27,7 +27,9 @@ HYPOTHESIS = (
     "The AC recipe (Ramesh & Li, 2025: replace the receiver's last-token state at a mid-to-late layer) "
     "behaves differently from slot injection."
 )
-SEED_PROTOCOL = "the seed protocol has one site by definition: every prompt position of the receiver layer"
+NOT_FOR_SEED_PROTOCOL = (
+    "the seed protocol has one site by definition: every prompt position of the receiver layer"
+)
 """Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 SITE_DEPENDENT = True
 """Its cause can only be isolated at a pre-lookup site (the runner withholds the verdict elsewhere)."""

@@ -23,7 +23,7 @@ from mi_bridge.stats import fmt_delta, helps_in_family, survives_as_strongest
 
 NAME = "layer_sweep"
 HYPOTHESIS = "No sender/receiver layer pair makes the bridge useful."
-SEED_PROTOCOL = "not built for the seed protocol: it would refit the paper's bridge on the fit corpus for every layer pair; run python -m mi_bridge.run --protocol seed per layer pair (or python -m mi_bridge.sweep) instead"
+NOT_FOR_SEED_PROTOCOL = "not built for the seed protocol: it would refit the paper's bridge on the fit corpus for every layer pair; run python -m mi_bridge.run --protocol seed per layer pair (or python -m mi_bridge.sweep) instead"
 """Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 
 

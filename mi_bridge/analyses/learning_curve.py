@@ -32,7 +32,7 @@ HYPOTHESIS = (
     "With enough fit items, a bridge trained through the receiver closes at least 80% of the gap between "
     "the baseline and the context-free ceiling at a pre-lookup site."
 )
-SEED_PROTOCOL = "the positive control needs a pre-lookup site, and the seed protocol has no site classes (both models read the same prompt, and a perfect fit of the receiver's own states is no injection)"
+NOT_FOR_SEED_PROTOCOL = "the positive control needs a pre-lookup site, and the seed protocol has no site classes (both models read the same prompt, and a perfect fit of the receiver's own states is no injection)"
 """Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 TARGET_SHARE = 0.8
 KINDS = ("alignment", "usability", "context-free self-patch")

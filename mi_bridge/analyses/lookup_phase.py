@@ -25,7 +25,7 @@ from mi_bridge.stats import error_bars, fmt_ci, fmt_delta, fmt_rate, helps_in_fa
 
 NAME = "lookup_phase"
 HYPOTHESIS = "A sender-derived vector can only help before the receiver has looked the answer up."
-SEED_PROTOCOL = "the site classes need prompts with the answers permuted among the facts and a context-free prompt per item, which the seed items do not have; under this protocol every analysis prints the seed site statement instead (a perfect fit of the receiver's own states is no injection)"
+NOT_FOR_SEED_PROTOCOL = "the site classes need prompts with the answers permuted among the facts and a context-free prompt per item, which the seed items do not have; under this protocol every analysis prints the seed site statement instead (a perfect fit of the receiver's own states is no injection)"
 """Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 
 

@@ -44,7 +44,6 @@ ORDER = (
     "usability_bridge",
     "learning_curve",
     "injection_site",
-    "kv_channel",
 )
 
 

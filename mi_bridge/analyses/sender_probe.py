@@ -22,7 +22,9 @@ from mi_bridge.stats import FAMILY_ALPHA, fmt_estimate, holm, rate_with_ci
 
 NAME = "sender_probe"
 HYPOTHESIS = "No sender layer carries B linearly at the prompt's last token."
-SEED_PROTOCOL = "the seed protocol has no bridge entity to probe for: both models read the same prompt"
+NOT_FOR_SEED_PROTOCOL = (
+    "the seed protocol has no bridge entity to probe for: both models read the same prompt"
+)
 """Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 
 

@@ -27,7 +27,7 @@ from mi_bridge.stats import error_bars, fmt_delta, helps
 
 NAME = "usability_bridge"
 HYPOTHESIS = "A bridge trained for usability communicates where the alignment fit does not."
-SEED_PROTOCOL = "not built for the seed protocol: it trains a bridge through the frozen receiver on the split protocol's k-way answer distribution; under the seed protocol it would train on the teacher-forced log p(answer) of mi_bridge.protocols.seed.analysis"
+NOT_FOR_SEED_PROTOCOL = "not built for the seed protocol: it trains a bridge through the frozen receiver on the split protocol's k-way answer distribution; under the seed protocol it would train on the teacher-forced log p(answer) of mi_bridge.protocols.seed.analysis"
 """Why it does not run under ``--protocol seed`` (the runner says so in one line)."""
 KINDS = ("alignment", "usability", "context-free self-patch")
 """The context-free self-patch is the ceiling: the receiver's own state for B without this item's answer."""

@@ -136,9 +136,9 @@ def read_saved(folder: Path) -> tuple[dict, dict[str, Tensor]]:
 
 BRIDGES: dict[str, type[Bridge]] = {}
 """Every kind by name (``register``); ``load`` looks a saved bridge's kind up here."""
-FAMILIES: dict[str, Callable[[Path, dict | None], object]] = {}
+KV_KIND_LOADERS: dict[str, Callable[[Path, dict | None], object]] = {}
 """Kinds that are not one state-to-state map (the KV family: keys and values per receiver layer), by
-name, with their loaders (``register_family``); they save the same two files, so ``load_bridge`` reads
+name, with their loaders (``register_kv_kind``); they save the same two files, so ``load_bridge`` reads
 any of them."""
 
 
@@ -147,9 +147,9 @@ def register(variant: type[Bridge]) -> type[Bridge]:
     return variant
 
 
-def register_family(variant: type) -> type:
+def register_kv_kind(variant: type) -> type:
     """Register a kind with its own shapes (``kind`` and a ``load(folder, expect)`` classmethod)."""
-    FAMILIES[variant.kind] = variant.load
+    KV_KIND_LOADERS[variant.kind] = variant.load
     return variant
 
 
@@ -172,4 +172,4 @@ def load_bridge(folder: Path, expect: dict | None = None) -> Bridge | Any:
     """A saved bridge of any kind, the KV family's included."""
     _import_kinds()
     kind = read_saved(folder)[0].get("kind")
-    return FAMILIES[kind](folder, expect) if kind in FAMILIES else Bridge.load(folder, expect)
+    return KV_KIND_LOADERS[kind](folder, expect) if kind in KV_KIND_LOADERS else Bridge.load(folder, expect)

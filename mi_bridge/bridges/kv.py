@@ -31,7 +31,7 @@ from jaxtyping import Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 
-from mi_bridge.bridges.base import read_saved, register_family
+from mi_bridge.bridges.base import read_saved, register_kv_kind
 from mi_bridge.bridges.layer_map import LayerMap
 from mi_bridge.bridges.metrics import fit_quality
 from mi_bridge.bridges.ridge import TENSOR_NAMES, LinearBridge
@@ -79,7 +79,7 @@ def real_positions(
     return flat.reshape(-1, flat.shape[-1]) if mask is None else flat[mask.bool()]
 
 
-@register_family
+@register_kv_kind
 @dataclass
 class KVLinearBridge:
     """Per receiver layer, a ridge map of keys and one of values from the sender layer ``sender_layers[j]``."""

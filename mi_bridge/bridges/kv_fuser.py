@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from mi_bridge.bridges.base import register_family
+from mi_bridge.bridges.base import register_kv_kind
 from mi_bridge.bridges.kv import KVLinearBridge, SenderKV, check_shapes, read_kv, save_kv
 from mi_bridge.errors import UserError
 from mi_bridge.runtime.kv_entries import KV
@@ -113,7 +113,7 @@ class KVSource(nn.Module, ABC):
         return source
 
 
-@register_family
+@register_kv_kind
 class KVFuser(KVSource):
     """The sender's keys and values through the ridge map plus a trained low-rank correction (module
     docstring); build with ``from_bridge``."""
@@ -182,7 +182,7 @@ class KVFuser(KVSource):
         return self._pairs(*mapped), sender_mask
 
 
-@register_family
+@register_kv_kind
 class LearnedPrefix(KVSource):
     """``n_positions`` trainable keys and values per receiver layer, the same for every item (module
     docstring); build with ``from_bridge`` or ``matched_to``."""

@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_bridge.bridges.kv_fuser import KVSource
+from mi_bridge.bridges.kv_options import KVOptions
 from mi_bridge.core.progress import track
 from mi_bridge.runtime.backend import HookedModel
 from mi_bridge.runtime.kv_cache import run_tokens
@@ -44,16 +45,8 @@ class KVItems:
         return KVItems(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
-@dataclass(frozen=True)
-class KVRecipe:
-    """How a source is trained (AdamW on its parameters alone)."""
-
-    max_epochs: int = 30
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.0
-    patience: int = 3
-    """Epochs without a better held-out loss before training stops."""
+WEIGHT_DECAY = 0.0
+"""AdamW's weight decay: none."""
 
 
 @dataclass
@@ -110,37 +103,36 @@ def train_kv_source(
     heldout: KVItems,
     *,
     sender: HookedModel | None = None,
-    recipe: KVRecipe | None = None,
+    options: KVOptions | None = None,
     seed: int = 0,
     description: str | None = None,
 ) -> TrainingLog:
-    """Train ``source`` in place on ``fit``, early-stopped on ``heldout``; returns the losses. A
-    ``description`` shows a progress bar over the epochs."""
-    recipe = recipe or KVRecipe()
+    """Train ``source`` in place on ``fit``, early-stopped on ``heldout``, as ``options`` say (epochs,
+    train_batch, lr, patience; default: the channel's defaults); returns the losses. A ``description``
+    shows a progress bar over the epochs."""
+    options = options or KVOptions()
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(
-        source.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
-    )
-    log = TrainingLog(heldout_loss=[heldout_loss(source, receiver, heldout, sender, recipe.batch_size)])
+    optimizer = torch.optim.AdamW(source.parameters(), lr=options.lr, weight_decay=WEIGHT_DECAY)
+    log = TrainingLog(heldout_loss=[heldout_loss(source, receiver, heldout, sender, options.train_batch)])
     best_state, waited = copy.deepcopy(source.state_dict()), 0
     with frozen(receiver, sender):
-        epochs = range(1, recipe.max_epochs + 1)
+        epochs = range(1, options.epochs + 1)
         for epoch in epochs if description is None else track(epochs, description):
             order, losses = torch.randperm(len(fit), generator=generator), []
-            for start in range(0, len(fit), recipe.batch_size):
-                batch = fit.rows(order[start : start + recipe.batch_size])
+            for start in range(0, len(fit), options.train_batch):
+                batch = fit.rows(order[start : start + options.train_batch])
                 loss = answer_loss(source, receiver, batch, sender)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()) * len(batch))
             log.fit_loss.append(sum(losses) / len(fit))
-            log.heldout_loss.append(heldout_loss(source, receiver, heldout, sender, recipe.batch_size))
+            log.heldout_loss.append(heldout_loss(source, receiver, heldout, sender, options.train_batch))
             if log.heldout_loss[-1] < log.heldout_loss[log.best_epoch]:
                 log.best_epoch, best_state, waited = epoch, copy.deepcopy(source.state_dict()), 0
             else:
                 waited += 1
-                if waited >= recipe.patience:
+                if waited >= options.patience:
                     break
     source.load_state_dict(best_state)
     return log

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from mi_bridge.core import progress
 from mi_bridge.core.device import model_device
-from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.hook_names import resid_post_name
 from mi_bridge.runtime.backend import HookedModel, residual_at
 from mi_bridge.runtime.kv_cache import KVCache
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
-from torch import Tensor
 
 from mi_bridge.config import AUTO_DEVICE, FLOAT16_ON_CPU
 from mi_bridge.errors import UserError
@@ -82,8 +80,3 @@ def describe(device: torch.device | str) -> dict:
         return {"device": str(device), "gpu_name": None}
     index = torch.cuda.current_device() if device.index is None else device.index
     return {"device": f"cuda:{index}", "gpu_name": torch.cuda.get_device_name(index)}
-
-
-def to_cpu_numpy(tensor: Tensor) -> np.ndarray:
-    """A numpy array of a tensor on any device (``.numpy()`` refuses CUDA tensors)."""
-    return tensor.detach().cpu().numpy()

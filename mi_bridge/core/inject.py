@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.hook_names import resid_post_name
 from mi_bridge.runtime.backend import HookedModel
 
 MODES = ("add", "replace", "rescale", "rescale-add")

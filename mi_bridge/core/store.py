@@ -3,9 +3,9 @@
 States are (n, d) per (model, prompt, layer, position), in float32 whatever the model's dtype. An
 ``ActivationStore`` computes every missing layer of one request in a single forward pass and keeps the
 result in memory and, optionally, on disk as safetensors under a key that hashes everything that
-determines it (the model's exact checkpoint first, see ``mi_bridge.models.identity``), so a later run or
-analysis with the same configuration reuses it. A model whose checkpoint cannot be resolved is kept in
-memory only. The disk cache is capped (``MI_BRIDGE_CACHE_MAX_GB``): least recently used files go first."""
+determines it (the model's exact checkpoint first, see ``mi_bridge.models.sources.identity``), so a later
+run or analysis with the same configuration reuses it. A model whose checkpoint cannot be resolved is kept
+in memory only. The disk cache is capped (``MI_BRIDGE_CACHE_MAX_GB``): least recently used files go first."""
 
 from __future__ import annotations
 

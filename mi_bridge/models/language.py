@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from jaxtyping import Int
@@ -215,20 +214,6 @@ def relay_tokens(ids: Int[Tensor, " n"], sender: Language, receiver: Language) -
         encoded = receiver.encode(sender.decode([token]))
         out.append(encoded[0] if len(encoded) == 1 else placeholder)
     return torch.tensor(out, dtype=ids.dtype)
-
-
-def pythia_language(tokenizer) -> Language:
-    """The original English form (``lives-in``), which the benchmarks and the seed-era tests time."""
-    return english_language(tokenizer, "lives-in")
-
-
-def load_neox_tokenizer(path: Path):
-    """The GPT-NeoX tokenizer from a ``tokenizer.json`` file, as a Hugging Face fast tokenizer."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(path), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,21 +1,17 @@
 """Loading the sender/receiver pair as hooked models: TransformerLens 3 ``HookedTransformer``s, or TransformerLens 4
-``TransformerBridge``s in compatibility mode (``mi_bridge.models.backends``).
+``TransformerBridge``s in compatibility mode (``mi_bridge.runtime.backend``).
 
 Every check a configuration can fail (model names, revisions, weights in the cache, layer ranges, k
-against the entity pool, the tokenizers) runs first, on what is known without weights: a toy model's
-recipe, a pretrained model's name (TransformerLens' table), config file and tokenizer. Only
-then are weights loaded (or the toy pair trained). After loading, everything downstream addresses the
-models by hook name only, so a toy model and a Pythia checkpoint go through the same code.
+against the entity pool, the tokenizers) runs first, on what is known without weights: each model's
+spec from its source (``mi_bridge.models.sources``: a toy recipe, a packaged or local folder, TransformerLens'
+table, a hub snapshot), with its config file and tokenizer. Only then are weights loaded, by the same
+source. After loading, everything downstream addresses the models by hook name only, so a toy model and a
+Pythia checkpoint go through the same code.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass, replace
-from pathlib import Path
-
-import torch
 
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core import progress
@@ -29,12 +25,9 @@ from mi_bridge.core.device import (
 )
 from mi_bridge.errors import UserError
 from mi_bridge.families import family
-from mi_bridge.models import identity, packaged
-from mi_bridge.models.backends import load_from_hf
 from mi_bridge.models.language import Language, english_language, toy_language
-from mi_bridge.models.specs import ModelSpec, hf_tokenizer, missing_files, pretrained_spec, toy_spec
-from mi_bridge.models.toy import TOY_MODELS, load_toy_model
-from mi_bridge.runtime.backend import HOOKED_TRANSFORMER, HookedModel
+from mi_bridge.models.sources import ModelSpec, identity, spec_of
+from mi_bridge.runtime.backend import HookedModel
 
 
 @dataclass
@@ -46,7 +39,7 @@ class ModelPair:
     language: Language
     """The receiver's language (its tokenizer writes every receiver prompt)."""
     sender_identity: dict | None = None
-    """The exact checkpoint (see ``mi_bridge.models.identity``); None when it cannot be resolved."""
+    """The exact checkpoint (see ``mi_bridge.models.sources.identity``); None when it cannot be resolved."""
     receiver_identity: dict | None = None
     sender_language: Language | None = None
     """The sender's own language where the two tokenizers differ (same entities, other token ids); it is
@@ -101,12 +94,12 @@ def check_pair(config: ExperimentConfig) -> CheckedPair:
     resolve_device(config.device)  # an unavailable device is bad input too
     check_devices(config.device, config.n_devices)
     check_dtype(config.device, config.dtype)
-    if not config.family.pretrained:  # the toy pair: its specs and its own language
-        sender, receiver = toy_spec(config.sender_name), toy_spec(config.receiver_name)
+    toy = not config.family.pretrained
+    sender = spec_of(config.sender_name, config.sender_revision, toy=toy)
+    receiver = spec_of(config.receiver_name, config.receiver_revision, toy=toy)
+    if toy:  # the toy pair: its own language
         language, sender_language = toy_language(), None
     else:
-        sender = pretrained_spec(config.sender_name, config.sender_revision)
-        receiver = pretrained_spec(config.receiver_name, config.receiver_revision)
         for spec in (sender, receiver):
             if max(spec.tokenizer.get_vocab().values()) >= spec.d_vocab:
                 raise UserError(
@@ -144,110 +137,12 @@ def pair_languages(
     )
 
 
-def load_pretrained(
-    name: str, device: str, revision: str | None = None, dtype: str = "float32"
-) -> HookedModel:
-    """A TransformerLens pretrained model, offline from the Hugging Face cache when HF_HUB_OFFLINE=1."""
-    return load_model(pretrained_spec(name, revision), resolve_device(device), dtype)[0]
-
-
 def load_model(
     spec: ModelSpec, device: str, dtype: str, n_devices: int = 1
 ) -> tuple[HookedModel, dict | None]:
     """The model of a checked spec, in ``dtype`` (split across ``n_devices`` GPUs), with its identity (None
-    if it cannot be resolved)."""
-    if spec.folder is not None and packaged.is_packaged(spec.name):
-        exact = packaged.identity(spec.name, dtype)
-        packaged.check_weights(spec.name)
-        table_name = packaged.PACKAGED[spec.name.lower()].transformer_lens_name
-        return hooked_from_folder(spec.folder, device, dtype, n_devices, table_name), exact
-    if spec.folder is not None:  # a local folder, or a hub snapshot TransformerLens' table does not list
-        model = hooked_from_folder(spec.folder, device, dtype, n_devices)
-        if spec.repository is None:
-            return model, identity.folder_identity(spec.folder, dtype)
-        return model, identity.pretrained_identity(spec.repository, spec.revision, spec.commit, dtype)
-    if spec.repository is None:
-        model = load_toy_model(spec.name, device)
-        exact = identity.toy_identity(spec.name, TOY_MODELS[spec.name].digest(), model, dtype)
-        if dtype != "float32":
-            model = model.to(getattr(torch, dtype), print_details=False)
-        return model, exact
-    try:
-        model = hub_model(spec, device, dtype, n_devices)
-    except OSError:
-        raise missing_files(spec.repository, "weights") from None
-    built = model.cfg.n_layers, model.cfg.d_vocab
-    if built != (spec.n_layers, spec.d_vocab):  # the checks must have seen the model that runs
-        raise RuntimeError(
-            f"{spec.repository}: config.json gave (n_layers, d_vocab) = {(spec.n_layers, spec.d_vocab)}, "
-            f"TransformerLens built {built}"
-        )
-    # Resolved again after loading: a download may have just put the revision in the cache.
-    commit = spec.commit or identity.resolve_commit(spec.repository, spec.revision)
-    if commit is None:
-        return model.eval(), None
-    return model.eval(), identity.pretrained_identity(spec.repository, spec.revision, commit, dtype)
-
-
-def hooked_from_folder(
-    folder: Path, device: str, dtype: str, n_devices: int = 1, table_name: str | None = None
-) -> HookedModel:
-    """A hooked model of the Hugging Face checkpoint in ``folder``, processed as
-    ``HookedTransformer.from_pretrained`` processes a hub model (folded norms, centred writing weights and
-    unembedding): through TransformerLens 3's own config and weight converters, which take a local path
-    (or, given ``table_name``, that entry of its table: Gemma 3's config is known by name only), or
-    TransformerLens 4's bridge in compatibility mode (``mi_bridge.models.backends``)."""
-    from transformers import AutoModelForCausalLM
-
-    try:  # not a causal LM, or an architecture TransformerLens has no converter for: one line
-        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        tokenizer = hf_tokenizer(str(folder), None)
-        return load_from_hf(
-            hf_model,
-            tokenizer,
-            name=str(folder),
-            device=device,
-            dtype=dtype,
-            n_devices=n_devices,
-            table_name=table_name,
-        )
-    except Exception as err:  # each library and version raises its own kind here
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"TransformerLens cannot convert {folder} to a hooked model: {first}") from None
-
-
-def hub_model(spec: ModelSpec, device: str, dtype: str, n_devices: int = 1) -> HookedModel:
-    """A model of TransformerLens' table from the hub cache: ``HookedTransformer.from_pretrained`` under
-    TransformerLens 3, the Hugging Face model in a bridge under 4."""
-    tokenizer = hf_tokenizer(spec.repository, spec.commit or spec.revision)
-    if not HOOKED_TRANSFORMER:
-        from transformers import AutoModelForCausalLM
-
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            spec.repository, revision=spec.commit or spec.revision, dtype=torch.float32
-        )
-        return load_from_hf(
-            hf_model,
-            tokenizer,
-            name=spec.repository,
-            device=device,
-            dtype=dtype,
-            n_devices=n_devices,
-            revision=spec.commit or spec.revision,
-        )
-    from transformer_lens import HookedTransformer
-
-    with contextlib.redirect_stdout(io.StringIO()):  # TL prints a "Loaded pretrained model" line
-        return HookedTransformer.from_pretrained(
-            spec.repository,
-            device=device,
-            dtype=dtype,
-            tokenizer=tokenizer,
-            revision=spec.commit or spec.revision,
-            **(
-                {"n_devices": n_devices} if n_devices > 1 else {}
-            ),  # only then: the default path stays as it was
-        )
+    if it cannot be resolved): loaded by its source."""
+    return spec.source.load(spec, device, dtype, n_devices)
 
 
 def same_checkpoint(a: ModelSpec, b: ModelSpec) -> bool:
@@ -280,7 +175,7 @@ def load_pair(config: ExperimentConfig, checked: CheckedPair | None = None) -> M
                 "activations are kept in memory only, not cached"
             )
     language, sender_language = checked.language, checked.sender_language
-    if checked.receiver.repository or checked.receiver.folder:  # now the models' own HF tokenizers
+    if checked.receiver.source.pretrained:  # now the models' own HF tokenizers
         language, sender_language = pair_languages(
             models["sender"].tokenizer, models["receiver"].tokenizer, config
         )

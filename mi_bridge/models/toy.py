@@ -5,7 +5,7 @@ Both models see both hops' formats (``friend A B .`` / ``? friend A`` -> B and `
 the trained pair is an artifact of this project: it ships as package data (``toy_models/``,
 safetensors + JSON with the recipe hash and the weights' SHA-256) and loads in a second. A recipe with
 no shipped folder (a developer changed it) is trained by the command below into a cache folder keyed by
-its hash; loading never trains.
+its hash; loading (``sources.toy``) never trains.
 
     python -m mi_bridge.models.toy train   # retrain both (two processes at once), compare with the shipped pair
 """
@@ -33,10 +33,8 @@ if TYPE_CHECKING:  # TransformerLens loads when a model is built, so input check
 from mi_bridge.core import progress
 from mi_bridge.errors import UserError
 from mi_bridge.files import sha256_file, write_atomic, write_text_atomic
-from mi_bridge.models.backends import load_from_hf, neox_from_hooked
 from mi_bridge.models.language import TOY_WORDS, toy_language
 from mi_bridge.models.task import sample_items
-from mi_bridge.runtime.backend import HOOKED_TRANSFORMER
 
 N_CTX = 128
 """Context length of the toy models (their rotary tables)."""
@@ -126,40 +124,10 @@ def build_model(recipe: ToyRecipe) -> HookedTransformer:
     return HookedTransformer(recipe.model_config())
 
 
-def load_toy_model(name: str, device: str = "cpu") -> HookedTransformer:
-    """The trained toy model ``name``: the shipped weights for the current recipe; for a recipe that
-    ships none, the ones ``python -m mi_bridge.models.toy train`` cached (never trained here)."""
-    if name not in TOY_MODELS:
-        raise UserError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_MODELS)}")
-    recipe = TOY_MODELS[name]
-    if not HOOKED_TRANSFORMER:
-        return _load_as_bridge(name, recipe, device)
-    model = build_model(recipe)
-    shipped = shipped_folder(name)
-    if shipped.exists():  # a damaged shipped file is the installation's fault: say so, never retrain silently
-        problem = _load_cached(model, shipped, recipe)
-        if problem is not None:
-            problem = "incomplete (a file is missing)" if problem == "absent" else problem
-            raise UserError(
-                f"the shipped toy model in {shipped} is {problem}; reinstall mi_bridge "
-                f"({TRAIN_COMMAND} retrains it into the cache)"
-            )
-        return model.to(device, print_details=False).eval()
-    folder = cached_folder(name)
-    problem = _load_cached(model, folder, recipe)
-    if problem == "absent":
-        raise UserError(
-            f"no weights ship for {name}'s current recipe and none are cached: train them with {TRAIN_COMMAND}"
-        )
-    if problem is not None:  # a damaged cache entry is reported, never used
-        raise UserError(f"the cached toy model in {folder} is {problem}; retrain it with {TRAIN_COMMAND}")
-    return model.to(device, print_details=False).eval()
-
-
 def _load_cached(model: HookedTransformer, folder: Path, recipe: ToyRecipe) -> str | None:
     """Load weights whose recipe hash and checksum match the ones recorded at save time; None if
     loaded, else why not."""
-    weights, problem = _checked_weights(folder, recipe)
+    weights, problem = read_weights(folder, recipe)
     if problem is None:
         try:
             model.load_state_dict(weights)
@@ -168,7 +136,7 @@ def _load_cached(model: HookedTransformer, folder: Path, recipe: ToyRecipe) -> s
     return problem
 
 
-def _checked_weights(folder: Path, recipe: ToyRecipe) -> tuple[dict[str, Tensor], str | None]:
+def read_weights(folder: Path, recipe: ToyRecipe) -> tuple[dict[str, Tensor], str | None]:
     """The state dict in ``folder`` if its recipe hash and checksum match the recorded ones, else why not."""
     weights, config = folder / "model.safetensors", folder / "config.json"
     if not weights.exists() or not config.exists():
@@ -182,22 +150,6 @@ def _checked_weights(folder: Path, recipe: ToyRecipe) -> tuple[dict[str, Tensor]
         return load_file(weights), None
     except Exception as err:
         return {}, f"unreadable ({type(err).__name__})"
-
-
-def _load_as_bridge(name: str, recipe: ToyRecipe, device: str):
-    """TransformerLens 4 has no HookedTransformer: the shipped (else cached) weights, checked as above, run
-    unprocessed as a GPT-NeoX model in a TransformerBridge, which computes the same function
-    (tests/models/test_backends.py). Training a recipe needs TransformerLens 3."""
-    shipped = shipped_folder(name)
-    folder = shipped if shipped.exists() else cached_folder(name)
-    weights, problem = _checked_weights(folder, recipe)
-    if problem is not None:
-        raise UserError(
-            f"the toy model in {folder} is {problem}; under TransformerLens 4 it can be loaded, not "
-            "trained (reinstall mi_bridge, or train it with TransformerLens 3)"
-        )
-    neox = neox_from_hooked(weights, n_heads=recipe.n_heads, n_ctx=N_CTX)
-    return load_from_hf(neox, None, name=name, device=device, processing=False)
 
 
 def save_atomic(model: HookedTransformer, recipe: ToyRecipe, folder: Path) -> None:

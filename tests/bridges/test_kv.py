@@ -12,7 +12,8 @@ import torch
 from mi_bridge.bridges.base import load_bridge
 from mi_bridge.bridges.kv import KVLinearBridge, LayerMap, paired_caches, require_same_tokenizer
 from mi_bridge.bridges.kv_fuser import KVFuser, LearnedPrefix
-from mi_bridge.bridges.kv_training import KVItems, KVRecipe, answer_logits, heldout_loss, train_kv_source
+from mi_bridge.bridges.kv_options import KVOptions
+from mi_bridge.bridges.kv_training import KVItems, answer_logits, heldout_loss, train_kv_source
 from mi_bridge.core.generate import left_pad
 from mi_bridge.errors import UserError
 from mi_bridge.models.language import TOY_WORDS
@@ -211,7 +212,7 @@ def test_the_learned_prefix_has_the_fusers_budget_and_reads_no_sender(pair):
 def test_training_through_the_frozen_receiver_lowers_the_loss_reproducibly(pair, kind, tmp_path):
     sender, receiver, _ = pair
     fit, heldout = toy_items(48, seed=3), toy_items(16, seed=4)
-    recipe = KVRecipe(max_epochs=4, batch_size=16, learning_rate=3e-2, patience=4)
+    options = KVOptions(epochs=4, train_batch=16, lr=3e-2, patience=4)
 
     def train():
         source = sources(pair)[kind]
@@ -219,7 +220,7 @@ def test_training_through_the_frozen_receiver_lowers_the_loss_reproducibly(pair,
         return (
             source,
             before,
-            train_kv_source(source, receiver, fit, heldout, sender=sender, recipe=recipe, seed=5),
+            train_kv_source(source, receiver, fit, heldout, sender=sender, options=options, seed=5),
         )
 
     source, before, log = train()

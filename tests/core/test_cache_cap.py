@@ -8,9 +8,10 @@ from mi_bridge.cache import main as cache_main
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.store import ActivationStore, default_store
 from mi_bridge.errors import UserError
-from mi_bridge.models.identity import describe, toy_identity
 from mi_bridge.models.language import toy_language
 from mi_bridge.models.loading import ModelPair
+from mi_bridge.models.sources.identity import describe
+from mi_bridge.models.sources.toy import toy_identity
 from mi_bridge.protocols.split.prepare import SeedContext
 from tests.conftest import make_cfg, tl3_only
 

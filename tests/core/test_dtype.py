@@ -7,13 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from mi_bridge.api import load_model as load_pretrained
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.errors import UserError
-from mi_bridge.models.language import pythia_language, toy_language
-from mi_bridge.models.loading import load_model, load_pretrained, toy_spec
+from mi_bridge.models.language import toy_language
+from mi_bridge.models.loading import load_model
+from mi_bridge.models.sources import spec_of
 from mi_bridge.models.task import sample_items
 from mi_bridge.run import main
 from tests.conftest import TOKENIZER_FILE
+from tests.helpers import pythia_language
 from tests.hf_cache import build_pythia_cache
 
 pytestmark = pytest.mark.slow
@@ -50,7 +53,7 @@ def test_bfloat16_pythia_logits_stay_within_rounding_of_float32(pythia_cache):
 @pytest.mark.parametrize("name", ["toy-sender", "toy-receiver"])
 def test_bfloat16_toy_logits_and_choices_match_float32(name):
     (full, exact_full), (half, exact_half) = (
-        load_model(toy_spec(name), "cpu", d) for d in ("float32", "bfloat16")
+        load_model(spec_of(name, toy=True), "cpu", d) for d in ("float32", "bfloat16")
     )
     assert exact_full["weights_sha256"] == exact_half["weights_sha256"]  # the same checkpoint ...
     assert (exact_full["dtype"], exact_half["dtype"]) == ("float32", "bfloat16")  # ... in another dtype

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mi_bridge.core.generate import greedy_generate, left_pad, right_aligned
-from mi_bridge.core.hooks import resid_post_name
-from mi_bridge.models.backends import load_from_hf
+from mi_bridge.core.hook_names import resid_post_name
 from mi_bridge.protocols.seed.experiment import prefill_hook
+from mi_bridge.runtime.backend import BACKEND
 from tests.conftest import TOKENIZER_FILE
 from tests.hf_cache import build_pythia_cache
 from tests.models.test_backends import SMALL_NEOX
@@ -37,7 +37,7 @@ def model(hf_and_folder):
 
     hf, folder = hf_and_folder
     tokenizer = AutoTokenizer.from_pretrained(folder, add_bos_token=True)
-    return load_from_hf(copy.deepcopy(hf), tokenizer, name=str(folder), processing=False)
+    return BACKEND.from_hf(copy.deepcopy(hf), tokenizer, name=str(folder), processing=False)
 
 
 def prompts(seed: int = 0) -> list[list[int]]:

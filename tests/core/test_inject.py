@@ -14,7 +14,7 @@ from mi_bridge.core.evaluate import (
     evaluate_layers,
     pass_sizes,
 )
-from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.hook_names import resid_post_name
 from mi_bridge.core.inject import MODES, apply_injection, inject_residual, rescale_to, run_with_injection
 from tests.oracles import assert_evaluator_equals_hooked_runs
 

@@ -13,7 +13,7 @@ import torch
 
 from mi_bridge.api import load_model
 from mi_bridge.run import main
-from mi_bridge.runtime.backend import TL_MAJOR
+from mi_bridge.runtime.backend import BACKEND
 from tests.conftest import TOKENIZER_FILE
 from tests.hf_cache import build_pythia_cache
 
@@ -78,7 +78,7 @@ def test_bad_model_names_are_one_line(argv, message, acme, tmp_path):
 
 
 @pytest.mark.skipif(
-    TL_MAJOR >= 4, reason="TransformerLens 4's bridge boots a BERT folder: no refusal to test"
+    BACKEND.major >= 4, reason="TransformerLens 4's bridge boots a BERT folder: no refusal to test"
 )
 def test_a_folder_that_is_not_a_causal_lm_is_one_line(tmp_path, capsys):
     folder = tmp_path / "not-a-causal-lm"

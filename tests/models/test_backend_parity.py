@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from mi_bridge.run import main
-from mi_bridge.runtime.backend import TL_MAJOR
+from mi_bridge.runtime.backend import BACKEND
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "toy_tiny_reference.json"
 TINY = ["--n-items", "40", "--seeds", "1", "--n-bootstrap", "200", "--no-cache"]
@@ -25,4 +25,4 @@ def test_the_toy_run_answers_as_under_transformer_lens_3(tmp_path, monkeypatch):
     monkeypatch.setenv("MI_BRIDGE_CACHE", str(tmp_path / "cache"))
     assert main([*TINY, "--out", str(tmp_path / "run")]) == 0
     got = answers(json.loads((tmp_path / "run" / "results.json").read_text()))
-    assert got == json.loads(REFERENCE.read_text()), f"under TransformerLens {TL_MAJOR}"
+    assert got == json.loads(REFERENCE.read_text()), f"under TransformerLens {BACKEND.major}"

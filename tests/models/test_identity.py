@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from mi_bridge.config import ExperimentConfig
-from mi_bridge.models.identity import file_sha256, resolve_commit, weights_digest
 from mi_bridge.models.loading import load_pair
+from mi_bridge.models.sources.hub_cache import resolve_commit
+from mi_bridge.models.sources.identity import file_sha256, weights_digest
 from mi_bridge.run import main
-from tests.conftest import TOKENIZER_FILE
+from tests.conftest import TOKENIZER_FILE, once_per_ci
 from tests.hf_cache import build_pythia_cache
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,7 @@ def runs_share_one_cache_and_match_a_fresh_one(homes: dict[int, Path], tmp_path:
     return shared
 
 
+@once_per_ci
 def test_two_checkpoints_under_one_name_never_share_cached_activations(tmp_path):
     # Two Hugging Face caches, each holding pythia-14m with different random weights (as after a
     # newer snapshot or on another machine), and one activation cache shared by both.
@@ -78,6 +80,7 @@ def test_two_checkpoints_under_one_name_never_share_cached_activations(tmp_path)
         assert results["models"]["sender"]["identity"]["commit"] == commits[seed]
 
 
+@once_per_ci
 def test_same_name_and_commit_with_other_weights_never_share_cached_activations(tmp_path):
     """The issue's case: two caches with one name and one commit id (a snapshot edited in place, a copied
     cache) but different weights, and one shared activation cache."""
@@ -101,7 +104,9 @@ def test_a_file_hash_is_computed_once_and_follows_the_file(tmp_path, monkeypatch
     first = file_sha256(weights)
     assert json.loads((tmp_path / "cache" / "hashes.json").read_text())  # kept
     calls = []
-    monkeypatch.setattr("mi_bridge.models.identity.sha256_file", lambda p: calls.append(p) or "0" * 64)
+    monkeypatch.setattr(
+        "mi_bridge.models.sources.identity.sha256_file", lambda p: calls.append(p) or "0" * 64
+    )
     assert file_sha256(weights) == first and not calls  # from the cache
     weights.write_bytes(b"b" * 1000)  # replaced in place: another mtime, hashed again
     os.utime(weights, ns=(1, 1))

@@ -10,9 +10,8 @@ import torch
 
 from mi_bridge.core.capture import answer_logits
 from mi_bridge.core.generate import left_pad
-from mi_bridge.core.hooks import resid_post_name
-from mi_bridge.models.backends import load_from_hf
-from mi_bridge.runtime.backend import residual_at
+from mi_bridge.core.hook_names import resid_post_name
+from mi_bridge.runtime.backend import BACKEND, residual_at
 from mi_bridge.runtime.kv_cache import decoding_cache, prefix_cache, run_tokens
 from tests.conftest import TOKENIZER_FILE
 from tests.hf_cache import build_pythia_cache
@@ -31,7 +30,7 @@ def model(tmp_path_factory):
     )
     hf = GPTNeoXForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, add_bos_token=True)
-    return load_from_hf(copy.deepcopy(hf), tokenizer, name=str(folder))
+    return BACKEND.from_hf(copy.deepcopy(hf), tokenizer, name=str(folder))
 
 
 def draw(shape, seed):

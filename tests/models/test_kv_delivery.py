@@ -9,7 +9,7 @@ import torch
 
 from mi_bridge.core.generate import left_pad
 from mi_bridge.models.language import TOY_WORDS
-from mi_bridge.runtime.backend import TL_MAJOR
+from mi_bridge.runtime.backend import BACKEND
 from mi_bridge.runtime.kv_cache import run_tokens
 from mi_bridge.runtime.kv_entries import capture_kv, delivered_cache, gate_hooks
 
@@ -20,10 +20,8 @@ def tiny_gqa(seed: int = 0):
     """A tiny Llama-architecture model (RMSNorm, SwiGLU, rotary, 4 query heads sharing 2 KV heads) on the
     installed backend: TL 3's ``HookedTransformer`` or, under TL 4, a Hugging Face Llama in a bridge."""
     torch.manual_seed(seed)
-    if TL_MAJOR >= 4:
+    if BACKEND.major >= 4:
         from transformers import LlamaConfig, LlamaForCausalLM
-
-        from mi_bridge.models.backends import load_from_hf
 
         config = LlamaConfig(
             vocab_size=len(TOY_WORDS),
@@ -38,7 +36,7 @@ def tiny_gqa(seed: int = 0):
             tie_word_embeddings=False,
             architectures=["LlamaForCausalLM"],
         )
-        return load_from_hf(LlamaForCausalLM(config).eval(), None, name="tiny-llama", processing=False)
+        return BACKEND.from_hf(LlamaForCausalLM(config).eval(), None, name="tiny-llama", processing=False)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     config = HookedTransformerConfig(

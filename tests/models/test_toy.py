@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from mi_bridge.errors import UserError
 from mi_bridge.models import toy
 from mi_bridge.models.language import toy_language
-from mi_bridge.models.toy import TOY_MODELS, load_toy_model, toy_validity
+from mi_bridge.models.sources.toy import load_toy_model
+from mi_bridge.models.toy import TOY_MODELS, toy_validity
 from mi_bridge.models.toy_training import training_batch
 from mi_bridge.run import main as run_main
 from tests.conftest import tl3_only

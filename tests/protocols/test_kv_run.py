@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from mi_bridge.bridges.base import load_bridge
-from mi_bridge.config import ExperimentConfig
+from mi_bridge.bridges.kv_options import KVOptions
+from mi_bridge.config import ExperimentConfig, current_record
+from mi_bridge.errors import UserError
 from mi_bridge.protocols.split.kv_channel import FULL_DEPTH, KV_CONDITIONS, SENDER_READING
 from mi_bridge.report.result import TRANSFER_VERDICTS
 from mi_bridge.run import main
@@ -55,7 +57,7 @@ def test_the_kv_channel_is_a_section_of_the_run_at_both_sites(runs):
     for kind in ("kv-linear", "kv-fuser", "kv-prefix"):  # the map, the fuser, the learned prefix
         assert load_bridge(folder / "bridge" / kind / "seed0").kind == kind
     record = json.loads((folder / "config.json").read_text())
-    assert record["kv_channel"] is True and record["kv_epochs"] == 2
+    assert record["kv"]["channel"] is True and record["kv"]["epochs"] == 2
 
 
 @pytest.mark.slow
@@ -75,21 +77,61 @@ def test_the_kv_channel_leaves_the_residual_numbers_exactly_as_they_were(runs):
 
 def test_without_the_channel_the_record_and_folder_name_are_as_before_it():
     record = ExperimentConfig().to_dict()
-    assert not any(key.startswith("kv_") for key in record)
+    assert not any(key.startswith("kv") for key in record)
     # the default toy run's folder name, as written before the KV options existed (90534c7)
     assert default_name(resolved(ExperimentConfig(), 2, 1), "slot-relay-slot") == PINNED
     with_channel = default_name(
-        resolved(ExperimentConfig(options={"kv_channel": True}), 2, 1), "slot-relay-slot"
+        resolved(ExperimentConfig(options={"kv": {"channel": True}}), 2, 1), "slot-relay-slot"
     )
-    with_rank = ExperimentConfig(options={"kv_channel": True, "kv_rank": 4})
+    with_rank = ExperimentConfig(options={"kv": {"channel": True, "rank": 4}})
     assert len({PINNED, with_channel, default_name(resolved(with_rank, 2, 1), "slot-relay-slot")}) == 3
 
 
 PINNED = "toy-toy-sender-toy-receiver-L2-L1-slot-relay-slot-692995c6"
 
 
+def test_the_kv_options_are_one_object_by_flag_record_and_old_flat_record():
+    """``--kv-*`` flags, config.json's ``kv`` object and a record written when they were flat
+    (``kv_rank``) give the same options; the record is the object, and a replay writes it again."""
+    by_flag = ExperimentConfig.from_dict({"kv_channel": True, "kv_layer_map": "shift:-1", "kv_epochs": 3})
+    record = by_flag.to_dict()
+    assert record["kv"] == {
+        "channel": True,
+        "layer_map": "shift:-1",
+        "rank": 8,
+        "epochs": 3,
+        "lr": 0.003,
+        "train_batch": 16,
+        "patience": 3,
+    }
+    assert list(record).index("kv") == list(record).index("second_site") + 1  # where the flat keys were
+    old = {}  # as config.json held them before: flat, where the object is now
+    for key, value in record.items():
+        old |= {f"kv_{k}": v for k, v in value.items()} if key == "kv" else {key: value}
+    migrated, dropped = current_record(old)
+    assert migrated == record and list(migrated) == list(record) and dropped == []
+    assert ExperimentConfig.from_dict(migrated).options == by_flag.options
+    assert ExperimentConfig.from_dict(current_record(record)[0]).options == by_flag.options
+    # a flag overrides the recorded object; a record without KV keys gets the defaults
+    assert ExperimentConfig.from_dict(record | {"kv_rank": 4}).options.kv.rank == 4
+    assert (
+        ExperimentConfig.from_dict(current_record(ExperimentConfig().to_dict())[0]).options.kv == KVOptions()
+    )
+    # under the seed protocol, an old record's KV keys are another protocol's: dropped, named if not default
+    kept, dropped = current_record(old | {"protocol": "seed"})
+    assert dropped == ["kv_channel", "kv_layer_map", "kv_epochs"] and not any(
+        k.startswith("kv") for k in kept
+    )
+    with pytest.raises(UserError, match="--kv-channel applies to --protocol split, not seed"):
+        ExperimentConfig.from_dict({"pair": "pythia", "protocol": "seed", "kv_channel": True})
+    with pytest.raises(UserError, match="unknown options of this protocol: kv_depth"):
+        ExperimentConfig(options={"kv": {"depth": 2}})
+    with pytest.raises(UserError, match="--kv-rank must be positive"):
+        ExperimentConfig(options={"kv_rank": 0})
+
+
 def test_a_site_at_the_last_layer_has_no_band_and_a_self_pair_is_one_checkpoint():
-    from mi_bridge.protocols.split.kv_run import one_model, site_bands
+    from mi_bridge.protocols.split.sections.kv import one_model, site_bands
 
     assert site_bands([1, 0], 4) == [1, 0] and site_bands([3, 1], 4) == [1]
     same = ExperimentConfig(pair="smollm2")
@@ -102,3 +144,12 @@ def test_a_kv_option_without_the_channel_is_refused_in_one_line(tmp_path, capsys
     assert main(["--kv-rank", "4", "--out", str(tmp_path / "run")]) == 2
     assert "--kv-rank applies to the KV channel: add --kv-channel" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_channel_needs_one_tokenizer_and_its_options_need_the_channel():
+    with_channel = ExperimentConfig(options={"kv": {"channel": True}})
+    assert "--kv-channel maps the sender's cache" in with_channel.options.one_tokenizer_reason(with_channel)
+    assert ExperimentConfig().options.one_tokenizer_reason(ExperimentConfig()) is None
+    with pytest.raises(UserError, match="--kv-epochs applies to the KV channel: add --kv-channel"):
+        ExperimentConfig(options={"kv_epochs": 3}).options.check_run()
+    ExperimentConfig(options={"kv": {"channel": True, "epochs": 3}}).options.check_run()

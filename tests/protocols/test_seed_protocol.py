@@ -11,7 +11,7 @@ import torch
 
 from mi_bridge.bridges.ridge import LinearBridge, fit_report
 from mi_bridge.core.generate import apply_repetition_penalty, banned_ngram_tokens, greedy_generate
-from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.hook_names import resid_post_name
 from mi_bridge.errors import UserError
 from mi_bridge.protocols.seed.experiment import injected_state, prefill_hook
 from mi_bridge.protocols.seed.metrics import boundary_contains, legacy_contains, normalized_exact_match
@@ -288,7 +288,7 @@ def test_an_analysis_that_does_not_apply_to_the_seed_protocol_says_why_in_one_li
 def test_seed_prompts_and_answers_are_encoded_without_bos(pythia_cache):
     """The paper's tokenizer adds no BOS; the models' tokenizer is built with add_bos_token=True, so the
     seed protocol must switch special tokens off (else every answer would start with <|endoftext|>)."""
-    from mi_bridge.models.loading import hf_tokenizer
+    from mi_bridge.models.sources.base import hf_tokenizer
     from mi_bridge.protocols.seed.experiment import encode
 
     tokenizer = hf_tokenizer("EleutherAI/pythia-14m", None)

@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from mi_bridge.models.language import pythia_language, toy_language
+from mi_bridge.models.language import toy_language
 from mi_bridge.models.task import sample_items
 from mi_bridge.protocols.split import diagnosis
 from mi_bridge.run import main
+from tests.helpers import pythia_language
 
 
 def languages(neox_tokenizer):

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core import progress
-from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.hook_names import resid_post_name
 from mi_bridge.errors import UserError
 from mi_bridge.models.loading import ModelPair
 from mi_bridge.protocols.seed import audit

@@ -38,7 +38,7 @@ from mi_bridge.core.capture import batches
 from mi_bridge.core.controls import random_like, same_length_derangement
 from mi_bridge.core.device import model_device
 from mi_bridge.core.generate import greedy_generate, right_aligned
-from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.hook_names import resid_post_name
 from mi_bridge.core.inject import apply_injection, rescale_to
 from mi_bridge.models.loading import ModelPair
 from mi_bridge.protocols.seed import audit

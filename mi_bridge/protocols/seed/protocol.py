@@ -70,7 +70,7 @@ class SeedProtocol(Protocol):
     analysis_entry = "analyze_seed"
 
     def not_applicable(self, module) -> str:
-        return getattr(module, "SEED_PROTOCOL", super().not_applicable(module))
+        return getattr(module, "NOT_FOR_SEED_PROTOCOL", super().not_applicable(module))
 
     def analysis_context(self, config: ExperimentConfig, options, store=None):
         from mi_bridge.protocols.seed.analysis import prepare_seed_context

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.hook_names import resid_post_name
 from mi_bridge.protocols.seed.audit import NEAR_NULL
 from mi_bridge.protocols.seed.experiment import CONDITIONS, PRIMARY_METRIC
 from mi_bridge.report.render import ci_text, saved_figure

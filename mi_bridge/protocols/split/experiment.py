@@ -1,5 +1,6 @@
 """The transfer experiment of docs/DESIGN.md, per seed: items -> states -> bridge -> conditions, at the
-requested site and (``second_site``) at a pre-lookup layer.
+requested site or (``run_site``) another layer; the optional sections (site scan, second site, KV
+channel) are ``sections``, which use these functions.
 
 Returns plain data (per-item scores, the bridges); the statistics over seeds are in ``summary.py``, the
 site diagnosis in ``diagnosis.py``, the verdict in ``verdict.py``, rendering in ``report.py``.
@@ -8,7 +9,8 @@ site diagnosis in ``diagnosis.py``, the verdict in ``verdict.py``, rendering in 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -27,16 +29,17 @@ from mi_bridge.core.evaluate import (
 )
 from mi_bridge.core.store import ActivationStore
 from mi_bridge.models.loading import ModelPair
-from mi_bridge.protocols.split import diagnosis
 from mi_bridge.protocols.split.prepare import SeedContext, seed_contexts
 from mi_bridge.protocols.split.summary import (  # re-exported: the analyses read them from here
     SITE_CONDITIONS,
     summarize,
     summarize_condition,
     summarize_conditions,
-    summarize_site_scan,
 )
 from mi_bridge.seeds import SeedOffset
+
+if TYPE_CHECKING:
+    from mi_bridge.protocols.split.sections import Section
 
 __all__ = ["SITE_CONDITIONS", "summarize", "summarize_condition", "summarize_conditions"]
 
@@ -54,10 +57,9 @@ class SeedData:
     """Per held-out item, the index of the C that B lives in under the counterfactual prompt."""
     probe_correct: Tensor
     """Per held-out item, 1 if a linear probe on the sender state picks B among the k in-context B's."""
-    site_scan: dict[int, dict[str, ItemScores]]
-    """Per receiver layer, the scores of the replace-mode site controls (empty if not scanned)."""
-    second_site: SiteRun | None = None
-    """The translated conditions and controls at the second site, if the run chose one."""
+    sections: dict[str, Any] = field(default_factory=dict)
+    """What each optional section computed for this seed, by its key (``sections.base.Section.key``): the
+    site scan's scores per receiver layer, the second site's ``SiteRun``; absent where it did not run."""
 
 
 @dataclass
@@ -93,7 +95,6 @@ def run_seed(
         bridge=site.bridge,
         follow_index=test.follow_index,
         probe_correct=sender_probe(ctx, sender_layer),
-        site_scan=site_scan(ctx) if config.options.site_scan else {},
     )
 
 
@@ -118,35 +119,19 @@ def run_site(ctx: SeedContext, sender_layer: int, layer: int, conditions: Sequen
     return SiteRun(layer, list(conditions), scores, fit, bridge)
 
 
-def second_site_conditions(conditions: Sequence[Condition]) -> list[Condition]:
-    """What the second site evaluates: the baseline, the translated vectors and their controls in every
-    mode, and the replace-mode site controls (its class). The prompts do not depend on the layer."""
-    vectors = ("translated", *diagnosis.CONTROL_KINDS)
-    chosen = [c for c in conditions if c.vector in vectors]
-    return [BASELINE, *chosen, *SITE_CONDITIONS]
-
-
 def evaluate_seeds(
     contexts: Sequence[SeedContext],
     sender_layer: int,
     receiver_layer: int,
     conditions: Sequence[Condition] | None = None,
+    sections: Sequence[Section] = (),
 ) -> list[SeedData]:
-    """Every seed at the requested site; then, with ``second_site`` and a site scan that found the
-    requested layer not pre-lookup, every seed again at the layer ``diagnosis.second_site_layer`` picks
-    from the scan over all seeds."""
-    seeds = [run_seed(ctx, sender_layer, receiver_layer, conditions) for ctx in contexts]
-    config = contexts[0].config
-    if not (config.options.second_site and seeds[0].site_scan):
-        return seeds
-    layer = diagnosis.second_site_layer(summarize_site_scan(config.n_bootstrap, seeds), receiver_layer)
-    if layer is None:
-        return seeds
-    chosen = second_site_conditions(
-        standard_conditions(config.options.alphas) if conditions is None else conditions
-    )
-    for ctx, seed in zip(contexts, seeds, strict=True):
-        seed.second_site = run_site(ctx, sender_layer, layer, chosen)
+    """Every seed at the requested site, each followed by the ``sections``' work on it (the site scan)."""
+    seeds = []
+    for ctx in contexts:
+        seeds.append(run_seed(ctx, sender_layer, receiver_layer, conditions))
+        for section in sections:
+            section.per_seed(ctx, seeds[-1])
     return seeds
 
 
@@ -217,6 +202,11 @@ def control_vectors(
 def run_experiment(
     config: ExperimentConfig, pair: ModelPair, sender_layer: int, receiver_layer: int, store: ActivationStore
 ) -> tuple[dict, list[SeedData]]:
-    seeds = evaluate_seeds(seed_contexts(config, pair, store), sender_layer, receiver_layer)
-    conditions = standard_conditions(config.options.alphas)
-    return summarize(config, seeds, conditions, receiver_layer, sender_layer), seeds
+    """The standard conditions and every section the options enable, summarized (without the header
+    ``mi_bridge.run`` adds): what a run's results.json holds from the protocol."""
+    from mi_bridge.protocols.split.protocol import SplitProtocol  # the protocol imports this module
+
+    protocol, conditions = SplitProtocol(), standard_conditions(config.options.alphas)
+    prepared = seed_contexts(config, pair, store), sender_layer, receiver_layer
+    evaluated = protocol.evaluate(prepared, conditions)
+    return protocol.summarize(config, prepared, evaluated, conditions), evaluated.run.seeds

@@ -1,4 +1,5 @@
-"""The split protocol's per-item table (``items.parquet``): one row per seed, held-out item, layer and
+"""The split protocol's per-item table (``items.parquet``): the run's conditions at the receiver layer
+(``part`` = ``run``), then each section's parts (``sections``); one row per seed, held-out item, layer and
 condition, with the item's scores and the answer the receiver chose, so that any statistic of the run can
 be recomputed and its failures looked at item by item."""
 
@@ -12,8 +13,7 @@ import pandas as pd
 from jaxtyping import Int
 from torch import Tensor
 
-from mi_bridge.core.evaluate import BASELINE, Condition, ItemScores
-from mi_bridge.protocols.split.experiment import SITE_CONDITIONS, SeedData
+from mi_bridge.core.evaluate import Condition, ItemScores
 from mi_bridge.protocols.split.prepare import SeedContext
 
 COLUMNS = (
@@ -118,36 +118,6 @@ def layer_table(
     columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     n = len(columns["item"])
     return pd.DataFrame({**{k: np.full(n, v, dtype=object) for k, v in constants.items()}, **columns})
-
-
-def item_table(
-    items: Sequence[SeedItems],
-    seeds: Sequence[SeedData],
-    conditions: Sequence[Condition],
-    *,
-    sender_layer: int,
-    receiver_layer: int,
-    position: str,
-) -> pd.DataFrame:
-    """The run's conditions at the receiver layer (``part`` = ``run``), the second site's at its layer
-    (``part`` = ``second site``, where the run has one), then the site scan's controls at every scanned
-    layer (``part`` = ``site scan``)."""
-    where = {"sender_layer": sender_layer, "position": position}
-    frames = [
-        layer_table(items, [s.scores for s in seeds], conditions, part="run", layer=receiver_layer, **where)
-    ]
-    if seeds[0].second_site is not None:
-        second = seeds[0].second_site
-        scores = [s.second_site.scores for s in seeds]
-        frames.append(
-            layer_table(items, scores, second.conditions, part="second site", layer=second.layer, **where)
-        )
-    for layer in seeds[0].site_scan:
-        scan = [s.site_scan[layer] for s in seeds]
-        frames.append(
-            layer_table(items, scan, [BASELINE, *SITE_CONDITIONS], part="site scan", layer=layer, **where)
-        )
-    return typed(pd.concat(frames, ignore_index=True))
 
 
 def typed(frame: pd.DataFrame) -> pd.DataFrame:

@@ -48,7 +48,8 @@ from torch import Tensor
 
 from mi_bridge.bridges.kv import KVLinearBridge, LayerMap, paired_caches
 from mi_bridge.bridges.kv_fuser import KVFuser, KVSource, LearnedPrefix
-from mi_bridge.bridges.kv_training import KVItems, KVRecipe, train_kv_source
+from mi_bridge.bridges.kv_options import KVOptions
+from mi_bridge.bridges.kv_training import KVItems, train_kv_source
 from mi_bridge.core.controls import derangement, random_like
 from mi_bridge.core.evaluate import ItemScores, score
 from mi_bridge.core.progress import track
@@ -77,32 +78,9 @@ KV_CONDITIONS = (
 PLAIN_PROMPTS = {"baseline": "placeholder", "text relay": "relay", "oracle": "oracle"}
 
 
-@dataclass(frozen=True)
-class KVSettings:
-    """The channel's options (the split protocol's ``kv_*`` fields)."""
-
-    layer_map: str = "last-aligned"
-    rank: int = 8
-    epochs: int = 30
-    learning_rate: float = 3e-3
-    train_batch: int = 16
-    patience: int = 3
-    heldout_fraction: float = 0.2
-
-    @classmethod
-    def of(cls, options) -> KVSettings:
-        """From the split protocol's options (``config.options``)."""
-        return cls(
-            layer_map=options.kv_layer_map,
-            rank=options.kv_rank,
-            epochs=options.kv_epochs,
-            learning_rate=options.kv_lr,
-            train_batch=options.kv_train_batch,
-            patience=options.kv_patience,
-        )
-
-    def recipe(self) -> KVRecipe:
-        return KVRecipe(self.epochs, self.train_batch, self.learning_rate, 0.0, self.patience)
+HELDOUT_FRACTION = 0.2
+"""Share of the fit items held out of training, to stop it early (the trained sources never see the
+evaluation items)."""
 
 
 FULL_DEPTH = "every layer"
@@ -142,9 +120,7 @@ class SeedKV:
     """The fitted map and the trained fuser and prefix, by condition name (saved with a run)."""
 
 
-def run_seed_kv(
-    seed: SeedContext, settings: KVSettings, batch_size: int, sites: Sequence[int] = ()
-) -> SeedKV:
+def run_seed_kv(seed: SeedContext, options: KVOptions, batch_size: int, sites: Sequence[int] = ()) -> SeedKV:
     """The KV channel's conditions on one seed's held-out items (module docstring), read by every receiver
     layer and, per receiver layer in ``sites``, by the layers after it only (the same trained sources)."""
     if seed.pair.sender_language is not seed.pair.language:
@@ -156,14 +132,14 @@ def run_seed_kv(
     sender, receiver = seed.pair.sender, seed.pair.receiver
     items = seed_items(seed)
     fit, test = items.rows(seed.fit_idx), items.rows(seed.test_idx)
-    layer_map = LayerMap.parse(settings.layer_map)
+    layer_map = LayerMap.parse(options.layer_map)
     sender_fit, receiver_fit = paired_caches(sender, receiver, fit.sender_tokens)
     bridge = KVLinearBridge.fit(sender_fit, receiver_fit, layer_map=layer_map, seed=seed.seed)
     generator = torch.Generator().manual_seed(SeedOffset.KV_CHANNEL + seed.seed)
     order = torch.randperm(len(fit), generator=generator)
-    n_held = max(1, round(len(fit) * settings.heldout_fraction))
+    n_held = max(1, round(len(fit) * HELDOUT_FRACTION))
     train, held = fit.rows(order[n_held:]), fit.rows(order[:n_held])
-    fuser = KVFuser.from_bridge(bridge, rank=settings.rank, seed=seed.seed)
+    fuser = KVFuser.from_bridge(bridge, rank=options.rank, seed=seed.seed)
     untrained = copy.deepcopy(fuser)
     prefix = LearnedPrefix.matched_to(fuser, bridge, fit.sender_tokens.shape[1], seed=seed.seed)
     logs = {}
@@ -174,7 +150,7 @@ def run_seed_kv(
             train,
             held,
             sender=reads,
-            recipe=settings.recipe(),
+            options=options,
             seed=seed.seed,
             description=f"seed {seed.seed}: training the {name} (epochs, early-stopped)",
         )

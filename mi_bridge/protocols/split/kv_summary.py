@@ -1,5 +1,5 @@
-"""The KV channel over seeds: statistics, verdict, tables and figure panels, shared by the run's KV section
-(``--kv-channel``) and ``python -m mi_bridge.analyses kv_channel``.
+"""The KV channel over seeds: statistics, verdict, tables and figure panels of the run's KV section
+(``--kv-channel``, ``protocols.split.sections.kv``).
 
 The verdict reads the full cache (every receiver layer reads the delivered positions: what the sources
 were trained on): validity first, then the self-pair trap, then the ceiling, then the sender's gain beyond

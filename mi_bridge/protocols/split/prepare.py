@@ -16,12 +16,12 @@ from mi_bridge import __version__
 from mi_bridge.bridges.ridge import LinearBridge
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.capture import capture_resid_post
-from mi_bridge.core.hooks import resid_post_name
+from mi_bridge.core.hook_names import resid_post_name
 from mi_bridge.core.store import CACHE_VERSION, ActivationStore
 from mi_bridge.errors import UserError
-from mi_bridge.models import identity
 from mi_bridge.models.language import relay_tokens
 from mi_bridge.models.loading import ModelPair
+from mi_bridge.models.sources import identity
 from mi_bridge.models.task import TaskItems, sample_items
 from mi_bridge.runtime.backend import cache_key_tag
 from mi_bridge.seeds import SeedOffset

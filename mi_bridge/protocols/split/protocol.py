@@ -11,21 +11,21 @@ import pandas as pd
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.evaluate import select_conditions, standard_conditions
 from mi_bridge.protocols.base import Outcome, Protocol
-from mi_bridge.protocols.split import figure, report
-from mi_bridge.protocols.split.experiment import SITE_CONDITIONS, SeedData, evaluate_seeds, summarize
-from mi_bridge.protocols.split.items import SeedItems, item_table, typed
+from mi_bridge.protocols.split import figure, report, sections
+from mi_bridge.protocols.split.experiment import SITE_CONDITIONS, evaluate_seeds, summarize
+from mi_bridge.protocols.split.items import SeedItems, layer_table, typed
 from mi_bridge.protocols.split.prepare import seed_contexts
+from mi_bridge.protocols.split.sections import SplitRun
 from mi_bridge.report.result import Result
 
 
 @dataclass
 class Evaluated:
-    """Every seed's scores, bridge and site scan, and the per-item table of them."""
+    """The run as its sections read it (every seed's scores and bridge, each section's data), and the
+    per-item table."""
 
-    seeds: list[SeedData]
+    run: SplitRun
     items: pd.DataFrame
-    kv: list | None = None
-    """Per seed, the KV channel's ``SeedKV`` (with ``--kv-channel``)."""
 
 
 class SplitProtocol(Protocol):
@@ -42,27 +42,25 @@ class SplitProtocol(Protocol):
 
     def evaluate(self, prepared, conditions: list) -> Evaluated:
         contexts, sender_layer, receiver_layer = prepared
-        seeds = evaluate_seeds(contexts, sender_layer, receiver_layer, conditions)
+        active = sections.enabled(contexts[0].config.options)
+        seeds = evaluate_seeds(contexts, sender_layer, receiver_layer, conditions, active)
+        run = SplitRun(contexts, seeds, sender_layer, receiver_layer, conditions, active)
+        for section in active:
+            run.data[section.key] = section.evaluate(run)
         items = [SeedItems.of(ctx) for ctx in contexts]
-        where = {"sender_layer": sender_layer, "receiver_layer": receiver_layer}
         position = contexts[0].config.options.position
-        table = item_table(items, seeds, conditions, position=position, **where)
-        if not contexts[0].config.options.kv_channel:
-            return Evaluated(seeds, table)
-        from mi_bridge.protocols.split.kv_run import kv_item_table, run_kv
-
-        kv = run_kv(contexts, seeds, receiver_layer)
-        table = pd.concat([table, kv_item_table(items, kv, sender_layer, receiver_layer, position)])
-        return Evaluated(seeds, typed(table), kv)
+        where = {"sender_layer": sender_layer, "position": position}
+        frames = [
+            layer_table(
+                items, [s.scores for s in seeds], conditions, part="run", layer=receiver_layer, **where
+            )
+        ]
+        frames += [frame for section in active for frame in section.item_rows(items, run, position)]
+        return Evaluated(run, typed(pd.concat(frames, ignore_index=True)))
 
     def summarize(self, config: ExperimentConfig, prepared, evaluated: Evaluated, conditions: list) -> dict:
         _, sender_layer, receiver_layer = prepared
-        results = summarize(config, evaluated.seeds, conditions, receiver_layer, sender_layer)
-        if evaluated.kv is not None:
-            from mi_bridge.protocols.split.kv_run import summarize_kv
-
-            results["kv_channel"] = summarize_kv(config, results, evaluated.kv)
-        return results
+        return summarize(config, evaluated.run.seeds, conditions, receiver_layer, sender_layer, evaluated.run)
 
     def judge(self, results: dict) -> Result:
         return report.transfer_result(results)
@@ -86,16 +84,11 @@ class SplitProtocol(Protocol):
         figure.conditions_figure(results, path)
 
     def write_artifacts(self, staging: Path, outcome: Outcome) -> None:
-        for seed in outcome.evaluated.seeds:  # named by the seed it was drawn with (--seed shifts them)
-            index = seed.bridge.metadata["seed"]
-            seed.bridge.save(staging / "bridge" / f"seed{index}")
-            if seed.second_site is not None:  # the second site's own bridge, fitted to its layer
-                seed.second_site.bridge.save(
-                    staging / "bridge" / f"second-site-L{seed.second_site.layer}" / f"seed{index}"
-                )
-        for seed, kv in zip(outcome.evaluated.seeds, outcome.evaluated.kv or (), strict=False):
-            for source in kv.sources.values():  # by kind: kv-linear, kv-fuser, kv-prefix
-                source.save(staging / "bridge" / source.kind / f"seed{seed.bridge.metadata['seed']}")
+        run = outcome.evaluated.run
+        for seed in run.seeds:  # named by the seed it was drawn with (--seed shifts them)
+            seed.bridge.save(staging / "bridge" / f"seed{seed.bridge.metadata['seed']}")
+        for section in run.active:
+            section.artifacts(staging, run)
 
     def item_table(self, outcome: Outcome) -> pd.DataFrame:
         return outcome.evaluated.items

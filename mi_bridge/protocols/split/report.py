@@ -1,13 +1,13 @@
-"""The split protocol's report: the decomposition, the two sites side by side, configuration, task
-validity, site, bridge fit and conditions, with the verdict as a ``Result`` (rendering itself is
-``mi_bridge.report``; the figure is ``figure.py``)."""
+"""The split protocol's report: the decomposition, configuration, task validity, site, bridge fit and
+conditions, with each present section's tables (the sites side by side, the site scan, the KV channel),
+and the verdict as a ``Result`` (rendering itself is ``mi_bridge.report``; the figure is ``figure.py``)."""
 
 from __future__ import annotations
 
-from mi_bridge.protocols.split import diagnosis
-from mi_bridge.report.render import condition_marks, condition_table, seeds_text
+from mi_bridge.protocols.split import diagnosis, sections
+from mi_bridge.report.render import condition_table, seeds_text
 from mi_bridge.report.result import Result, Table
-from mi_bridge.stats import fmt_delta, fmt_estimate, fmt_rate
+from mi_bridge.stats import fmt_estimate, fmt_rate
 
 
 def _checkpoint(model: dict) -> str:
@@ -21,7 +21,7 @@ def _checkpoint(model: dict) -> str:
 
 
 def configuration_rows(results: dict) -> list[tuple[str, str]]:
-    from mi_bridge.core.hooks import resid_post_name  # loads TransformerLens: only once results exist
+    from mi_bridge.core.hook_names import resid_post_name  # loads TransformerLens: only once results exist
 
     config, layers, models = results["config"], results["layers"], results["models"]
     return [
@@ -121,22 +121,6 @@ def site_rows(results: dict) -> list[tuple[str, str, str]]:
     ]
 
 
-def scan_rows(results: dict) -> list[tuple[str, ...]]:
-    return [
-        (
-            str(r["layer"]),
-            r["class"],
-            delta_text(r["self_patch"]),
-            delta_text(r["context_free"]),
-            fmt_rate(r["follow_rate"]),
-        )
-        for r in results.get("site_scan", [])
-    ]
-
-
-SCAN_HEADER = ("receiver layer", "class", "self-patch Δacc", "context-free Δacc", "follow rate")
-
-
 def decomposition_rows(decomposition: dict) -> list[tuple[str, ...]]:
     rows = []
     for s in decomposition["stages"]:
@@ -153,68 +137,33 @@ def decomposition_rows(decomposition: dict) -> list[tuple[str, ...]]:
 
 
 DECOMPOSITION_HEADER = ("stage", "value [95% CI]", "n", "status", "what it measures")
-VECTOR_ROWS = ("translated", *diagnosis.CONTROL_KINDS)
-
-
-def side_by_side(results: dict) -> Table:
-    """The requested site and the second site: class, label, ceiling, fit and, per vector kind, the
-    condition the verdict reads, with Δ accuracy, its CI and its Holm mark (in its family, per site)."""
-    second = results["second_site"]
-    sites = [
-        (results["site"], results["conditions"], results["bridge"]),
-        (second["site"], second["conditions"], second["bridge"]),
-    ]
-    labels = [diagnosis.verdict_label(results), second["label"]]
-    rows, marks = [], []
-    rows.append(("site class", *(s["class"] for s, _, _ in sites)))
-    rows.append(("label", *labels))
-    rows.append(
-        ("context-free ceiling (replace), Δacc", *(delta_text(s["context_free"]) for s, _, _ in sites))
-    )
-    rows.append(("follow rate", *(fmt_rate(s["follow_rate"]) for s, _, _ in sites)))
-    rows.append(("bridge normalized cosine", *(f"{b['normalized_cosine']['mean']:.3f}" for _, _, b in sites)))
-    marks += [(0, 0, 0)] * len(rows)
-    site_marks = [condition_marks(conditions, diagnosis.family_of) for _, conditions, _ in sites]
-    for kind in VECTOR_ROWS:
-        picks = [of_kind(conditions, kind) for _, conditions, _ in sites]
-        if None in picks:  # a family left out with --conditions
-            continue
-        rows.append((f"best {kind}", *(f"{fmt_delta(c)} '{c['name']}'" for c in picks)))
-        marks.append((0, *(m[c["name"]][0] for m, c in zip(site_marks, picks, strict=True))))
-    rows.append(("n (items, all seeds)", *(str(c[0]["n"]) for _, c, _ in sites)))
-    marks.append((0, 0, 0))
-    header = (
-        "measure",
-        f"receiver layer {results['site']['layer']} (requested)",
-        f"receiver layer {second['layer']} (second site)",
-    )
-    title = f"Both sites (Δ accuracy vs baseline, 95% CI; second site: {second['rule']})"
-    return Table(title, header, rows, marks)
+PER_KIND = (
+    "(Δ vs baseline, 95% CI: two-level bootstrap; control of translated Δlog p: the mean vector in the same "
+    "mode and α; marked: survives Holm in its family)"
+)
 
 
 def transfer_result(results: dict) -> Result:
-    """The split protocol's run as a :class:`Result`: decomposition, both sites and site first, then
-    validity, fit, the condition per vector kind the verdict reads, and every condition (report.md, or
-    ``--full``). Marks: cells that survive the Holm correction of their family (``diagnosis.family_of``)."""
+    """The split protocol's run as a :class:`Result`: decomposition (and the sites side by side) first,
+    then configuration, validity, site, fit, the condition per vector kind the verdict reads, and every
+    condition (report.md, or ``--full``), each present section's tables in their slots
+    (``sections.SLOTS``). Marks: cells that survive the Holm correction of their family
+    (``diagnosis.family_of``)."""
     every = results["conditions"]
     decomposition = decomposition_rows(results["decomposition"])
     validity = validity_rows(results)
-    per_kind = (
-        "(Δ vs baseline, 95% CI: two-level bootstrap; control of translated Δlog p: the mean vector in the same "
-        "mode and α; marked: survives Holm in its family)"
-    )
+    slots = {slot: [] for slot in sections.SLOTS}
+    for section in sections.present(results):
+        for slot, table in section.tables(results):
+            slots[slot].append(table)
     tables = [
         Table(
             f"Where is the signal lost? (first lost: {results['decomposition']['first_lost'] or 'none'})",
             DECOMPOSITION_HEADER,
             decomposition,
             alerts=[r[3] == "LOST here" for r in decomposition],
-        )
-    ]
-    second = results.get("second_site")
-    if second:
-        tables.append(side_by_side(results))
-    tables += [
+        ),
+        *slots["sites"],
         Table("Configuration", ("setting", "value"), configuration_rows(results)),
         Table(
             "Task validity (held-out items, all seeds; rates with exact binomial 95% CIs)",
@@ -225,43 +174,23 @@ def transfer_result(results: dict) -> Result:
         Table(
             "Site diagnosis (before any effect)", ("measure", "value [95% CI]", "note"), site_rows(results)
         ),
-    ]
-    if results.get("site_scan"):
-        tables.append(Table("Site class per receiver layer (replace mode)", SCAN_HEADER, scan_rows(results)))
-    tables += [
+        *slots["site"],
         Table(
             f"Bridge fit on held-out items (target: {results['bridge']['target']})",
             FIT_HEADER,
             bridge_rows(results["bridge"]),
         ),
         condition_table(
-            f"Condition per vector kind {per_kind}",
+            f"Condition per vector kind {PER_KIND}",
             best_per_kind(every),
             every=every,
             family=diagnosis.family_of,
         ),
         condition_table(
-            f"All {len(every)} conditions {per_kind}", every, in_terminal=False, family=diagnosis.family_of
+            f"All {len(every)} conditions {PER_KIND}", every, in_terminal=False, family=diagnosis.family_of
         ),
+        *slots["conditions"],
     ]
-    if second:
-        tables.append(
-            condition_table(
-                f"All {len(second['conditions'])} conditions at receiver layer {second['layer']} (second site) {per_kind}",
-                second["conditions"],
-                in_terminal=False,
-                family=diagnosis.family_of,
-            )
-        )
-    kv = results.get("kv_channel")
-    if kv:
-        from mi_bridge.protocols.split.kv_summary import kv_tables
-
-        verdict = Table(
-            "KV channel (the second channel)", (f"verdict: {kv['verdict']}",), [(kv["explanation"],)]
-        )
-        tables.append(verdict)
-        tables += kv_tables(kv)
     parts = results.get("verdict_parts")
     label = diagnosis.verdict_label(results)
     return Result("transfer", diagnosis.HYPOTHESIS, label, results["verdict"], tables, results, parts)

@@ -19,7 +19,7 @@ from torch import Tensor
 from mi_bridge.bridges.ridge import PREDICTORS
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.core.evaluate import BASELINE, Condition, ItemScores
-from mi_bridge.protocols.split import diagnosis
+from mi_bridge.protocols.split import diagnosis, sections
 from mi_bridge.protocols.split.verdict import verdict_parts, verdict_text
 from mi_bridge.stats import (
     clopper_pearson,
@@ -32,6 +32,7 @@ from mi_bridge.stats import (
 
 if TYPE_CHECKING:
     from mi_bridge.protocols.split.experiment import SeedData
+    from mi_bridge.protocols.split.sections import SplitRun
 
 SITE_CONDITIONS = [
     Condition(diagnosis.site_condition_name(k), vector=k, mode=diagnosis.SITE_MODE)
@@ -48,9 +49,11 @@ def summarize(
     conditions: list[Condition],
     receiver_layer: int,
     sender_layer: int | None = None,
+    run: SplitRun | None = None,
 ) -> dict:
-    """results.json's ``validity``, ``site``, ``site_scan``, ``second_site``, ``decomposition``, ``bridge``,
-    ``conditions`` and ``verdict`` sections (``sender_layer``: for the verdict's commands)."""
+    """results.json's ``validity``, ``site``, ``decomposition``, ``bridge``, ``conditions`` and ``verdict``
+    sections, with the entries of the sections ``run`` enabled (``sections``), each in its place
+    (``sender_layer``: for the verdict's commands)."""
     n_bootstrap, follow = config.n_bootstrap, [s.follow_index for s in seeds]
     seed_scores = [s.scores for s in seeds]
     conditions_out = summarize_effects(n_bootstrap, seed_scores, conditions, follow)
@@ -75,20 +78,30 @@ def summarize(
         "statistics": STATISTICS,
         "validity": validity,
         "site": site,
-        "site_scan": summarize_site_scan(n_bootstrap, seeds),
         "sender_probe": probe,
         "decomposition": diagnosis.decomposition(validity, conditions_out, probe, site_class=site["class"]),
         "bridge": bridge_section(config.options.target, [s.fit for s in seeds], [s.bridge for s in seeds]),
         "conditions": conditions_out,
     }
-    if any(s.second_site for s in seeds):
-        results["second_site"] = summarize_second_site(
-            n_bootstrap, seeds, validity, probe, config.options.target
-        )
+    added = {}
+    for section in sections.sections():
+        entry = section.summarize(config, run, results | added) if run and section in run.active else None
+        entry = section.idle() if entry is None else entry
+        if entry is not None:
+            added[section.key] = entry
     layers = {"sender": sender_layer, "receiver": receiver_layer}
-    parts = verdict_parts(results, config.to_dict(), layers)
-    results |= {"verdict": verdict_text(parts), "verdict_parts": parts}
-    return results
+    parts = verdict_parts(results | added, config.to_dict(), layers)
+    return placed(results | {"verdict": verdict_text(parts), "verdict_parts": parts}, added)
+
+
+def placed(results: dict, added: dict) -> dict:
+    """``results`` with each section's entry after the one its ``after`` names (None: at the end)."""
+    anchors = {section.key: section.after for section in sections.sections()}
+    out = {}
+    for key, value in results.items():
+        out[key] = value
+        out |= {name: entry for name, entry in added.items() if anchors[name] == key}
+    return out | {name: entry for name, entry in added.items() if anchors[name] is None}
 
 
 STATISTICS = {
@@ -122,38 +135,6 @@ def bridge_section(target: str, fits: list[dict], bridges: list) -> dict:
         for name in PREDICTORS[1:]
     }
     return bridge
-
-
-def summarize_second_site(
-    n_bootstrap: int, seeds: list[SeedData], validity: dict, probe: dict, target: str
-) -> dict:
-    """results.json's ``second_site``: the layer (chosen by ``diagnosis.SECOND_SITE_RULE``), its site
-    section, label and decomposition (task and sender stages are the run's), its bridge fit and its
-    conditions, summarized as the requested site's are."""
-    runs = [s.second_site for s in seeds]
-    follow = [s.follow_index for s in seeds]
-    conditions = summarize_effects(n_bootstrap, [r.scores for r in runs], runs[0].conditions, follow)
-    site = diagnosis.site_section({c["name"]: c for c in conditions}, runs[0].layer)
-    return {
-        "layer": runs[0].layer,
-        "rule": diagnosis.SECOND_SITE_RULE,
-        "label": diagnosis.transfer_label(validity["valid"], conditions, site["class"]),
-        "site": site,
-        "decomposition": diagnosis.decomposition(validity, conditions, probe, site_class=site["class"]),
-        "bridge": bridge_section(target, [r.fit for r in runs], [r.bridge for r in runs]),
-        "conditions": conditions,
-    }
-
-
-def summarize_site_scan(n_bootstrap: int, seeds: list[SeedData]) -> list[dict]:
-    """The site section at every scanned receiver layer (the lookup phase of the receiver)."""
-    follow = [s.follow_index for s in seeds]
-    rows = []
-    for layer in seeds[0].site_scan:
-        scores = [s.site_scan[layer] for s in seeds]
-        summaries = {s["name"]: s for s in summarize_conditions(n_bootstrap, scores, SITE_CONDITIONS, follow)}
-        rows.append(diagnosis.site_section(summaries, layer))
-    return rows
 
 
 def summarize_effects(

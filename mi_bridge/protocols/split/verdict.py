@@ -20,13 +20,13 @@ from mi_bridge.protocols.split.diagnosis import (
     surviving_translated,
     verdict_label,
 )
-from mi_bridge.protocols.split.options import KV_DEFAULTS
+from mi_bridge.protocols.split.options import Options
 from mi_bridge.stats import FAMILY_ALPHA, fmt_delta, fmt_estimate, fmt_rate
 
 NOT_REPEATED = ("out", "extra")
+"""Config fields a suggested command leaves out: a new run gets its own folder and notes."""
 CALIBRATE_FLAGS = ("pair", "sender", "receiver", "sender_revision", "receiver_revision", "device", "dtype")
 """The run's flags that ``python -m mi_bridge.calibrate`` takes too."""
-"""Config fields a suggested command leaves out: a new run gets its own folder and notes."""
 
 
 def command(entry: str, config: dict, layers: dict | None = None, **overrides) -> str:
@@ -35,14 +35,14 @@ def command(entry: str, config: dict, layers: dict | None = None, **overrides) -
     resolved = (
         {} if layers is None else {"sender_layer": layers["sender"], "receiver_layer": layers["receiver"]}
     )
-    values = {**config, **resolved, **overrides}
+    values = {**Options.flat(config), **resolved, **overrides}
     # the pair's own defaults (its template), but the pair itself against the global default
     # (a family without default models, e.g. --pair hf: placeholders, so that its named models are
     # always repeated)
     names = {"sender": "-", "receiver": "-"} if None in family(values["pair"]).models else {}
     default = ExperimentConfig(pair=values["pair"], protocol=values.get("protocol", "split"), **names)
     resolved_defaults = {"sender": default.sender_name, "receiver": default.receiver_name}
-    defaults = default.to_dict() | default.options.resolved().every_field() | resolved_defaults
+    defaults = default.to_dict() | default.options.resolved().flags() | resolved_defaults
     defaults["pair"] = ExperimentConfig.pair
     words = ["python", "-m", *entry.split()]
     for name, value in values.items():
@@ -165,7 +165,7 @@ def next_steps(results: dict, config: dict, layers: dict) -> list[dict]:
     """Commands to run next, each with what it answers."""
     run = lambda **o: command("mi_bridge.run", config, layers, **o)
     # the residual analyses do not read the KV channel's options: their commands leave them out
-    residual_only = {k: v for k, v in config.items() if k not in KV_DEFAULTS}
+    residual_only = {k: v for k, v in config.items() if k != "kv"}
     analyses = lambda names, **o: command(f"mi_bridge.analyses {names}", residual_only, layers, **o)
     if not results["validity"]["valid"]:
         calibrate = command("mi_bridge.calibrate", {k: config[k] for k in CALIBRATE_FLAGS})

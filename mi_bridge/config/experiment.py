@@ -1,24 +1,20 @@
-"""The experiment's configuration: one dataclass, validated without I/O, round-tripped through JSON."""
+"""The experiment's configuration: the shared fields in one dataclass, validated without I/O, with the
+protocol's own options (``config.options``), round-tripped through JSON (``config.record`` reads the
+records of earlier versions)."""
 
 from __future__ import annotations
 
-import importlib
-import typing
-from dataclasses import asdict, dataclass, field, fields
-from typing import ClassVar
+from dataclasses import dataclass, field, fields
 
 import torch
 
+from mi_bridge.config.options import PROTOCOLS, ProtocolOptions, flag_paths, protocol_options
+from mi_bridge.config.typed import typed
 from mi_bridge.errors import UserError
 from mi_bridge.families import PAIRS, TEMPLATES, family
 from mi_bridge.seeds import SeedOffset
 
 DTYPES = ("float32", "bfloat16", "float16")
-PROTOCOLS: dict[str, str] = {"split": "mi_bridge.protocols.split", "seed": "mi_bridge.protocols.seed"}
-"""The one registry of protocols: each name's package. Its ``options.Options`` (a ``ProtocolOptions``,
-light: no TransformerLens) holds the protocol's own fields, checks them and names the ``Protocol`` that
-runs it, imported only when asked for. A new protocol is its package and one ``register_protocol`` call;
-nothing here branches on a protocol's name."""
 
 CHOICES = {"pair": PAIRS, "dtype": DTYPES, "protocol": PROTOCOLS, "template": TEMPLATES}
 """The allowed values of the shared fields that take one of a few names (a protocol's own are its
@@ -33,91 +29,7 @@ FIELD_GROUPS = {
     }.items()
 }
 """The shared fields by concern: ``--help`` shows them in these groups and each protocol's options in a
-group of its own, while ``config.json`` stays flat (one key per field)."""
-
-
-def register_protocol(name: str, package: str) -> None:
-    """Make the protocol in ``package`` (with ``options.py``) runnable as ``--protocol name``."""
-    PROTOCOLS[name] = package
-
-
-@dataclass
-class ProtocolOptions:
-    """A protocol's own options, as a dataclass whose fields (each with a docstring under it) become
-    ``config.options``, the flags of a ``--help`` group and keys of the flat ``config.json``."""
-
-    protocol: ClassVar[str]
-    """The ``Protocol`` class that runs it, as ``module:class``."""
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
-    """The allowed values of its fields that take one of a few names."""
-    grid_fields: ClassVar[tuple[str, ...]] = ()
-    """Its fields that a sweep may vary (they name the sweep's cells)."""
-    legacy: ClassVar[dict[str, object]] = {}
-    """Keys that run folders written before protocols owned their options carried for this protocol,
-    with the value they held: dropped when such a config.json is read."""
-    layer_depth: ClassVar[float | None] = None
-    """The default layers' relative depth (None: ``models.default_layer``'s rule)."""
-
-    def validate(self, config: ExperimentConfig) -> None:
-        """Raise ``UserError`` for what this protocol cannot run (called after the shared checks)."""
-
-    def check_run(self) -> None:
-        """Raise ``UserError`` for options that ``python -m mi_bridge.run`` would ignore."""
-
-    def one_tokenizer_reason(self, config: ExperimentConfig) -> str | None:
-        """Why this run needs sender and receiver to share one tokenizer (None: it does not)."""
-        return None
-
-    def resolved(self) -> ProtocolOptions:
-        """These options with every default made explicit (what a run folder's config.json records)."""
-        return self
-
-    def to_dict(self) -> dict:  # the record in config.json (a protocol may leave out some defaults)
-        return self.every_field()
-
-    def every_field(self) -> dict:
-        """Every field with its value (tuples as lists, as JSON has them)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ProtocolOptions:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise UserError(f"unknown options of this protocol: {', '.join(unknown)}")
-        for name, value in data.items():
-            allowed = cls.choices.get(name)
-            if allowed is not None and value is not None and value not in allowed:
-                flag = "--" + name.replace("_", "-")
-                raise UserError(f"unknown {flag} {value!r}; choose one of {', '.join(allowed)}")
-        return cls(**_typed(cls, data))
-
-
-def protocol_options(name: str) -> type[ProtocolOptions]:
-    """The options class of the protocol registered as ``name``."""
-    if name not in PROTOCOLS:
-        raise UserError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
-    return importlib.import_module(f"{PROTOCOLS[name]}.options").Options
-
-
-def all_options() -> dict[str, type[ProtocolOptions]]:
-    """Every registered protocol's options class by protocol name. An option named like a shared field
-    or like another protocol's option is refused: each is one flag and one key of config.json."""
-    options = {name: protocol_options(name) for name in PROTOCOLS}
-    taken = {f.name: "the shared config" for f in fields(ExperimentConfig)}
-    for name, cls in options.items():
-        for spec in fields(cls):
-            if spec.name in taken:
-                raise UserError(f"protocol {name}'s option {spec.name!r} clashes with {taken[spec.name]}'s")
-            taken[spec.name] = f"protocol {name}"
-    return options
-
-
-def choices_of(name: str) -> tuple[str, ...] | None:
-    """The allowed values of a shared field or of any protocol's option ``name`` (None: any value)."""
-    if name in CHOICES:
-        return tuple(CHOICES[name])
-    found = [cls.choices[name] for cls in all_options().values() if name in cls.choices]
-    return tuple(dict.fromkeys(v for values in found for v in values)) if found else None
+group of its own, while ``config.json`` keeps them flat (one key per field)."""
 
 
 AUTO_DEVICE = "auto"
@@ -194,11 +106,11 @@ class ExperimentConfig:
     options: ProtocolOptions | dict | None = None
     """The protocol's own options (its ``options.Options``; a dict of them, or None for their defaults):
     ``config.options.position`` under ``split``, ``config.options.bridge`` under ``seed``. ``config.json``
-    records them flat, beside the shared fields."""
+    records them beside the shared fields, an option group as one object (``"kv": {...}``)."""
 
     def __post_init__(self) -> None:
         shared = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
-        for name, value in _typed(ExperimentConfig, shared).items():
+        for name, value in typed(ExperimentConfig, shared).items():
             setattr(self, name, value)
         own = protocol_options(self.protocol)
         if self.options is None or isinstance(self.options, dict):
@@ -295,7 +207,7 @@ class ExperimentConfig:
         return self.n_items - self.n_test if self.n_fit is None else self.n_fit
 
     def to_dict(self) -> dict:
-        """One flat record: the shared fields, then the protocol's options (``extra`` last)."""
+        """The record in config.json: the shared fields, then the protocol's options (``extra`` last)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("options", "extra")}
         return data | self.options.to_dict() | {"extra": dict(self.extra)}
 
@@ -305,85 +217,62 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
-        """The config a flat record describes (flags, API keywords, a config.json read through
-        ``current_record``); a key that another protocol owns is refused in one line."""
-        protocol = _protocol_of(data)
+        """The config a record describes (flags, API keywords, a config.json read through
+        ``current_record``): the shared fields and the protocol's options, an option group's by flag
+        (``kv_rank``) or as its object (``kv``); a key that another protocol owns is refused in one line."""
+        protocol = protocol_of(data)
         own = protocol_options(protocol)
         shared_names = {f.name for f in fields(cls)} - {"options"}
-        own_names = {f.name for f in fields(own)}
+        own_names = set(option_keys(own))
         shared, options, unknown = {}, {}, []
         for key, value in data.items():
             if key in shared_names:
                 shared[key] = value
             elif key in own_names:
                 options[key] = value
-            elif (owner := _option_owners().get(key)) is not None:
+            elif (owner := option_owners().get(key)) is not None:
                 raise UserError(f"--{key.replace('_', '-')} applies to --protocol {owner}, not {protocol}")
             else:
                 unknown.append(key)
         if unknown:
             raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**_typed(cls, shared), options=options)
+        return cls(**typed(cls, shared), options=options)
 
 
-def current_record(data: dict) -> tuple[dict, list[str]]:
-    """A recorded config.json, of this version or an earlier one, in the current layout, and the keys
-    dropped from it whose value mattered. Before protocols owned their options a record carried every
-    protocol's fields (and the split protocol's bridge kind): the keys that another protocol owns, and
-    the protocol's ``legacy`` keys, are dropped; those that held a value other than their default are
-    returned, so that the caller can say so."""
-    protocol = _protocol_of(data)
-    own, owners = protocol_options(protocol), _option_owners()
-    kept, dropped = {}, []
-    for key, value in data.items():
-        owner = None if owners.get(key) == protocol else owners.get(key)
-        if key in own.legacy and value == own.legacy[key]:
-            continue
-        if owner is None:
-            kept[key] = value
-        elif not _is_default(protocol_options(owner), key, value):
-            dropped.append(key)
-    return kept, dropped
-
-
-def _protocol_of(data: dict) -> str:
+def protocol_of(data: dict) -> str:
     protocol = data.get("protocol", ExperimentConfig.protocol)
     if not isinstance(protocol, str) or protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     return protocol
 
 
-def _option_owners() -> dict[str, str]:
-    """Every protocol's option names, each with its protocol (``all_options`` keeps them distinct)."""
-    return {spec.name: name for name, cls in all_options().items() for spec in fields(cls)}
+def option_owners() -> dict[str, str]:
+    """Every protocol's options by flag and by field (an option group's name), each with its protocol
+    (``all_options`` keeps them distinct)."""
+    return {key: name for name, cls in all_options().items() for key in option_keys(cls)}
 
 
-def _is_default(cls: type[ProtocolOptions], key: str, value) -> bool:
-    default = {f.name: f.default for f in fields(cls)}[key]
-    return value == default or (isinstance(default, tuple) and value == list(default))
+def option_keys(cls: type[ProtocolOptions]) -> list[str]:
+    """The names an option of ``cls`` goes by: its flags' and its fields' (an option group's name)."""
+    return list(dict.fromkeys([*flag_paths(cls), *(f.name for f in fields(cls))]))
 
 
-def _typed(cls: type, values: dict) -> dict:
-    """Field values with their types checked by hand (a config may come from a JSON file written by
-    anyone): numbers coerced to float where a float is expected, tuples of floats from lists; else a
-    UserError."""
-    hints = typing.get_type_hints(cls)
-    out = dict(values)
-    for name, value in values.items():
-        hint = hints[name]
-        if typing.get_origin(hint) is tuple:
-            ok = isinstance(value, tuple | list) and all(_is_number(a) for a in value)
-            value = tuple(float(a) for a in value) if ok else value
-        elif hint is float:
-            ok = _is_number(value)
-            value = float(value) if ok else value
-        else:
-            ok = isinstance(value, hint) and not (isinstance(value, bool) and hint is not bool)
-        if not ok:
-            raise UserError(f"config field {name!r} has the wrong type: {value!r}")
-        out[name] = value
-    return out
+def all_options() -> dict[str, type[ProtocolOptions]]:
+    """Every registered protocol's options class by protocol name. An option named like a shared field
+    or like another protocol's option is refused: each is one flag and one key of config.json."""
+    options = {name: protocol_options(name) for name in PROTOCOLS}
+    taken = {f.name: "the shared config" for f in fields(ExperimentConfig)}
+    for name, cls in options.items():
+        for key in option_keys(cls):
+            if key in taken:
+                raise UserError(f"protocol {name}'s option {key!r} clashes with {taken[key]}'s")
+            taken[key] = f"protocol {name}"
+    return options
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def choices_of(name: str) -> tuple[str, ...] | None:
+    """The allowed values of a shared field or of any protocol's option ``name`` (None: any value)."""
+    if name in CHOICES:
+        return tuple(CHOICES[name])
+    found = [cls.choices[name] for cls in all_options().values() if name in cls.choices]
+    return tuple(dict.fromkeys(v for values in found for v in values)) if found else None
