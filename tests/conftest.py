@@ -7,6 +7,10 @@ import tempfile
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mi_bridge-test-hf-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # each worker's share of the cores (set before torch loads),
+    # so that n workers with a thread per core each do not oversubscribe the machine n-fold
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
 
 import random  # noqa: E402
 import shutil  # noqa: E402
@@ -21,6 +25,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # in case a plugin loaded torch before this file
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 from mi_bridge.models.language import TOY_WORDS  # noqa: E402
 from mi_bridge.runtime.backend import BACKEND  # noqa: E402
 
@@ -32,7 +39,8 @@ tl3_only = pytest.mark.skipif(
 once_per_ci = pytest.mark.skipif(
     BACKEND.major < 4,
     reason="its subject is not the TransformerLens backend (packaging, sweeps, command lines, run folders, "
-    "cache keys): CI runs it once, in the TransformerLens 4 suite (what `pip install .` gets)",
+    "cache keys, the Python API, whole runs on the real models): CI runs it once, in the TransformerLens 4 "
+    "suite (what `pip install .` gets)",
 )
 """For the slow tests whose outcome cannot depend on which backend runs the models: the second suite
 would repeat them at no gain (CI runs the whole suite under each TransformerLens version)."""

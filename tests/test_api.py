@@ -9,6 +9,7 @@ import pytest
 
 import mi_bridge
 from mi_bridge.run import main, publish
+from tests.conftest import once_per_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -32,6 +33,7 @@ def test_bad_input_to_the_api_is_a_user_error():
         mi_bridge.run_experiment(receiver_layer=9)
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_run_experiment_prints_and_writes_nothing_and_gives_the_commands_numbers(
     tmp_path, monkeypatch, capfd
@@ -61,6 +63,7 @@ def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown, re.S)
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_the_readme_python_section_runs_as_written(tmp_path, monkeypatch, capsys):
     section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]

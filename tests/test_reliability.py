@@ -132,6 +132,7 @@ def test_publishing_a_folder_sweeps_what_a_killed_run_left_and_replaces_whole(tm
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.json"]
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_a_run_killed_midway_reruns_to_the_same_results(private_cache, cold_run, tmp_path):
     _, reference = cold_run
@@ -191,6 +192,7 @@ def test_a_damaged_activation_file_is_reported_discarded_and_recomputed(cold_run
     assert results_of(second) == results_of(first)
 
 
+@once_per_ci
 @pytest.mark.slow
 def test_cold_and_warm_runs_are_bit_identical_and_record_their_provenance(cold_run, tmp_path):
     cold_cache, cold = cold_run

@@ -16,7 +16,7 @@ from mi_bridge.config import ExperimentConfig
 from mi_bridge.errors import UserError
 from mi_bridge.models.sources import fetch, packaged
 from mi_bridge.run import main
-from tests.conftest import fetched
+from tests.conftest import fetched, once_per_ci
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +105,7 @@ def test_an_injection_at_resid_post_equals_the_same_edit_on_hugging_face(hooked,
     torch.testing.assert_close(ours[0, :position], clean[0, :position], rtol=0, atol=0)
 
 
+@once_per_ci
 def test_the_split_protocol_runs_on_the_real_model_and_its_gate_reports(smollm2_cache, tmp_path):
     """SmolLM2 as sender and receiver, in different contexts. At this size the verdict may be anything;
     what must hold is that the gate reports what the model can do and the identity names the file."""
@@ -135,6 +136,7 @@ def test_the_split_protocol_runs_on_the_real_model_and_its_gate_reports(smollm2_
     assert config["template"] == "list"
 
 
+@once_per_ci
 def test_a_pair_with_two_real_tokenizers_runs_offline_end_to_end(smollm2_cache, tmp_path, monkeypatch):
     """GPT-NeoX's tokenizer (a random-weight Pythia-architecture folder) as the sender, SmolLM2's (the real
     model) as the receiver: entities single tokens in both, the sender reads its own tokens, the relay is
@@ -193,6 +195,7 @@ def test_a_pair_with_two_real_tokenizers_runs_offline_end_to_end(smollm2_cache, 
     assert analyses(["logit_lens", *argv[:6], "--protocol", "seed", "--out", str(tmp_path / "an")]) == 2
 
 
+@once_per_ci
 def test_the_calibration_measures_every_template(hooked):
     from mi_bridge.calibrate import calibrate
     from mi_bridge.models.language import english_language
