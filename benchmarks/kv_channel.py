@@ -47,7 +47,9 @@ def pair_items(pair_name: str, n_items: int):
         return None, None
     items = sample_items(pair.language, k=4, n_items=n_items, seed=0)
     p, q = items.sender_tokens, items.placeholder_tokens
-    return pair, KVItems(p, torch.ones_like(p), q, torch.ones_like(q), items.answer_ids)
+    return pair, KVItems(
+        p, torch.ones_like(p), q, torch.ones_like(q), items.answer_ids, items.answer_candidates
+    )
 
 
 def steps_per_second(fuser, pair, items: KVItems, batch: int, n_steps: int) -> float:

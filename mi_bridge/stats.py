@@ -108,6 +108,24 @@ def sign_test_p(differences: np.ndarray) -> float:
     return float(stats.binomtest(gained, gained + lost, 0.5).pvalue)
 
 
+def seeds_combined_p(per_seed: Sequence[np.ndarray]) -> float:
+    """One-sided p that paired differences (condition − reference) are positive, with each seed one unit:
+    every seed's exact sign test (greater), combined by Fisher's method (``scipy.stats.combine_pvalues``).
+
+    Each seed trains its own sources, so items pooled over seeds are not independent draws of one
+    experiment; within a seed, given its sources, they are. A seed without a discordant item gives p = 1.
+    """
+    p_values = []
+    for differences in per_seed:
+        differences = np.asarray(differences, dtype=np.float64)
+        gained, lost = int(np.sum(differences > 0)), int(np.sum(differences < 0))
+        if gained + lost == 0:
+            p_values.append(1.0)
+        else:
+            p_values.append(float(stats.binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue))
+    return float(stats.combine_pvalues(p_values, method="fisher").pvalue)
+
+
 FAMILY_ALPHA = 0.05
 """Family-wise error rate of a claim that some condition of a family helps (Holm correction)."""
 

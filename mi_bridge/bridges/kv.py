@@ -34,7 +34,7 @@ from torch import Tensor
 from mi_bridge.bridges.base import read_saved, register_kv_kind
 from mi_bridge.bridges.layer_map import LayerMap
 from mi_bridge.bridges.metrics import fit_quality
-from mi_bridge.bridges.ridge import TENSOR_NAMES, LinearBridge
+from mi_bridge.bridges.ridge import TENSOR_NAMES, LinearBridge, Standardizer
 from mi_bridge.errors import UserError
 from mi_bridge.files import sha256_file, write_atomic
 from mi_bridge.runtime.backend import HookedModel
@@ -117,6 +117,25 @@ class KVLinearBridge:
                 fitted[which].append(fit)
         heads = tuple(receiver[0][0].shape[-2:])
         return cls(*fitted, layer_map, sources, heads, dict(metadata or {}))
+
+    @classmethod
+    def identity(cls, receiver: ReceiverKV, mask: Int[Tensor, "batch pos"] | None = None) -> KVLinearBridge:
+        """Every layer's own keys and values, unchanged: the map of a model paired with itself under the
+        identity layer map, with no fit (a ridge fit of x onto x is close to the identity, not equal to it).
+        Its standardizations are the receiver's statistics on both sides, which the fuser and the learned
+        prefix start from; ``__call__`` then returns its input to rounding."""
+
+        def same(tensor: Tensor) -> LinearBridge:
+            rows = real_positions(tensor, mask).double()
+            fitted = Standardizer.fit(rows)
+            scale = lambda: Standardizer(fitted.mean.float(), fitted.std.float())  # own tensors: saved apart
+            eye = torch.eye(rows.shape[1])
+            return LinearBridge(weight=eye, x_norm=scale(), y_norm=scale(), ridge_lambda=0.0)
+
+        keys = [same(k) for k, _ in receiver]
+        values = [same(v) for _, v in receiver]
+        layers = tuple(range(len(receiver)))
+        return cls(keys, values, LayerMap("identity"), layers, tuple(receiver[0][0].shape[-2:]))
 
     @classmethod
     def fit_and_score(

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 from mi_bridge.bridges.layer_map import LayerMap
 from mi_bridge.config import OptionGroup
 from mi_bridge.errors import UserError
+
+KV_SOURCES = ("prompt", "facts")
+KV_LOSSES = ("candidates", "vocabulary")
 
 
 @dataclass
@@ -17,10 +21,22 @@ class KVOptions(OptionGroup):
     """The KV channel: whether it runs, how the sender's cache is mapped, and how the fuser and its
     learned-prefix control are trained (AdamW on their parameters alone, early-stopped)."""
 
+    recorded_before: ClassVar[dict[str, object]] = {"source": "prompt", "loss": "vocabulary"}
+    """What a record written before ``source`` and ``loss`` existed ran with (``config.record``): the
+    sender read P, and the sources were trained on the full vocabulary."""
+
     channel: bool = False
     """Also run the second channel (docs/kv_channel.md): the sender's key-value cache of its prompt, mapped
     and fused into a prefix of the receiver's, against a learned prefix and every control, at each site.
     Trains per seed (about 20 CPU minutes on SmolLM2 at 400 items)."""
+    source: str = "prompt"
+    """KV channel: what the sender reads. prompt: its hop-1 prompt P, before the receiver's prompt with
+    the placeholder; facts: the receiver's hop-2 facts F, before the receiver's query alone (context
+    transfer: the receiver reading F itself is the oracle prompt, the channel's ceiling by construction;
+    two tokenizers are aligned by text span)."""
+    loss: str = "candidates"
+    """KV channel: the trained sources' loss: cross-entropy over the item's k candidate answers
+    (candidates), or over the full vocabulary (vocabulary, which also rewards the answer's format)."""
     layer_map: str = "last-aligned"
     """KV channel: which sender layer feeds each receiver layer: last-aligned (C2C's), identity or
     shift:K (receiver layer j reads sender layer j+K, clamped)."""
@@ -36,6 +52,11 @@ class KVOptions(OptionGroup):
     """KV channel: epochs without a better held-out loss before training stops."""
 
     def __post_init__(self) -> None:
+        for name, allowed in (("source", KV_SOURCES), ("loss", KV_LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise UserError(
+                    f"unknown --kv-{name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
+                )
         for name in ("rank", "epochs", "lr", "train_batch", "patience"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -55,9 +76,9 @@ class KVOptions(OptionGroup):
             raise UserError(f"{flag} applies to the KV channel: add --kv-channel")
 
     def one_tokenizer_reason(self) -> str | None:
-        if self.channel:
+        if self.channel and self.source == "prompt":
             return (
-                "--kv-channel maps the sender's cache of P onto the receiver's cache of the same tokens (two "
-                "tokenizers would need C2C's token alignment, which is not built)"
+                "--kv-channel --kv-source prompt maps the sender's cache of P onto the receiver's cache of the "
+                "same tokens (--kv-source facts aligns two tokenizers by text span)"
             )
         return None

@@ -34,6 +34,12 @@ class OptionGroup:
     default: records written before the group existed stay as they were. Checks go in
     ``__post_init__`` (no I/O)."""
 
+    recorded_before: ClassVar[dict[str, object]] = {}
+    """Fields added together after the group, with the value that a record written without any of them
+    ran with (where it is not the new default): ``config.record`` fills them in for a recorded object
+    that holds none of them (a record written since holds them all), so that an old run replays as
+    close to how it ran as today's code allows."""
+
     def check_run(self) -> None:
         """Raise ``UserError`` for options that ``python -m mi_bridge.run`` would ignore."""
 

@@ -4,7 +4,7 @@ what an earlier record held."""
 from __future__ import annotations
 
 from mi_bridge.config.experiment import option_owners, protocol_of
-from mi_bridge.config.options import ProtocolOptions, protocol_options
+from mi_bridge.config.options import ProtocolOptions, group_fields, protocol_options
 from mi_bridge.config.typed import listed
 
 
@@ -26,7 +26,12 @@ def current_record(data: dict) -> tuple[dict, list[str]]:
             kept[key] = value
         elif not _is_default(protocol_options(owner), key, value):
             dropped.append(key)
-    return own.nested(kept), dropped
+    record = own.nested(kept)
+    for name, group in group_fields(own).items():  # fields added to a group since the record was written
+        held = record.get(name)
+        if isinstance(held, dict) and group.recorded_before and not set(group.recorded_before) & set(held):
+            record[name] = {**group.recorded_before, **held}
+    return record, dropped
 
 
 def _is_default(cls: type[ProtocolOptions], key: str, value) -> bool:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mi_bridge.errors import UserError
+from mi_bridge.errors import CheckFailed, UserError
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -53,12 +53,16 @@ def error(message: str) -> None:
 
 
 def one_line_errors(body: Callable[[], int], interrupted: str) -> int:
-    """Run a command: bad input (UserError) is one line and exit code 2, Ctrl-C one line and 130."""
+    """Run a command: bad input (UserError) is one line and exit code 2, a failed positive control
+    (CheckFailed) one line and 3, Ctrl-C one line and 130."""
     try:
         return body()
     except UserError as err:
         error(str(err))
         return 2
+    except CheckFailed as err:
+        error(str(err))
+        return 3
     except KeyboardInterrupt:
         error(f"interrupted; {interrupted}")
         return 130

@@ -55,6 +55,13 @@ class TaskItems:
         return self.answer_candidates.gather(1, self.gold_index[:, None])[:, 0]
 
     @property
+    def query_start(self) -> int:
+        """The first position of the receiver's query: every receiver prompt is its facts (BOS and
+        preamble included) up to here, then the query."""
+        query = self.language.render(self.language.receiver_query, {"SLOT": int(self.bridge_ids[0])})
+        return self.oracle_tokens.shape[1] - len(query)
+
+    @property
     def final_position(self) -> int:
         return self.oracle_tokens.shape[1] - 1
 

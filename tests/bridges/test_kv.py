@@ -13,7 +13,14 @@ from mi_bridge.bridges.base import load_bridge
 from mi_bridge.bridges.kv import KVLinearBridge, LayerMap, paired_caches, require_same_tokenizer
 from mi_bridge.bridges.kv_fuser import KVFuser, LearnedPrefix
 from mi_bridge.bridges.kv_options import KVOptions
-from mi_bridge.bridges.kv_training import KVItems, answer_logits, heldout_loss, train_kv_source
+from mi_bridge.bridges.kv_training import (
+    KVItems,
+    aligned,
+    answer_logits,
+    evaluate_source,
+    loss_of,
+    train_kv_source,
+)
 from mi_bridge.core.generate import left_pad
 from mi_bridge.errors import UserError
 from mi_bridge.models.language import TOY_WORDS
@@ -147,7 +154,11 @@ def toy_items(n, seed):
     prompts, tails = [draw().tolist() for _ in range(n)], [draw().tolist() for _ in range(n)]
     (p, p_mask), (q, q_mask) = left_pad(prompts), left_pad(tails)
     answers = torch.tensor([prompt[0] for prompt in prompts])
-    return KVItems(p, p_mask.long(), q, q_mask.long(), answers)
+    # four candidates per item, the answer among them at a random place
+    others = torch.randint(1, len(TOY_WORDS), (n, 3), generator=g)
+    candidates = torch.cat([answers[:, None], others], dim=1)
+    candidates = candidates.gather(1, torch.argsort(torch.rand(n, 4, generator=g), dim=1))
+    return KVItems(p, p_mask.long(), q, q_mask.long(), answers, candidates)
 
 
 @pytest.fixture
@@ -208,15 +219,15 @@ def test_the_learned_prefix_has_the_fusers_budget_and_reads_no_sender(pair):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["fuser", "prefix"])
-def test_training_through_the_frozen_receiver_lowers_the_loss_reproducibly(pair, kind, tmp_path):
+@pytest.mark.parametrize(("kind", "loss"), [("fuser", "candidates"), ("prefix", "vocabulary")])
+def test_training_through_the_frozen_receiver_lowers_the_loss_reproducibly(pair, kind, loss, tmp_path):
     sender, receiver, _ = pair
     fit, heldout = toy_items(48, seed=3), toy_items(16, seed=4)
-    options = KVOptions(epochs=4, train_batch=16, lr=3e-2, patience=4)
+    options = KVOptions(epochs=4, train_batch=16, lr=3e-2, patience=4, loss=loss)
 
     def train():
         source = sources(pair)[kind]
-        before = heldout_loss(source, receiver, fit, sender, 16)
+        before = evaluate_source(source, receiver, fit, sender, 16, loss)[0]
         return (
             source,
             before,
@@ -224,12 +235,16 @@ def test_training_through_the_frozen_receiver_lowers_the_loss_reproducibly(pair,
         )
 
     source, before, log = train()
+    assert log.loss == loss and (log.n_train, log.n_heldout) == (48, 16)
     assert log.fit_loss[-1] < before - 0.1
-    assert log.heldout_loss[log.best_epoch] == min(log.heldout_loss)
+    # the checkpoint: the best held-out k-way accuracy, ties broken by the lower held-out loss
+    judged = [(a, -v) for a, v in zip(log.heldout_accuracy, log.heldout_loss, strict=True)]
+    assert judged[log.best_epoch] == max(judged)
     # the source holds the best epoch's state, not the last one's
-    assert heldout_loss(source, receiver, heldout, sender, 16) == pytest.approx(
-        log.heldout_loss[log.best_epoch], abs=1e-5
+    assert evaluate_source(source, receiver, heldout, sender, 16, loss) == pytest.approx(
+        (log.heldout_loss[log.best_epoch], log.heldout_accuracy[log.best_epoch]), abs=1e-5
     )
+    assert log.train_accuracy == pytest.approx(evaluate_source(source, receiver, fit, sender, 16, loss)[1])
     assert all(p.requires_grad and p.grad is None for p in receiver.parameters())  # frozen, then restored
     again, _, log_again = train()
     assert log_again == log
@@ -246,3 +261,36 @@ def test_training_through_the_frozen_receiver_lowers_the_loss_reproducibly(pair,
             rtol=0,
             atol=0,
         )
+
+
+def test_the_candidate_loss_is_cross_entropy_among_the_k_answers_and_the_vocabulary_loss_over_all():
+    items = toy_items(5, seed=6)
+    logits = torch.randn(5, len(TOY_WORDS), generator=torch.Generator().manual_seed(0))
+    among = logits.gather(1, items.candidates)
+    candidates, correct = loss_of(logits, items, "candidates")
+    torch.testing.assert_close(candidates, torch.nn.functional.cross_entropy(among, items.gold_index))
+    torch.testing.assert_close(correct, (among.argmax(1) == items.gold_index).float())
+    vocabulary, same = loss_of(logits, items, "vocabulary")
+    torch.testing.assert_close(vocabulary, torch.nn.functional.cross_entropy(logits, items.answers))
+    assert torch.equal(same, correct)
+    # moving every logit outside the candidates (the answer's "format") leaves the candidate loss alone
+    shifted = logits.clone()
+    outside = torch.ones_like(shifted, dtype=torch.bool).scatter(1, items.candidates, False)
+    shifted[outside] -= 5.0
+    torch.testing.assert_close(loss_of(shifted, items, "candidates")[0], candidates)
+    assert loss_of(shifted, items, "vocabulary")[0] < vocabulary
+
+
+def test_an_alignment_delivers_each_position_from_the_sender_position_it_names(pair):
+    sender, _, _ = pair
+    items = toy_items(4, seed=7)
+    entries = capture_kv(sender, items.sender_tokens, items.sender_mask)
+    reversed_positions = torch.arange(items.sender_tokens.shape[1]).flip(0).expand(4, -1).clone()
+    moved = aligned(entries, reversed_positions)
+    for (k, v), (k2, v2) in zip(entries, moved, strict=True):
+        assert torch.equal(k.flip(1), k2) and torch.equal(v.flip(1), v2)
+    assert aligned(entries, None) is entries
+    assert torch.equal(
+        KVItems(**{**vars(items), "sender_positions": reversed_positions}).delivered_mask,
+        items.sender_mask.flip(1),
+    )

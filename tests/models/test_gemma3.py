@@ -18,8 +18,10 @@ import mi_bridge
 from mi_bridge.calibrate import calibrate
 from mi_bridge.config import ExperimentConfig
 from mi_bridge.errors import UserError
+from mi_bridge.models.alignment import alignment
 from mi_bridge.models.loading import ModelPair, pair_languages
 from mi_bridge.models.sources import fetch, packaged
+from mi_bridge.models.task import sample_items
 from mi_bridge.runtime.backend import BACKEND
 from tests.conftest import fetched
 
@@ -184,6 +186,29 @@ def test_the_pair_has_two_tokenizers_and_one_entity_set(forward_pair):
             assert len(model.tokenizer.encode(entity, add_special_tokens=False)) == 1
     identities = forward_pair.sender_identity, forward_pair.receiver_identity
     assert [i["gguf_sha256"] for i in identities] == [SMOLLM2.sha256, GEMMA.sha256]
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_the_facts_align_across_the_two_tokenizers_each_entity_on_its_own_position(forward_pair, direction):
+    """The KV channel's facts source reads F in the sender's tokens at the receiver's positions of F
+    (``models.alignment``): every entity B and C of F lands on the sender position of the same entity."""
+    pair = forward_pair if direction == "forward" else reversed_pair(forward_pair)
+    receiver, sender = pair.language, pair.sender_language
+    items, sender_items = (sample_items(lang, k=4, n_items=40, seed=3) for lang in (receiver, sender))
+    facts = items.oracle_tokens[:, : items.query_start]
+    sender_facts = sender_items.oracle_tokens[:, : sender_items.query_start]
+    positions = alignment(facts, sender_facts, receiver, sender)
+    entities = {receiver.token_id(e) for e in (*receiver.persons, *receiver.places)}
+    landed = 0
+    for row, sender_row, where in zip(facts.tolist(), sender_facts.tolist(), positions.tolist(), strict=True):
+        for i, token in enumerate(row):
+            if token in entities:
+                assert sender.decode([sender_row[where[i]]]) == receiver.decode([token])
+                landed += 1
+    assert landed == 40 * 2 * 4  # every B and C of every item's four facts
+    assert positions[:, 0].eq(0).all()  # BOS to BOS
+    # the two tokenize F alike after their BOS: on this pair the alignment is the identity (docs/kv_channel.md)
+    assert torch.equal(positions, torch.arange(facts.shape[1]).expand_as(positions))
 
 
 def reversed_pair(pair: ModelPair) -> ModelPair:

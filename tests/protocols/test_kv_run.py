@@ -12,7 +12,15 @@ from mi_bridge.bridges.base import load_bridge
 from mi_bridge.bridges.kv_options import KVOptions
 from mi_bridge.config import ExperimentConfig, current_record
 from mi_bridge.errors import UserError
-from mi_bridge.protocols.split.kv_channel import FULL_DEPTH, KV_CONDITIONS, SENDER_READING
+from mi_bridge.protocols.split.kv_channel import (
+    EXACT,
+    FULL_DEPTH,
+    LINEAR,
+    READS_F,
+    SENDER_READING,
+    kv_conditions,
+)
+from mi_bridge.protocols.split.kv_summary import KV_VERDICTS
 from mi_bridge.report.result import TRANSFER_VERDICTS
 from mi_bridge.run import main
 from mi_bridge.run_folder import default_name, resolved
@@ -39,11 +47,12 @@ def test_the_kv_channel_is_a_section_of_the_run_at_both_sites(runs):
     results = results_of(folder)
     kv = results["kv_channel"]
     assert kv["verdict"] in TRANSFER_VERDICTS and kv["explanation"].startswith("Task validity:")
+    assert kv["source"] == "prompt" and kv["ceiling"] == "receiver reads P"
     assert set(kv["versus_prefix"]) == set(SENDER_READING) == set(kv["holm_p_versus_prefix"])
     sites = [results["site"]["layer"], results["second_site"]["layer"]]
     assert [int(layer) for layer in kv["sites"]] == sites  # the requested site, then the second site
     for layer, site in kv["sites"].items():
-        assert site["band"] == f"after L{layer}" and list(site["conditions"]) == list(KV_CONDITIONS)
+        assert site["band"] == f"after L{layer}" and list(site["conditions"]) == list(kv_conditions("prompt"))
         assert site["residual"]["vector"] == "translated"  # the best residual bridge at that site
     items = pd.read_parquet(folder / "items.parquet")
     parts = set(items["part"].astype(str))
@@ -97,6 +106,8 @@ def test_the_kv_options_are_one_object_by_flag_record_and_old_flat_record():
     record = by_flag.to_dict()
     assert record["kv"] == {
         "channel": True,
+        "source": "prompt",
+        "loss": "candidates",
         "layer_map": "shift:-1",
         "rank": 8,
         "epochs": 3,
@@ -112,6 +123,12 @@ def test_the_kv_options_are_one_object_by_flag_record_and_old_flat_record():
     assert migrated == record and list(migrated) == list(record) and dropped == []
     assert ExperimentConfig.from_dict(migrated).options == by_flag.options
     assert ExperimentConfig.from_dict(current_record(record)[0]).options == by_flag.options
+    # a record written before the source and loss were options read P and trained on the full vocabulary
+    earlier = {k: v for k, v in record["kv"].items() if k not in ("source", "loss")}
+    assert current_record(record | {"kv": earlier})[0]["kv"]["loss"] == "vocabulary"
+    # a config written now by hand, which names one of them, takes the defaults for the other
+    by_hand = current_record({"kv_channel": True, "kv_source": "facts"})[0]
+    assert ExperimentConfig.from_dict(by_hand).options.kv.loss == "candidates"
     # a flag overrides the recorded object; a record without KV keys gets the defaults
     assert ExperimentConfig.from_dict(record | {"kv_rank": 4}).options.kv.rank == 4
     assert (
@@ -148,8 +165,75 @@ def test_a_kv_option_without_the_channel_is_refused_in_one_line(tmp_path, capsys
 
 def test_the_channel_needs_one_tokenizer_and_its_options_need_the_channel():
     with_channel = ExperimentConfig(options={"kv": {"channel": True}})
-    assert "--kv-channel maps the sender's cache" in with_channel.options.one_tokenizer_reason(with_channel)
+    assert "--kv-source prompt maps the sender's cache" in with_channel.options.one_tokenizer_reason(
+        with_channel
+    )
+    facts = ExperimentConfig(options={"kv": {"channel": True, "source": "facts"}})
+    assert facts.options.one_tokenizer_reason(facts) is None  # aligned by text span
+    with pytest.raises(UserError, match="unknown --kv-source 'context'; choose one of prompt, facts"):
+        ExperimentConfig(options={"kv": {"channel": True, "source": "context"}})
     assert ExperimentConfig().options.one_tokenizer_reason(ExperimentConfig()) is None
     with pytest.raises(UserError, match="--kv-epochs applies to the KV channel: add --kv-channel"):
         ExperimentConfig(options={"kv_epochs": 3}).options.check_run()
     ExperimentConfig(options={"kv": {"channel": True, "epochs": 3}}).options.check_run()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --kv-source facts: context transfer, whose ceiling is the oracle by construction
+
+
+FACTS = [*KV, "--kv-source", "facts"]
+
+
+@pytest.fixture(scope="module")
+def facts_run(tmp_path_factory, runs):
+    folder = tmp_path_factory.mktemp("kv-facts") / "run"
+    assert main([*TINY, *FACTS, "--no-site-scan", "--out", str(folder)]) == 0
+    return folder
+
+
+@pytest.mark.slow
+def test_under_facts_the_ceiling_is_the_oracle_and_every_control_runs(facts_run, runs):
+    results = results_of(facts_run)
+    kv = results["kv_channel"]
+    assert kv["source"] == "facts" and kv["ceiling"] == READS_F and kv["verdict"] in KV_VERDICTS
+    assert list(kv["conditions"]) == ["oracle", *kv_conditions("facts")]
+    assert "text relay" not in kv["conditions"]  # the receiver reads its query alone: nothing to relay
+    for seed in kv["max_logit_difference"]:  # the receiver's cache of F, then its query, is the oracle prompt
+        assert seed[f"oracle vs {READS_F}"] <= EXACT
+    oracle, ceiling = kv["conditions"]["oracle"], kv["conditions"][READS_F]
+    assert kv["ceiling_share_of_oracle"]["accuracy"] == pytest.approx(1.0)
+    assert ceiling["delta_accuracy_per_seed"] == oracle["delta_accuracy_per_seed"]
+    for name in (*SENDER_READING, "learned prefix"):
+        assert "delta_accuracy_p_seeds" in kv["conditions"][name]
+    for fit in kv["fits"]:
+        for log in fit["training"].values():
+            assert log["loss"] == "candidates" and 0 <= log["train_accuracy"] <= 1
+            assert len(log["heldout_accuracy"]) == len(log["fit_loss"]) + 1
+    report = (facts_run / "report.md").read_text()
+    assert "share of ceiling" in report and "held-out acc" in report
+    # the residual numbers are those of the same run with the prompt source (and with no channel)
+    plain = results_of(runs[0])
+    for section in ("validity", "site", "decomposition", "bridge", "conditions"):
+        assert plain[section] == results[section], section
+
+
+@pytest.mark.slow
+def test_a_self_pair_under_the_identity_map_is_the_positive_control(tmp_path, monkeypatch):
+    """The toy receiver paired with itself: the identity map delivers its own cache of F, which must give
+    the ceiling's logits; a map off by a little stops the run in one line, writing nothing."""
+    self_pair = [*TINY, *FACTS, "--sender", "toy-receiver", "--kv-layer-map", "identity", "--no-site-scan"]
+    assert main([*self_pair, "--out", str(tmp_path / "ok")]) == 0
+    kv = results_of(tmp_path / "ok")["kv_channel"]
+    assert kv["self_reference"] and kv["verdict"] == "positive control"
+    assert all(seed[f"{LINEAR} vs {READS_F}"] <= EXACT for seed in kv["max_logit_difference"])
+    assert kv["share_of_ceiling"][LINEAR]["accuracy"] == pytest.approx(1.0)
+
+    from mi_bridge.bridges.kv import KVLinearBridge
+
+    exact = KVLinearBridge.__call__
+    monkeypatch.setattr(
+        KVLinearBridge, "__call__", lambda self, s: [(k * 1.01, v) for k, v in exact(self, s)]
+    )
+    assert main([*self_pair, "--out", str(tmp_path / "off")]) == 3
+    assert not (tmp_path / "off").exists()

@@ -1,9 +1,10 @@
 """The KV channel's verdict (``protocols.split.kv_summary.judge``) on planted section summaries: the sender
-helps only beyond the learned prefix; no ceiling, or a self-pair reference, withholds it. And the run's
+helps only beyond the learned prefix; under prompt, no ceiling, or a self-pair reference, withholds it;
+under facts a self-pair is the positive control. And the run's
 one-line refusals of the channel where it is not built. The channel end to end is
 tests/protocols/test_kv_run.py; its plumbing, tests/models/test_kv_delivery.py and tests/bridges/test_kv.py."""
 
-from mi_bridge.protocols.split.kv_channel import CEILINGS, FUSER, KV_CONDITIONS, LINEAR, PREFIX
+from mi_bridge.protocols.split.kv_channel import CEILING, FUSER, LINEAR, PREFIX, READS_F, kv_conditions
 from mi_bridge.protocols.split.kv_summary import judge
 from mi_bridge.run import main
 
@@ -17,16 +18,33 @@ def test_the_kv_channel_is_refused_in_one_line_where_it_is_not_built(capsys, tmp
 
 
 def summary(delta: float, low: float, high: float, p: float = 0.5) -> dict:
-    return {"delta_accuracy": delta, "delta_accuracy_ci": [low, high], "delta_accuracy_p": p, "n": 100}
+    return {
+        "delta_accuracy": delta,
+        "delta_accuracy_ci": [low, high],
+        "delta_accuracy_p": p,
+        "delta_logit_diff": 4 * delta,
+        "delta_logit_diff_ci": [4 * low, 4 * high],
+        "n": 100,
+    }
 
 
 HELPS, NOTHING = summary(0.2, 0.1, 0.3, 1e-4), summary(0.0, -0.1, 0.1)
 
 
-def verdict(*, ceiling=HELPS, fuser=HELPS, prefix=NOTHING, beyond_prefix=HELPS, self_reference=False):
-    kv = {name: NOTHING for name in KV_CONDITIONS} | {"oracle": summary(0.6, 0.5, 0.7)}
-    kv |= {CEILINGS[1]: ceiling, FUSER: fuser, PREFIX: prefix}
+def verdict(
+    *,
+    ceiling=HELPS,
+    fuser=HELPS,
+    prefix=NOTHING,
+    beyond_prefix=HELPS,
+    self_reference=False,
+    source="prompt",
+):
+    kv = {name: NOTHING for name in kv_conditions(source)} | {"oracle": summary(0.6, 0.5, 0.7)}
+    kv |= {CEILING[source]: ceiling, FUSER: fuser, PREFIX: prefix}
     section = {
+        "source": source,
+        "max_logit_difference": [{f"{LINEAR} vs {READS_F}": 2e-6}],
         "conditions": kv,
         "versus_prefix": {LINEAR: NOTHING, FUSER: beyond_prefix},
         "versus_shuffled": {LINEAR: NOTHING, FUSER: HELPS},
@@ -55,7 +73,28 @@ def test_the_sender_helps_only_beyond_the_learned_prefix():
 
 
 def test_no_ceiling_or_a_self_pair_reference_withholds_the_verdict():
-    label, text = verdict(ceiling=NOTHING)
-    assert label == "untestable here" and "no cache of P could" in text
+    label, text = verdict(ceiling=NOTHING, beyond_prefix=NOTHING)
+    assert label == "untestable here" and "no untrained map of it could, whatever the map" in text
     label, text = verdict(self_reference=True)
     assert label == "untestable here" and "the reference, not a channel" in text
+
+
+def test_a_trained_source_is_still_tested_when_the_ceiling_does_not_help():
+    """ "Whatever the map" holds for untrained maps only: a trained fuser that beats the learned prefix and
+    its own shuffle is a message, whatever the receiver's own reading of the text does."""
+    assert verdict(ceiling=NOTHING)[0] == "transfer helps"
+
+
+def test_under_facts_the_ceiling_is_the_receivers_reading_of_f_and_a_self_pair_the_positive_control():
+    label, text = verdict(source="facts")
+    assert label == "transfer helps" and f"The ceiling, '{READS_F}'" in text
+    label, text = verdict(source="facts", self_reference=True)
+    assert label == "positive control" and "equal the ceiling's" in text and "2e-06" in text
+    label, text = verdict(source="facts", beyond_prefix=NOTHING)
+    assert label == "no transfer"
+
+
+def test_prompt_mode_names_p_and_gold_b_an_upper_reference_not_a_ceiling():
+    _, text = verdict()
+    assert "The ceiling, 'receiver reads P'" in text
+    assert "the upper reference 'receiver reads P + gold B' (not a ceiling" in text

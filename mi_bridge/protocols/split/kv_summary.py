@@ -2,8 +2,11 @@
 (``--kv-channel``, ``protocols.split.sections.kv``).
 
 The verdict reads the full cache (every receiver layer reads the delivered positions: what the sources
-were trained on): validity first, then the self-pair trap, then the ceiling, then the sender's gain beyond
-the learned constant prefix (Holm over the sender-reading family) and beyond its own shuffled control. Per
+were trained on): validity first, then the self-pair (under facts, the positive control; under prompt,
+the trap), then the sender's gain beyond the learned constant prefix (Holm over the sender-reading
+family, on p-values that take each seed as one unit) and beyond its own shuffled control, then the one
+a-priori ceiling. Every Δ comes with its per-seed estimates; the candidate logit difference is the
+primary continuous metric. Per
 site, the same trained sources read only by the layers after the site stand beside the best residual
 bridge there: what the cache does through the layers a residual injection at that site reaches.
 """
@@ -16,47 +19,78 @@ import numpy as np
 
 from mi_bridge.core.evaluate import Condition, ItemScores
 from mi_bridge.protocols.split.kv_channel import (
-    CEILINGS,
+    CEILING,
+    EXACT,
     FUSER,
-    KV_CONDITIONS,
     LINEAR,
     PLAIN_PROMPTS,
     PREFIX,
-    READS_P,
-    READS_PB,
+    READS_GOLD_PB,
+    READS_OTHER_F,
+    REFERENCES,
     SENDER_READING,
+    UNTRAINED,
     SeedKV,
     after_site,
+    kv_conditions,
 )
 from mi_bridge.protocols.split.summary import summarize_condition
-from mi_bridge.report.render import condition_table
+from mi_bridge.report.render import condition_table, seeds_text
 from mi_bridge.report.result import Table
-from mi_bridge.stats import error_bars, fmt_delta, helps, holm, task_valid
+from mi_bridge.stats import FAMILY_ALPHA, error_bars, fmt_delta, helps, holm, seeds_combined_p, task_valid
 
-SITE_ROWS = (READS_P, LINEAR, FUSER, f"{FUSER} shuffled", PREFIX)
-"""The conditions the per-site table shows."""
+KV_VERDICTS = ("transfer helps", "no transfer", "untestable here", "positive control")
+"""The channel's verdicts: the run's transfer verdicts, and the self-pair's positive control under facts."""
+SHARED_ROWS = (LINEAR, FUSER, f"{FUSER} shuffled", PREFIX)
+"""The conditions the per-site table shows, after the source's ceiling."""
+PRIMARY = "logit_diff"
+"""The primary continuous metric: the gold answer's logit minus the mean of the other candidates'. Unlike
+log p over the full vocabulary it does not move when a source teaches the answer's format alone."""
+SHARE_OF = (UNTRAINED, LINEAR, FUSER, PREFIX)
+"""The conditions whose gain the report gives as a share of the ceiling's."""
 
 
-def kv_condition(name: str) -> Condition:
-    prompt = PLAIN_PROMPTS.get(name, "placeholder")
-    return Condition(name, prompt=prompt, vector=None if name in PLAIN_PROMPTS else "kv", mode="prefix")
+def kv_condition(name: str, source: str = "prompt") -> Condition:
+    plain = PLAIN_PROMPTS[source]
+    prompt = plain.get(name, "placeholder" if source == "prompt" else "query")
+    return Condition(name, prompt=prompt, vector=None if name in plain else "kv", mode="prefix")
 
 
-def against(n_boot: int, seed_scores: list[dict[str, ItemScores]], plain: bool = True) -> dict:
-    """Every KV condition vs the baseline, the sender-reading ones vs the learned prefix (Holm over them)
-    and vs their own shuffled control, on the same items (``plain``: with the text relay and oracle)."""
-    summary = lambda name, baseline="baseline": summarize_condition(
-        n_boot, seed_scores, kv_condition(name), baseline=baseline
-    )
-    present = [n for n in PLAIN_PROMPTS if plain and n != "baseline"] + list(KV_CONDITIONS)
-    versus_prefix = {name: summary(name, PREFIX) for name in SENDER_READING}
-    p_values = [versus_prefix[n]["delta_accuracy_p"] for n in SENDER_READING]
+def versus(
+    n_boot: int, seed_scores: list[dict[str, ItemScores]], name: str, source: str, reference: str
+) -> dict:
+    """``name`` against ``reference`` on the same items: the summary (two-level bootstrap CIs, per-seed
+    estimates) and its seed-level p-values (``stats.seeds_combined_p``) in accuracy and the primary metric."""
+    summary = summarize_condition(n_boot, seed_scores, kv_condition(name, source), baseline=reference)
+    for metric, attribute in (("accuracy", "correct"), (PRIMARY, PRIMARY)):
+        differences = [
+            (getattr(s[name], attribute) - getattr(s[reference], attribute)).numpy() for s in seed_scores
+        ]
+        summary[f"delta_{metric}_p_seeds"] = seeds_combined_p(differences)
+    return summary
+
+
+def against(n_boot: int, seed_scores: list[dict[str, ItemScores]], source: str, plain: bool = True) -> dict:
+    """Every KV condition vs the baseline, the sender-reading ones vs the learned prefix (Holm over them,
+    on seed-level p-values) and vs their own shuffled control, on the same items (``plain``: with the
+    receiver's other plain prompts)."""
+    present = [n for n in PLAIN_PROMPTS[source] if plain and n != "baseline"] + list(kv_conditions(source))
+    versus_prefix = {name: versus(n_boot, seed_scores, name, source, PREFIX) for name in SENDER_READING}
+    p_values = [versus_prefix[n]["delta_accuracy_p_seeds"] for n in SENDER_READING]
     return {
-        "conditions": {name: summary(name) for name in present},
+        "conditions": {name: versus(n_boot, seed_scores, name, source, "baseline") for name in present},
         "versus_prefix": versus_prefix,
         "holm_p_versus_prefix": dict(zip(SENDER_READING, holm(p_values), strict=True)),
-        "versus_shuffled": {name: summary(name, f"{name} shuffled") for name in SENDER_READING},
+        "versus_shuffled": {
+            name: versus(n_boot, seed_scores, name, source, f"{name} shuffled") for name in SENDER_READING
+        },
     }
+
+
+def share(part: dict, whole: dict, metric: str = "accuracy") -> float | None:
+    """``part``'s gain as a share of ``whole``'s (None where ``whole`` gains nothing)."""
+    gain = whole[f"delta_{metric}"]
+    return None if gain <= 0 else part[f"delta_{metric}"] / gain
 
 
 def kv_section(
@@ -67,24 +101,38 @@ def kv_section(
     same_model: bool,
 ) -> dict:
     """results.json's ``kv_channel``: the full cache's statistics and verdict, per site (receiver layer in
-    ``residual``, with the best residual bridge there) the band after it, attention mass, fits, CPU time."""
-    full = against(n_boot, [r.scores for r in runs])
+    ``residual``, with the best residual bridge there) the band after it, the shares of the ceiling,
+    attention mass, fits, CPU time."""
+    source = runs[0].source
+    full = against(n_boot, [r.scores for r in runs], source)
     sites = {}
     for layer, best_residual in residual.items():
         if layer in runs[0].sites:
-            band = against(n_boot, [r.scores | r.sites[layer] for r in runs], plain=False)
+            band = against(n_boot, [r.scores | r.sites[layer] for r in runs], source, plain=False)
             sites[str(layer)] = band | {"band": after_site(layer), "residual": best_residual}
     no_band = [layer for layer in residual if layer not in runs[0].sites]
     first = runs[0].fit
     self_reference = same_model and all(s == j for j, s in enumerate(first["sender_layers"]))
     heldout = [r.fit["ridge_heldout"] for r in runs]
+    kv, ceiling = full["conditions"], CEILING[source]
     section = full | {
+        "source": source,
+        "ceiling": ceiling,
         "layer_map": first["layer_map"],
         "self_reference": self_reference,
         "sites": sites,
         "sites_without_band": no_band,
+        "share_of_ceiling": {
+            name: {metric: share(kv[name], kv[ceiling], metric) for metric in ("accuracy", PRIMARY)}
+            for name in SHARE_OF
+        },
+        "ceiling_share_of_oracle": {
+            metric: share(kv[ceiling], kv["oracle"], metric) for metric in ("accuracy", PRIMARY)
+        },
+        "max_logit_difference": [r.fit.get("max_logit_difference", {}) for r in runs],
         "attention_mass": {
-            name: np.mean([r.attention_mass[name] for r in runs], axis=0).tolist() for name in KV_CONDITIONS
+            name: np.mean([r.attention_mass[name] for r in runs], axis=0).tolist()
+            for name in kv_conditions(source)
         },
         "fits": [r.fit for r in runs],
         "heldout_normalized_cosine": {
@@ -98,6 +146,10 @@ def kv_section(
     return section | {"verdict": verdict, "explanation": explanation}
 
 
+def fmt_share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def judge(section: dict, min_oracle_gap: float) -> tuple[str, str]:
     """The transfer verdict of the KV channel, and the numbers behind it in one paragraph."""
     kv, versus_prefix, holm_p = (
@@ -105,19 +157,36 @@ def judge(section: dict, min_oracle_gap: float) -> tuple[str, str]:
         section["versus_prefix"],
         section["holm_p_versus_prefix"],
     )
+    source = section.get("source", "prompt")
     versus_shuffled, oracle = section["versus_shuffled"], kv["oracle"]
     valid = task_valid(oracle["delta_accuracy"], oracle["delta_accuracy_ci"], min_oracle_gap)
-    ceiling, prefix = max((kv[name] for name in CEILINGS), key=lambda s: s["delta_accuracy"]), kv[PREFIX]
+    name, prefix = section.get("ceiling", CEILING[source]), kv[PREFIX]
+    ceiling, other = kv[name], kv[REFERENCES[source][1]]
+    shares = section.get("share_of_ceiling", {})
     best = max(SENDER_READING, key=lambda n: kv[n]["delta_accuracy"])
+    delivered = "the receiver's facts F" if source == "facts" else "the sender's prompt P"
     numbers = (
         f"Task validity: oracle {fmt_delta(oracle)} over the baseline ({'valid' if valid else 'NOT valid'}; "
-        f"n={oracle['n']}). Layer map {section['layer_map']}; every receiver layer reads the delivered "
-        f"positions. The ceilings, the receiver reading P itself: {fmt_delta(kv[READS_P])}, and P + B: "
-        f"{fmt_delta(kv[READS_PB])}. {LINEAR}: {fmt_delta(kv[LINEAR])}; {FUSER}: {fmt_delta(kv[FUSER])}; "
-        f"learned prefix (no sender input): {fmt_delta(prefix)}. Beyond the learned prefix on the same items: "
-        f"{LINEAR} {fmt_delta(versus_prefix[LINEAR])} (Holm p = {holm_p[LINEAR]:.2g}), {FUSER} "
+        f"n={oracle['n']}). The sender reads {delivered}; layer map {section['layer_map']}; every receiver "
+        f"layer reads the delivered positions. The ceiling, '{name}' (a priori: it carries nothing the "
+        f"channel could not): {fmt_delta(ceiling)}"
+    )
+    if source == "facts":
+        oracle_share = section.get("ceiling_share_of_oracle", {}).get("accuracy")
+        numbers += (
+            f", {fmt_share(oracle_share)} of the oracle's gain (the same text as one prompt); the text "
+            f"control, '{READS_OTHER_F}': {fmt_delta(other)}. "
+        )
+    else:
+        numbers += f"; the upper reference '{READS_GOLD_PB}' (not a ceiling: it carries the gold hop-1 answer): {fmt_delta(other)}. "
+    numbers += (
+        f"{LINEAR}: {fmt_delta(kv[LINEAR])} ({fmt_share(shares.get(LINEAR, {}).get('accuracy'))} of the "
+        f"ceiling's gain); {FUSER}: {fmt_delta(kv[FUSER])} ({fmt_share(shares.get(FUSER, {}).get('accuracy'))});"
+        f" learned prefix (no sender input): {fmt_delta(prefix)}. Beyond the learned prefix on the same items: "
+        f"{LINEAR} {fmt_delta(versus_prefix[LINEAR])} (Holm p over seeds = {holm_p[LINEAR]:.2g}), {FUSER} "
         f"{fmt_delta(versus_prefix[FUSER])} (Holm p = {holm_p[FUSER]:.2g}); beyond its own shuffled control: "
-        f"{best} {fmt_delta(versus_shuffled[best])}."
+        f"{best} {fmt_delta(versus_shuffled[best])}; in the candidate logit difference, {best} beyond the "
+        f"prefix {fmt_delta(versus_prefix[best], PRIMARY)}."
     )
     for layer, site in section["sites"].items():
         numbers += (
@@ -137,26 +206,35 @@ def judge(section: dict, min_oracle_gap: float) -> tuple[str, str]:
     )
     if not valid:
         return "untestable here", numbers + " The task is not valid here: no channel could show a help."
+    if section["self_reference"] and source == "facts":
+        gaps = [g.get(f"{LINEAR} vs {name}", float("nan")) for g in section.get("max_logit_difference", ())]
+        return "positive control", numbers + (
+            f" Sender and receiver are one model under the identity layer map: {LINEAR} delivers the "
+            f"receiver's own cache of F, and its logits equal the ceiling's (largest difference per seed: "
+            f"{', '.join(f'{g:.1g}' for g in gaps)}; allowed {EXACT:g}). The same code that carries nothing "
+            "elsewhere reaches the ceiling here. Rerun with --kv-layer-map shift:K for a test of translation."
+        )
     if section["self_reference"]:
         return "untestable here", numbers + (
             f" Sender and receiver are one model and the layer map delivers each layer's own cache, so "
             f"{LINEAR} is the receiver reading P by construction: the reference, not a channel. Rerun with "
             "--kv-layer-map shift:K."
         )
-    if not helps(ceiling):
-        return "untestable here", numbers + (
-            " Even the receiver's own cache of P (or of P + B) does not help: no cache of P could, whatever "
-            "the map."
-        )
     gains = [
         n
         for n in SENDER_READING
-        if helps(versus_prefix[n]) and holm_p[n] < 0.05 and helps(versus_shuffled[n])
+        if helps(versus_prefix[n]) and holm_p[n] < FAMILY_ALPHA and helps(versus_shuffled[n])
     ]
     if gains:
         return "transfer helps", numbers + (
             f" The sender's cache helps beyond adaptation ({', '.join(gains)}): more than the learned prefix "
             "and more than the same map fed another item's cache."
+        )
+    if not helps(ceiling):
+        return "untestable here", numbers + (
+            f" The ceiling, the receiver's own cache of the delivered text, does not help: no untrained map "
+            f"of it could, whatever the map. The trained {FUSER} does not beat the learned prefix and its "
+            "own shuffle either, so nothing here shows a message."
         )
     tail = " The sender's cache does not help beyond what the learned prefix gives"
     if helps(prefix):
@@ -165,22 +243,58 @@ def judge(section: dict, min_oracle_gap: float) -> tuple[str, str]:
 
 
 def kv_tables(section: dict, extra_rows: Sequence[dict] = ()) -> list[Table]:
-    """The full cache's conditions (with ``extra_rows`` beside them), the sender against the prefix and
-    its own shuffle, the sites, the attention mass and the training logs."""
-    kv, holm_p = section["conditions"], section["holm_p_versus_prefix"]
-    rows = [kv[name] for name in KV_CONDITIONS] + list(extra_rows)
-    rows += [kv[name] for name in PLAIN_PROMPTS if name in kv]
+    """The full cache's conditions (with ``extra_rows`` beside them), the primary metric with per-seed
+    estimates and shares of the ceiling, the sender against the prefix and its own shuffle, the sites, the
+    attention mass and the training logs."""
+    source = section.get("source", "prompt")
+    kv, holm_p, names = section["conditions"], section["holm_p_versus_prefix"], kv_conditions(source)
+    rows = [kv[name] for name in names if name in kv] + list(extra_rows)
+    rows += [kv[name] for name in PLAIN_PROMPTS[source] if name in kv]
+    shares = section.get("share_of_ceiling", {})
     tables = [
         condition_table(
             f"KV channel: {section['verdict']} (every layer reads the delivered cache; Δ vs baseline)", rows
         ),
         Table(
-            "KV channel: the sender's cache against the adaptation control and its own shuffle (paired)",
-            ("condition", "vs learned prefix", f"Holm p (over {len(SENDER_READING)})", "vs own shuffled"),
+            "KV channel: the candidate logit difference (gold minus the other candidates' mean; the primary "
+            "continuous metric), per seed, and each gain as a share of the ceiling's",
+            (
+                "condition",
+                f"Δ{PRIMARY} [95% CI]",
+                f"Δ{PRIMARY} per seed",
+                "Δacc per seed",
+                "share of ceiling (acc, logit diff)",
+                "p (seeds combined)",
+            ),
+            [
+                (
+                    c["name"],
+                    fmt_delta(c, PRIMARY),
+                    seeds_text(c[f"delta_{PRIMARY}_per_seed"], signed=True),
+                    seeds_text(c["delta_accuracy_per_seed"], signed=True),
+                    ", ".join(fmt_share(v) for v in shares[c["name"]].values())
+                    if c["name"] in shares
+                    else "",
+                    f"{c['delta_accuracy_p_seeds']:.2g}" if "delta_accuracy_p_seeds" in c else "",
+                )
+                for c in [kv[name] for name in (*names, *PLAIN_PROMPTS[source]) if name in kv]
+            ],
+        ),
+        Table(
+            "KV channel: the sender's cache against the adaptation control and its own shuffle (paired; p: "
+            "per-seed one-sided sign tests combined, Holm over the two)",
+            (
+                "condition",
+                "vs learned prefix",
+                f"Δ{PRIMARY} vs prefix",
+                f"Holm p (over {len(SENDER_READING)})",
+                "vs own shuffled",
+            ),
             [
                 (
                     n,
                     fmt_delta(section["versus_prefix"][n]),
+                    fmt_delta(section["versus_prefix"][n], PRIMARY),
                     f"{holm_p[n]:.2g}",
                     fmt_delta(section["versus_shuffled"][n]),
                 )
@@ -190,7 +304,10 @@ def kv_tables(section: dict, extra_rows: Sequence[dict] = ()) -> list[Table]:
     ]
     if section["sites"]:
         sites = list(section["sites"].items())
-        site_rows = [(name, *(fmt_delta(s["conditions"][name]) for _, s in sites)) for name in SITE_ROWS]
+        site_rows = [
+            (name, *(fmt_delta(s["conditions"][name]) for _, s in sites))
+            for name in (CEILING[source], *SHARED_ROWS)
+        ]
         site_rows.append(
             (f"{FUSER} − learned prefix", *(fmt_delta(s["versus_prefix"][FUSER]) for _, s in sites))
         )
@@ -211,26 +328,30 @@ def kv_tables(section: dict, extra_rows: Sequence[dict] = ()) -> list[Table]:
     mass = section["attention_mass"]
     tables.append(
         Table(
-            "KV channel: attention of the answer position on the delivered positions (mean over layers, "
-            "heads, items)",
+            "KV channel: attention of the answer position on the delivered positions after the first (a BOS, "
+            "an attention sink; mean over layers, heads, items)",
             ("condition", "attention mass"),
-            [(name, f"{np.mean(mass[name]):.3f}") for name in KV_CONDITIONS],
+            [(name, f"{np.mean(mass[name]):.3f}") for name in names],
             in_terminal=False,
         )
     )
     tables.append(
         Table(
-            "KV channel: training (per seed)",
-            ("seed", "source", "trained numbers", "epochs run", "best epoch", "held-out loss: start → best"),
+            "KV channel: training (per seed; accuracy is k-way, the checkpoint the best held-out accuracy)",
+            (
+                "seed",
+                "source",
+                "trained numbers",
+                "items (train/held out)",
+                "loss",
+                "epochs run",
+                "best epoch",
+                "train acc",
+                "held-out acc: start → best",
+                "held-out loss: start → best",
+            ),
             [
-                (
-                    str(fit["seed"]),
-                    name,
-                    f"{log['n_trainable']:,}",
-                    str(len(log["fit_loss"])),
-                    str(log["best_epoch"]),
-                    f"{log['heldout_loss'][0]:.3f} → {log['heldout_loss'][log['best_epoch']]:.3f}",
-                )
+                training_row(fit["seed"], name, log)
                 for fit in section["fits"]
                 for name, log in fit["training"].items()
             ],
@@ -240,13 +361,32 @@ def kv_tables(section: dict, extra_rows: Sequence[dict] = ()) -> list[Table]:
     return tables
 
 
+def training_row(seed: int, name: str, log: dict) -> tuple[str, ...]:
+    """One trained source's line of the training table (records of old lack the accuracies)."""
+    best = log["best_epoch"]
+    accuracy = log.get("heldout_accuracy") or []
+    return (
+        str(seed),
+        name,
+        f"{log['n_trainable']:,}",
+        f"{log.get('n_train', '?')}/{log.get('n_heldout', '?')}",
+        log.get("loss", "vocabulary"),
+        str(len(log["fit_loss"])),
+        str(best),
+        f"{log['train_accuracy']:.3f}" if "train_accuracy" in log else "",
+        f"{accuracy[0]:.3f} → {accuracy[best]:.3f}" if accuracy else "",
+        f"{log['heldout_loss'][0]:.3f} → {log['heldout_loss'][best]:.3f}",
+    )
+
+
 def kv_panels(axes, section: dict, extra_rows: Sequence[dict] = ()) -> None:
-    """Three panels: Δ accuracy and Δ log p(answer) per condition (a trained source can raise log p by
-    adaptation alone: its shuffled control and the learned prefix show how much), and the attention mass
-    on the delivered positions per layer."""
-    conditions = [section["conditions"][n] for n in KV_CONDITIONS] + list(extra_rows)
+    """Three panels: Δ accuracy and Δ candidate logit difference per condition, and the attention mass on
+    the delivered positions (after the first) per layer."""
+    source = section.get("source", "prompt")
+    conditions = [section["conditions"][n] for n in kv_conditions(source)] + list(extra_rows)
     names = [c["name"] for c in conditions]
-    for ax, metric, label in ((axes[0], "accuracy", "Δ accuracy"), (axes[1], "logprob", "Δ log p(answer)")):
+    panels = ((axes[0], "accuracy", "Δ accuracy"), (axes[1], PRIMARY, "Δ candidate logit difference"))
+    for ax, metric, label in panels:
         values = [c[f"delta_{metric}"] for c in conditions]
         errors = error_bars(values, [c[f"delta_{metric}_ci"] for c in conditions])
         ax.barh(range(len(names)), values, xerr=errors, color="tab:blue", alpha=0.7)
@@ -255,7 +395,7 @@ def kv_panels(axes, section: dict, extra_rows: Sequence[dict] = ()) -> None:
         ax.invert_yaxis()
         ax.set_xlabel(f"KV channel: {label} vs baseline (95% CI)", fontsize=8)
     for name, mass in section["attention_mass"].items():
-        if " " not in name or name in (*CEILINGS, PREFIX, f"{FUSER} shuffled"):
+        if " " not in name or name in (*REFERENCES[source], PREFIX, f"{FUSER} shuffled"):
             axes[2].plot(mass, marker=".", label=name)
     axes[2].set_xlabel("receiver layer")
     axes[2].set_ylabel("attention on delivered positions", fontsize=8)

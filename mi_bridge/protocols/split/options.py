@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from mi_bridge.bridges.kv_options import KVOptions
+from mi_bridge.bridges.kv_options import KV_LOSSES, KV_SOURCES, KVOptions
 from mi_bridge.config import ExperimentConfig, ProtocolOptions
 from mi_bridge.core.conditions import CONDITION_FAMILIES, INJECTION_MODES
 from mi_bridge.errors import UserError
@@ -21,7 +21,12 @@ class Options(ProtocolOptions):
     strongly it is added, which conditions run and which optional sections (``sections``)."""
 
     protocol: ClassVar[str] = "mi_bridge.protocols.split.protocol:SplitProtocol"
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {"position": POSITIONS, "target": TARGETS}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {
+        "position": POSITIONS,
+        "target": TARGETS,
+        "kv_source": KV_SOURCES,  # flags of the kv group: --help lists them, KVOptions checks them
+        "kv_loss": KV_LOSSES,
+    }
     grid_fields: ClassVar[tuple[str, ...]] = ("position", "target")
     legacy: ClassVar[dict[str, object]] = {"bridge": "ridge"}
     """Flat configs of old recorded the split protocol's bridge kind, which is always ridge."""

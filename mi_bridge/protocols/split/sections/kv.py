@@ -16,10 +16,10 @@ from mi_bridge.protocols.split.experiment import SeedData
 from mi_bridge.protocols.split.items import SeedItems, layer_table
 from mi_bridge.protocols.split.kv_channel import (
     FULL_DEPTH,
-    KV_CONDITIONS,
     PLAIN_PROMPTS,
     SeedKV,
     after_site,
+    kv_conditions,
     run_seed_kv,
 )
 from mi_bridge.protocols.split.kv_summary import kv_condition, kv_panels, kv_section, kv_tables
@@ -87,7 +87,8 @@ def run_kv(contexts: Sequence[SeedContext], seeds: Sequence[SeedData], receiver_
     config = contexts[0].config
     n_layers = contexts[0].pair.receiver.cfg.n_layers
     sites = site_bands(site_layers(seeds, receiver_layer), n_layers)
-    return [run_seed_kv(ctx, config.options.kv, config.batch_size, sites) for ctx in contexts]
+    same = one_model(config)
+    return [run_seed_kv(ctx, config.options.kv, config.batch_size, sites, same) for ctx in contexts]
 
 
 def kv_item_table(
@@ -96,7 +97,8 @@ def kv_item_table(
     """The channel's per-item rows: ``part`` = ``kv channel, every layer`` (with the plain prompts, at the
     requested receiver layer) and ``kv channel, after L<j>`` per site (at that site's layer)."""
     where = {"sender_layer": sender_layer, "position": position}
-    full = [kv_condition(name) for name in (*PLAIN_PROMPTS, *KV_CONDITIONS)]
+    source = runs[0].source
+    full = [kv_condition(name, source) for name in (*PLAIN_PROMPTS[source], *kv_conditions(source))]
     frames = [
         layer_table(
             items,
@@ -107,7 +109,7 @@ def kv_item_table(
             **where,
         )
     ]
-    delivered = [kv_condition(name) for name in KV_CONDITIONS]
+    delivered = [kv_condition(name, source) for name in kv_conditions(source)]
     for layer in runs[0].sites:
         scores = [r.sites[layer] for r in runs]
         frames.append(
