@@ -22,7 +22,8 @@ from mi_bridge.protocols.split.kv_channel import (
     kv_conditions,
     run_seed_kv,
 )
-from mi_bridge.protocols.split.kv_summary import kv_condition, kv_panels, kv_section, kv_tables
+from mi_bridge.protocols.split.kv_report import kv_panels, kv_tables
+from mi_bridge.protocols.split.kv_summary import kv_condition, kv_section
 from mi_bridge.protocols.split.prepare import SeedContext
 from mi_bridge.protocols.split.sections.base import Row, Section
 from mi_bridge.report.result import Table
