@@ -173,13 +173,6 @@ def evaluate_source(
     return total / len(items), right / len(items)
 
 
-def heldout_loss(
-    source: KVSource, receiver: HookedModel, items: KVItems, sender: HookedModel | None, batch_size: int
-) -> float:
-    """Mean full-vocabulary answer loss over ``items``, in batches, without gradients."""
-    return evaluate_source(source, receiver, items, sender, batch_size, "vocabulary")[0]
-
-
 def train_kv_source(
     source: KVSource,
     receiver: HookedModel,
